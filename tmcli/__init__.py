@@ -1,0 +1,39 @@
+"""tmcli — measure how often LLM outputs are non-canonically tokenized.
+
+The public API mirrors the CLI: every command calls one of these functions.
+Heavy dependencies (torch, transformers) are imported only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "TmcliError",
+    "load_tokenizer",
+    "Reencoder",
+    "analyze_records",
+    "analyze_file",
+    "read_records",
+    "run_check",
+]
+
+_LAZY = {
+    "TmcliError": "tmcli.errors",
+    "load_tokenizer": "tmcli.loading",
+    "Reencoder": "tmcli.reencode",
+    "analyze_records": "tmcli.analysis",
+    "analyze_file": "tmcli.analysis",
+    "read_records": "tmcli.records",
+    "run_check": "tmcli.check",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tmcli' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

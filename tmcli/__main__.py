@@ -1,0 +1,3 @@
+from tmcli.cli import main
+
+main()

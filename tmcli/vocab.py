@@ -1,0 +1,194 @@
+"""What each token id spells, in bytes, and a canonical encoder that adds nothing of its own.
+
+Decoding through a tokenizer's decoder loses information (U+FFFD for split multi-byte characters,
+the SentencePiece decoder strips the leading space of the first token). tmcli instead reads every
+token's exact bytes from the vocabulary and re-encodes those bytes with a copy of the tokenizer
+whose prefix-space and post-processing steps are switched off, so a completion can be re-encoded
+out of context without a spurious "▁" and text never becomes special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tmcli.errors import TmcliError
+
+_BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by ByteLevel BPE."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _walk(node, fn):
+    """Apply fn to every dict node of a tokenizer.json component (Sequence-aware)."""
+    if isinstance(node, dict):
+        fn(node)
+        for value in node.values():
+            _walk(value, fn)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, fn)
+
+
+def _types(node) -> set[str]:
+    found: set[str] = set()
+    _walk(node, lambda d: found.add(d["type"]) if isinstance(d.get("type"), str) else None)
+    return found
+
+
+@dataclass
+class Vocab:
+    """Per-id byte spellings of one tokenizer, plus its neutral canonical encoder."""
+
+    family: str  # "byte-level" or "sentencepiece"
+    token_bytes: list[bytes]
+    lengths: np.ndarray  # byte length per id; specials get 1 (a placeholder in offset space)
+    special: np.ndarray  # bool per id: control tokens never re-encoded as text
+    known: np.ndarray  # bool per id: id exists in the vocabulary
+    byte_ids: list[int | None]  # id that spells exactly one raw byte, for invalid UTF-8
+    unk_id: int | None
+    encoder: object = field(repr=False)  # tokenizers.Tokenizer, neutral copy
+    original: object = field(repr=False)  # tokenizers.Tokenizer as loaded
+
+    @property
+    def size(self) -> int:
+        return len(self.token_bytes)
+
+    def spell(self, ids) -> bytes:
+        tb = self.token_bytes
+        return b"".join([tb[i] for i in ids])
+
+    def piece(self, token_id: int) -> str:
+        """A readable form of one token for display (bytes decoded with replacement)."""
+        if self.special[token_id]:
+            return self.original.id_to_token(int(token_id)) or f"<{token_id}>"
+        return self.token_bytes[token_id].decode("utf-8", errors="backslashreplace")
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        encs = self.encoder.encode_batch_fast(texts, add_special_tokens=False)
+        return [e.ids for e in encs]
+
+
+def build_vocab(tokenizer) -> Vocab:
+    """Read a `tokenizers.Tokenizer`'s vocabulary into byte spellings and make its neutral copy."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.to_str())
+    model = spec.get("model") or {}
+    mtype = model.get("type")
+    if mtype == "BPE":
+        pieces = dict(model["vocab"])
+    elif mtype == "Unigram":
+        pieces = {p: i for i, (p, _score) in enumerate(model["vocab"])}
+    else:
+        raise TmcliError(
+            f"tokenizer model type {mtype!r} is not supported",
+            hint="tmcli supports BPE (byte-level or SentencePiece-style) and Unigram tokenizers",
+        )
+    components = [spec.get("pre_tokenizer"), spec.get("decoder"), spec.get("normalizer")]
+    kinds = set().union(*(_types(c) for c in components))
+    byte_level = "ByteLevel" in kinds
+    byte_fallback = bool(model.get("byte_fallback")) or "ByteFallback" in kinds
+    replacements: list[str] = []
+    _walk(components, lambda d: replacements.append(d["replacement"])
+          if d.get("type") == "Metaspace" and d.get("replacement") else None)
+    replacement = replacements[0] if replacements else "▁"
+
+    added = {a["id"]: a for a in spec.get("added_tokens") or []}
+    size = max([*pieces.values(), *added.keys(), -1]) + 1
+    token_bytes: list[bytes] = [b""] * size
+    known = np.zeros(size, dtype=bool)
+    special = np.zeros(size, dtype=bool)
+    byte_ids: list[int | None] = [None] * 256
+
+    for piece, idx in pieces.items():
+        known[idx] = True
+        if byte_level:
+            try:
+                token_bytes[idx] = bytes(_UNICODE_TO_BYTE[ch] for ch in piece)
+            except KeyError:
+                token_bytes[idx] = piece.encode("utf-8")
+            if len(token_bytes[idx]) == 1:
+                byte_ids[token_bytes[idx][0]] = idx
+        else:
+            m = _BYTE_FALLBACK.match(piece) if byte_fallback else None
+            if m:
+                token_bytes[idx] = bytes([int(m.group(1), 16)])
+                byte_ids[int(m.group(1), 16)] = idx
+            else:
+                token_bytes[idx] = piece.replace(replacement, " ").encode("utf-8")
+    for idx, tok in added.items():
+        known[idx] = True
+        if tok.get("special"):
+            special[idx] = True
+            token_bytes[idx] = b""
+        elif idx not in pieces:
+            content = tok["content"]
+            token_bytes[idx] = (
+                content.replace(replacement, " ") if not byte_level else content
+            ).encode("utf-8")
+
+    unk = model.get("unk_token")
+    unk_id = pieces.get(unk) if isinstance(unk, str) else (unk if isinstance(unk, int) else None)
+    if unk_id is not None and unk_id < size and not byte_fallback:
+        special[unk_id] = True  # an <unk> has no spelling; treat it as a control token
+    lengths = np.fromiter((len(b) for b in token_bytes), dtype=np.int64, count=size)
+    lengths[special] = 1
+
+    encoder = Tokenizer.from_str(json.dumps(_neutralise(spec)))
+    encoder.encode_special_tokens = True  # text spelling "<|endoftext|>" stays text
+    return Vocab(
+        family="byte-level" if byte_level else "sentencepiece",
+        token_bytes=token_bytes,
+        lengths=lengths,
+        special=special,
+        known=known,
+        byte_ids=byte_ids,
+        unk_id=unk_id,
+        encoder=encoder,
+        original=tokenizer,
+    )
+
+
+def _neutralise(spec: dict) -> dict:
+    """A copy of tokenizer.json that encodes text as-is: no added prefix space, no post-processor."""
+    spec = json.loads(json.dumps(spec))
+    spec["post_processor"] = None
+    spec["truncation"] = None
+    spec["padding"] = None
+
+    def fix(d):
+        if d.get("type") == "Metaspace":
+            d["prepend_scheme"] = "never"
+            d.pop("add_prefix_space", None)
+        if d.get("type") == "ByteLevel":
+            d["add_prefix_space"] = False
+        if d.get("type") == "Sequence" and isinstance(d.get("normalizers"), list):
+            d["normalizers"] = [n for n in d["normalizers"] if n.get("type") != "Prepend"]
+
+    _walk(spec.get("pre_tokenizer"), fix)
+    _walk(spec.get("normalizer"), fix)
+    norm = spec.get("normalizer")
+    if isinstance(norm, dict) and norm.get("type") == "Prepend":
+        spec["normalizer"] = None
+    return spec
