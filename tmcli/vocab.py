@@ -82,6 +82,20 @@ class Vocab:
             return self.original.id_to_token(int(token_id)) or f"<{token_id}>"
         return self.token_bytes[token_id].decode("utf-8", errors="backslashreplace")
 
+    def bytes_to_id(self) -> dict[bytes, int]:
+        """Spelling -> id for mapping text tokens back to ids (regular tokens win over byte
+        fallback tokens that spell the same byte)."""
+        table = getattr(self, "_bytes_to_id", None)
+        if table is None:
+            table = {}
+            fallback = {i for i in self.byte_ids if i is not None}
+            regular = [i for i in range(self.size) if i not in fallback]
+            for idx in [*regular, *sorted(fallback)]:
+                if self.known[idx] and not self.special[idx]:
+                    table.setdefault(self.token_bytes[idx], idx)
+            self._bytes_to_id = table
+        return table
+
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []

@@ -1,0 +1,328 @@
+"""`tmcli analyze`: records in, one row per sample and one summary per group out.
+
+Records are streamed in batches through one `Reencoder` per tokenizer, so memory stays flat: only
+the per-sample scalars, windows and differing spans are kept, plus the few most non-canonical
+completions in full for the report's example viewer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from tmcli import __version__
+from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.records import Record, read_records
+from tmcli.reencode import Reencoder, Sample
+from tmcli.summary import summarise, sigmoid_fits
+
+SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64)})
+SAMPLE_SCHEMA = {
+    "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
+    "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
+    "prompt_index": pl.Int64, "n_tokens": pl.Int64, "n_reencoded": pl.Int64,
+    "compression": pl.Float64, "noncanonical": pl.Boolean, "kind": pl.String,
+    "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
+    "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
+    "byte_exact": pl.Boolean, "invalid_bytes": pl.Int64, "spans": pl.List(SPAN),
+    "window_delta": pl.List(pl.Int64), "window_tokens": pl.List(pl.Int64),
+    "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
+    "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
+}
+DEFAULT_GROUP_BY = ("model", "temperature")
+
+
+@dataclass
+class Analysis:
+    """The result of analysing one input: per-sample rows, group summaries, sigmoid fits."""
+
+    samples: pl.DataFrame
+    groups: pl.DataFrame
+    fits: pl.DataFrame
+    group_by: list[str]
+    window: int
+    method: str
+    examples: list[dict] = field(default_factory=list)
+    skipped: list[InvalidRecord] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """Group summaries and fits as plain JSON (what `--json` prints)."""
+        return {
+            "tmcli_version": __version__,
+            "window": self.window,
+            "window_method": self.method,
+            "group_by": self.group_by,
+            "n_samples": self.samples.height,
+            "n_skipped": len(self.skipped),
+            "groups": _jsonable(self.groups.to_dicts()),
+            "sigmoid_fits": _jsonable(self.fits.to_dicts()),
+            "meta": _jsonable(self.meta),
+        }
+
+
+def _jsonable(obj):
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+class TokenizerPool:
+    """Chooses each record's tokenizer and keeps one Reencoder per tokenizer.
+
+    ``tokenizer`` is None (use each record's own `tokenizer`/`model` field), one spec for all
+    records, or a mapping {name in records: spec}.
+    """
+
+    def __init__(self, tokenizer: str | dict | None, *, window: int, context: bool):
+        self.forced = tokenizer if isinstance(tokenizer, str) else None
+        self.mapping = tokenizer if isinstance(tokenizer, dict) else {}
+        self.window = window
+        self.context = context
+        self._encoders: dict[str, Reencoder] = {}
+        self._seen_names: dict[str, int] = {}
+        self._model_tok: dict[str, str] = {}
+
+    def spec_for(self, rec: Record) -> str:
+        name = rec.meta.get("tokenizer") or rec.meta.get("model")
+        if isinstance(name, str) and name:
+            model = rec.meta.get("model")
+            if isinstance(model, str):
+                prev = self._model_tok.setdefault(model, name)
+                if prev != name:
+                    raise InvalidRecord(rec.source, rec.line,
+                                        f"model '{model}' appears with tokenizers '{prev}' and '{name}'",
+                                        hint="fix the records' tokenizer field")
+            first = self._seen_names.setdefault(name, rec.line)
+            if self.forced and len(self._seen_names) > 1 and first == rec.line:
+                other = next(n for n in self._seen_names if n != name)
+                raise InvalidRecord(
+                    rec.source, rec.line,
+                    f"file mixes tokenizers '{other}' and '{name}' but --tokenizer forces one",
+                    hint="split the file, drop --tokenizer, or map each: --tokenizer NAME=SPEC",
+                )
+        if self.forced:
+            return self.forced
+        if isinstance(name, str) and name:
+            return self.mapping.get(name, name)
+        raise InvalidRecord(rec.source, rec.line, "record names no tokenizer or model",
+                            hint="pass --tokenizer (an alias, path, GGUF file or hub id)")
+
+    def encoder(self, spec: str) -> Reencoder:
+        enc = self._encoders.get(spec)
+        if enc is None:
+            from tmcli.loading import load_tokenizer
+            from tmcli.vocab import build_vocab
+
+            enc = Reencoder(build_vocab(load_tokenizer(spec)), window=self.window,
+                            context=self.context)
+            self._encoders[spec] = enc
+        return enc
+
+
+def _token_ids_from_logprobs(rec: Record, enc: Reencoder, spec: str) -> list[int]:
+    """Map OpenAI-style logprob tokens (bytes, strings, 'token_id:N', 'bytes:\\x..') to ids."""
+    table = enc.vocab.bytes_to_id()
+    ids = []
+    for k, tok in enumerate(rec.logprob_tokens or []):
+        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit():
+            ids.append(int(tok[9:]))
+            continue
+        if isinstance(tok, str) and tok.startswith("bytes:"):
+            data = tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
+        elif isinstance(tok, str):
+            data = tok.encode("utf-8")
+        elif isinstance(tok, (bytes, bytearray)):
+            data = bytes(tok)
+        else:
+            data = None
+        idx = table.get(data) if data is not None else None
+        if idx is None:
+            raise InvalidRecord(rec.source, rec.line,
+                                f"logprob token {k} ({tok!r}) is not a token of '{spec}'",
+                                hint="pass the tokenizer that produced it with --tokenizer")
+        ids.append(idx)
+    return ids
+
+
+def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
+    spec = pool.spec_for(rec)
+    enc = pool.encoder(spec)
+    ids = rec.token_ids if rec.token_ids is not None else _token_ids_from_logprobs(rec, enc, spec)
+    if not ids:
+        raise InvalidRecord(rec.source, rec.line, "empty completion (no generated ids)",
+                            hint="drop the line, or pass --skip-invalid")
+    for name, seq in (("token_ids", ids), ("prompt_token_ids", rec.prompt_ids or [])):
+        bad = enc.invalid_id(seq)
+        if bad is not None:
+            raise InvalidRecord(rec.source, rec.line,
+                                f"{name} holds id {bad}, outside the vocabulary of '{spec}' "
+                                f"({enc.vocab.size} ids)",
+                                hint="check that --tokenizer matches the model that generated it")
+    return spec, enc, Sample(ids, rec.prompt_ids)
+
+
+def _row(rec: Record, spec: str, metrics: dict) -> dict:
+    meta = rec.meta
+    temp = meta.get("temperature")
+    if temp is None and isinstance(meta.get("sampling"), dict):
+        temp = meta["sampling"].get("temperature")
+    row = {
+        "id": rec.id, "source": rec.source, "line": rec.line,
+        "model": str(meta.get("model") or spec), "tokenizer": spec,
+        "temperature": float(temp) if isinstance(temp, (int, float)) else None,
+        "canonical": str(meta.get("canonical") or "off"),
+        "prompt_index": meta.get("prompt_index") if isinstance(meta.get("prompt_index"), int) else None,
+    }
+    row.update(metrics)
+    row.pop("boundary_span", None)
+    return row
+
+
+def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: str,
+                    batch_size: int, skip_invalid: bool, errors: list,
+                    examples: list | None = None, n_examples: int = 0) -> Iterator[pl.DataFrame]:
+    """Yield one DataFrame of sample rows per batch of records."""
+    batch: list[tuple[Record, str, Reencoder, Sample]] = []
+    counter = 0
+
+    def flush():
+        nonlocal counter
+        rows = []
+        by_enc: dict[int, list[int]] = {}
+        for i, (_r, _s, enc, _smp) in enumerate(batch):
+            by_enc.setdefault(id(enc), []).append(i)
+        out: list[dict | None] = [None] * len(batch)
+        for idxs in by_enc.values():
+            enc = batch[idxs[0]][2]
+            res = enc.measure([batch[i][3] for i in idxs], method=method)
+            for i, m in zip(idxs, res):
+                out[i] = m
+        for (rec, spec, enc, smp), m in zip(batch, out):
+            rows.append(_row(rec, spec, m))
+            if n_examples and examples is not None and m["noncanonical"]:
+                counter += 1
+                key = (m["noncanonical_tokens"], m["n_spans"], -counter)
+                item = (key, rec, spec, smp, m)
+                if len(examples) < n_examples:
+                    heapq.heappush(examples, item)
+                elif key > examples[0][0]:
+                    heapq.heapreplace(examples, item)
+        batch.clear()
+        return pl.DataFrame(rows, schema=SAMPLE_SCHEMA)
+
+    for rec in records:
+        try:
+            batch.append((rec, *_prepare(rec, pool)))
+        except InvalidRecord as exc:
+            if not skip_invalid:
+                raise
+            errors.append(exc)
+            continue
+        if len(batch) >= batch_size:
+            yield flush()
+    if batch:
+        yield flush()
+
+
+def _example(item, pool: TokenizerPool) -> dict:
+    """An example for the report: generated and canonical tokens side by side, per segment."""
+    _key, rec, spec, smp, m = item
+    vocab = pool.encoder(spec).vocab
+    g = list(smp.token_ids)
+    segments = []
+    pos = 0
+    for span in m["spans"]:
+        p, before, after = span["position"], span["before"], span["after"]
+        if p > pos:
+            segments.append({"generated": [vocab.piece(t) for t in g[pos:p]], "differs": False})
+        segments.append({"generated": [vocab.piece(t) for t in before],
+                         "canonical": [vocab.piece(t) for t in after], "differs": True})
+        pos = p + len(before)
+    if pos < len(g):
+        segments.append({"generated": [vocab.piece(t) for t in g[pos:]], "differs": False})
+    return {
+        "id": rec.id, "model": str(rec.meta.get("model") or spec),
+        "temperature": rec.meta.get("temperature"), "n_tokens": m["n_tokens"],
+        "noncanonical_tokens": m["noncanonical_tokens"], "n_spans": m["n_spans"],
+        "compression": m["compression"], "prompt": rec.meta.get("prompt"),
+        "segments": segments,
+    }
+
+
+def parse_tokenizer_option(values: list[str] | None) -> str | dict | None:
+    """`--tokenizer SPEC` (one for all) or repeated `--tokenizer NAME=SPEC` (a mapping)."""
+    if not values:
+        return None
+    pairs = [v for v in values if "=" in v]
+    if not pairs:
+        if len(values) > 1:
+            raise TmcliError("several --tokenizer values given",
+                             hint="give one, or map each as --tokenizer NAME=SPEC")
+        return values[0]
+    if len(pairs) != len(values):
+        raise TmcliError("mix of --tokenizer SPEC and NAME=SPEC", hint="use one form")
+    return dict(v.split("=", 1) for v in values)
+
+
+def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None = None,
+                    window: int = 64, method: str = "aligned", context: bool = True,
+                    group_by: list[str] | None = None, batch_size: int = 256,
+                    skip_invalid: bool = False, errors: list | None = None,
+                    n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None
+                    ) -> Analysis:
+    """Measure every record and summarise by group (the whole of `tmcli analyze`)."""
+    if window < 1:
+        raise TmcliError(f"window must be a positive number of tokens, got {window}")
+    if method not in ("aligned", "study"):
+        raise TmcliError(f"unknown window method '{method}'", hint="use aligned or study")
+    errors = [] if errors is None else errors
+    pool = TokenizerPool(tokenizer, window=window, context=context)
+    heap: list = []
+    frames = list(measure_records(records, pool, method=method, batch_size=batch_size,
+                                  skip_invalid=skip_invalid, errors=errors,
+                                  examples=heap, n_examples=n_examples))
+    samples = pl.concat(frames) if frames else pl.DataFrame(schema=SAMPLE_SCHEMA)
+    if samples.height == 0:
+        raise TmcliError("no usable records in the input",
+                         hint=f"{len(errors)} invalid line(s) were skipped" if errors
+                         else "the input is empty")
+    keys = list(group_by) if group_by else default_group_by(samples)
+    missing = [k for k in keys if k not in samples.columns]
+    if missing:
+        raise TmcliError(f"cannot group by {', '.join(missing)}",
+                         hint="choose from: " + ", ".join(SAMPLE_SCHEMA))
+    groups = summarise(samples, keys, window, n_resamples=n_resamples)
+    examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
+    info = {
+        "tokenizers": sorted(pool._encoders),
+        "window": window, "window_method": method, "context": context,
+        "n_samples": samples.height, "n_skipped": len(errors), "tmcli_version": __version__,
+        **(meta or {}),
+    }
+    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
+                    window=window, method=method, examples=examples, skipped=errors, meta=info)
+
+
+def default_group_by(samples: pl.DataFrame) -> list[str]:
+    keys = list(DEFAULT_GROUP_BY)
+    if samples["canonical"].n_unique() > 1:
+        keys.insert(1, "canonical")
+    return keys
+
+
+def analyze_file(path: str, *, ids_field: str | None = None, skip_invalid: bool = False,
+                 **kwargs) -> Analysis:
+    """`analyze_records` over a JSONL file (``-`` for stdin) in any supported format."""
+    errors: list = []
+    records = read_records(path, ids_field=ids_field, skip_invalid=skip_invalid, errors=errors)
+    return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
+                           meta={"inputs": [path]}, **kwargs)
