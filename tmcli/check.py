@@ -1,0 +1,134 @@
+"""`tmcli check`: a CI gate over analysed outputs — thresholds in, verdict and exit code out.
+
+Exit 0 when every threshold holds, 1 when one fails (2 is left to usage errors). Thresholds apply
+to the whole input by default, or to every group with ``per_group``; ``use_upper`` compares the
+upper end of the 95% interval instead of the point estimate (a stricter, noise-aware gate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+
+import polars as pl
+
+from tmcli.errors import TmcliError
+from tmcli.summary import summarise
+
+# option name -> column of the group summary
+THRESHOLDS = {
+    "max_compression": "mean_compression",
+    "max_noncanonical_rate": "token_rate",
+    "max_fraction_compressed": "fraction_compressed",
+    "max_fraction_noncanonical": "fraction_noncanonical",
+}
+FORMATS = ("text", "json", "github", "junit")
+
+
+@dataclass
+class Outcome:
+    group: str
+    threshold: str
+    metric: str
+    value: float
+    limit: float
+    n: int
+    passed: bool
+
+
+@dataclass
+class CheckResult:
+    outcomes: list[Outcome]
+    n_samples: int
+    n_skipped: int
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outcomes)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
+              use_upper: bool = False) -> CheckResult:
+    """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored)."""
+    limits = {k: v for k, v in thresholds.items() if v is not None}
+    unknown = set(limits) - set(THRESHOLDS)
+    if unknown:
+        raise TmcliError(f"unknown threshold(s): {', '.join(sorted(unknown))}",
+                         hint="use " + ", ".join(THRESHOLDS))
+    if not limits:
+        raise TmcliError("no threshold given",
+                         hint="pass at least one of --max-compression, --max-noncanonical-rate, "
+                         "--max-fraction-compressed, --max-fraction-noncanonical")
+    for name, value in limits.items():
+        if not math.isfinite(value):
+            raise TmcliError(f"--{name.replace('_', '-')} must be a finite number")
+    if per_group:
+        groups, keys = analysis.groups, analysis.group_by
+    else:
+        keys = ["scope"]
+        groups = summarise(analysis.samples.with_columns(scope=pl.lit("all")), keys,
+                           analysis.window)
+    outcomes = []
+    for row in groups.iter_rows(named=True):
+        label = ", ".join(f"{k}={row[k]}" for k in keys) if per_group else "all"
+        for name, limit in limits.items():
+            metric = THRESHOLDS[name]
+            value = row[metric + "_hi"] if use_upper else row[metric]
+            value = float("nan") if value is None else float(value)
+            passed = not math.isnan(value) and value <= limit
+            outcomes.append(Outcome(label, name, metric + ("_hi" if use_upper else ""),
+                                    value, limit, int(row["n"]), passed))
+    return CheckResult(outcomes, analysis.samples.height, len(analysis.skipped))
+
+
+def render(result: CheckResult, fmt: str) -> str:
+    """The verdict in one of FORMATS (all machine-readable except `text`)."""
+    if fmt == "json":
+        return json.dumps({"passed": result.passed, "n_samples": result.n_samples,
+                           "n_skipped": result.n_skipped,
+                           "checks": [_clean(asdict(o)) for o in result.outcomes]}, indent=2)
+    if fmt == "github":
+        lines = []
+        for o in result.outcomes:
+            msg = f"{o.metric} = {_fmt(o.value)} (limit {o.limit:g}, n={o.n}) for {o.group}"
+            if not o.passed:
+                lines.append(f"::error title=tmcli check {o.threshold}::{msg}")
+            else:
+                lines.append(f"::notice title=tmcli check {o.threshold}::{msg}")
+        return "\n".join(lines)
+    if fmt == "junit":
+        suite = ET.Element("testsuite", name="tmcli check", tests=str(len(result.outcomes)),
+                           failures=str(sum(not o.passed for o in result.outcomes)))
+        for o in result.outcomes:
+            case = ET.SubElement(suite, "testcase", classname="tmcli.check",
+                                 name=f"{o.threshold}[{o.group}]")
+            if not o.passed:
+                ET.SubElement(case, "failure", message=(
+                    f"{o.metric} = {_fmt(o.value)} > {o.limit:g} (n={o.n})"))
+        return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+    if fmt == "text":
+        lines = []
+        for o in result.outcomes:
+            mark = "PASS" if o.passed else "FAIL"
+            op = "<=" if o.passed else ">"
+            lines.append(f"{mark}  {o.group}: {o.metric} = {_fmt(o.value)} {op} {o.limit:g}"
+                         f"  (n={o.n})")
+        verdict = "passed" if result.passed else "FAILED"
+        lines.append(f"check {verdict}: {sum(o.passed for o in result.outcomes)}/"
+                     f"{len(result.outcomes)} thresholds hold over {result.n_samples} samples")
+        return "\n".join(lines)
+    raise TmcliError(f"unknown format '{fmt}'", hint="use " + ", ".join(FORMATS))
+
+
+def _fmt(v: float) -> str:
+    return "nan" if math.isnan(v) else f"{v:.6g}"
+
+
+def _clean(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}

@@ -1,0 +1,109 @@
+"""Terminal rendering (Rich): group summaries, sigmoid fits, self-test results.
+
+Data goes to stdout; warnings and hints go to stderr (see `warn`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.table import Table
+
+stdout = Console(highlight=False, soft_wrap=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    stderr.print(f"[yellow]warning:[/yellow] {message}")
+
+
+def _num(v, pct: bool = False, digits: int = 3) -> str:
+    """Percentages as plain numbers (the column header says %), others to `digits` figures."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * v:.{digits - 1}f}" if pct else f"{v:.{digits}g}"
+
+
+def _ci(row: dict, name: str, pct: bool = True, digits: int = 3) -> str:
+    lo, hi = row.get(name + "_lo"), row.get(name + "_hi")
+    main = _num(row.get(name), pct, digits)
+    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+        return main
+    return f"{main} [{_num(lo, pct, digits)}–{_num(hi, pct, digits)}]"
+
+
+def groups_table(analysis) -> Table:
+    keys = analysis.group_by
+    table = Table(title="Re-encoding by group, [95% CI]", title_justify="left")
+    for k in keys:
+        table.add_column(k, overflow="fold")
+    for name in ("n", "mean compr. %", "compressed %", "non-canon. %", "token rate %",
+                 "merged/longer/reseg %", "centre of gravity (median pos.)"):
+        table.add_column(name, justify="right", overflow="fold")
+    for row in analysis.groups.iter_rows(named=True):
+        n = f"{row['n']}" + (" [red]few[/red]" if row.get("few_samples") else "")
+        kinds = " / ".join(_num(row[f"fraction_{k}"], True, 2)
+                           for k in ("merged", "lengthened", "resegmented"))
+        cog = f"{_ci(row, 'centre_of_gravity', pct=False, digits=4)} ({_num(row['median_position'])})"
+        table.add_row(*[str(row[k]) for k in keys], n,
+                      _ci(row, "mean_compression", digits=3),
+                      _ci(row, "fraction_compressed", digits=3),
+                      _ci(row, "fraction_noncanonical", digits=3),
+                      _ci(row, "token_rate", digits=3), kinds, cog)
+    return table
+
+
+def fits_table(analysis) -> Table | None:
+    fits = analysis.fits.filter(analysis.fits["midpoint"].is_not_null())
+    if fits.height == 0:
+        return None
+    table = Table(title="Fraction compressed vs temperature: logistic fit", title_justify="left")
+    for name in ("model", "canonical", "temperatures", "midpoint T", "slope", "rmse"):
+        table.add_column(name, justify="left" if name == "model" else "right")
+    for row in fits.iter_rows(named=True):
+        table.add_row(row["model"], str(row["canonical"] or "–"), str(row["n_temperatures"]),
+                      _num(row["midpoint"]), _num(row["slope"]), _num(row["rmse"]))
+    return table
+
+
+def print_analysis(analysis, console: Console | None = None) -> None:
+    console = console or stdout
+    console.print(groups_table(analysis))
+    fits = fits_table(analysis)
+    if fits is not None:
+        console.print(fits)
+    analysis_warnings(analysis)
+
+
+def analysis_warnings(analysis) -> None:
+    g = analysis.groups
+    if analysis.skipped:
+        first = analysis.skipped[0]
+        warn(f"skipped {len(analysis.skipped)} invalid line(s); first: {first}")
+    not_exact = int(g["n_not_byte_exact"].sum())
+    if not_exact:
+        warn(f"{not_exact} sample(s) could not be handled byte-exactly "
+             f"({int(g['invalid_bytes'].sum())} invalid UTF-8 byte(s) spelled as byte tokens)")
+    merges = int(g["n_boundary_merges"].sum())
+    if merges:
+        warn(f"{merges} sample(s) merge across the prompt/completion boundary "
+             "(reported apart, not counted as the model's)")
+    few = int(g["few_samples"].sum())
+    if few:
+        warn(f"{few} group(s) have fewer than 30 samples: their intervals are wide")
+
+
+def print_selftest(results, console: Console | None = None) -> None:
+    console = console or stdout
+    table = Table(title="Self-test: canonical text must re-encode unchanged", title_justify="left")
+    for name in ("tokenizer", "family", "samples", "non-canonical", "control", "result"):
+        table.add_column(name)
+    for r in results:
+        table.add_row(r.tokenizer, r.family, str(r.n_samples), str(r.n_noncanonical),
+                      "detected" if r.control_detected else "[red]missed[/red]",
+                      "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
+    console.print(table)
+    for r in results:
+        for f in r.failures[:5]:
+            warn(f"{r.tokenizer}: {f}")
