@@ -119,11 +119,9 @@ class TokenizerPool:
     def encoder(self, spec: str) -> Reencoder:
         enc = self._encoders.get(spec)
         if enc is None:
-            from tmcli.loading import load_tokenizer
-            from tmcli.vocab import build_vocab
+            from tmcli.vocab import vocab_for
 
-            enc = Reencoder(build_vocab(load_tokenizer(spec)), window=self.window,
-                            context=self.context)
+            enc = Reencoder(vocab_for(spec), window=self.window, context=self.context)
             self._encoders[spec] = enc
         return enc
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tmcli.reencode import Reencoder, Sample
-from tmcli.vocab import build_vocab
+from tmcli.vocab import vocab_for
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -56,10 +56,8 @@ class SelftestResult:
 
 def selftest(spec: str, texts: list[str] | None = None, *, splits: int = 4) -> SelftestResult:
     """Round-trip ``texts`` (default: a built-in multilingual set) through tokenizer ``spec``."""
-    from tmcli.loading import load_tokenizer
-
-    tok = load_tokenizer(spec)
-    vocab = build_vocab(tok)
+    vocab = vocab_for(spec)
+    tok = vocab.original
     enc = Reencoder(vocab, window=8)
     result = SelftestResult(spec, vocab.family)
     samples, labels = [], []

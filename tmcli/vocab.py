@@ -9,11 +9,13 @@ out of context without a spurious "▁" and text never becomes special tokens.
 
 from __future__ import annotations
 
-import json
+import copy
+import functools
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from tmcli.errors import TmcliError
 
@@ -107,7 +109,7 @@ def build_vocab(tokenizer) -> Vocab:
     """Read a `tokenizers.Tokenizer`'s vocabulary into byte spellings and make its neutral copy."""
     from tokenizers import Tokenizer
 
-    spec = json.loads(tokenizer.to_str())
+    spec = orjson.loads(tokenizer.to_str())
     model = spec.get("model") or {}
     mtype = model.get("type")
     if mtype == "BPE":
@@ -169,7 +171,9 @@ def build_vocab(tokenizer) -> Vocab:
     lengths = np.fromiter((len(b) for b in token_bytes), dtype=np.int64, count=size)
     lengths[special] = 1
 
-    encoder = Tokenizer.from_str(json.dumps(_neutralise(spec)))
+    neutral = _neutralise(spec)
+    # Rebuilding a 262k-token tokenizer takes seconds: only do it when something had to change.
+    encoder = tokenizer if neutral is None else Tokenizer.from_str(orjson.dumps(neutral).decode())
     encoder.encode_special_tokens = True  # text spelling "<|endoftext|>" stays text
     return Vocab(
         family="byte-level" if byte_level else "sentencepiece",
@@ -184,25 +188,39 @@ def build_vocab(tokenizer) -> Vocab:
     )
 
 
-def _neutralise(spec: dict) -> dict:
-    """A copy of tokenizer.json that encodes text as-is: no added prefix space, no post-processor."""
-    spec = json.loads(json.dumps(spec))
-    spec["post_processor"] = None
-    spec["truncation"] = None
-    spec["padding"] = None
+def _neutralise(spec: dict) -> dict | None:
+    """A copy of tokenizer.json that encodes text as-is (no added prefix space), or None when
+    the tokenizer already does. The post-processor is irrelevant: we never add special tokens."""
+    changed = False
 
     def fix(d):
-        if d.get("type") == "Metaspace":
+        nonlocal changed
+        if d.get("type") == "Metaspace" and d.get("prepend_scheme", "always") != "never":
             d["prepend_scheme"] = "never"
             d.pop("add_prefix_space", None)
-        if d.get("type") == "ByteLevel":
+            changed = True
+        if d.get("type") == "ByteLevel" and d.get("add_prefix_space"):
             d["add_prefix_space"] = False
+            changed = True
         if d.get("type") == "Sequence" and isinstance(d.get("normalizers"), list):
-            d["normalizers"] = [n for n in d["normalizers"] if n.get("type") != "Prepend"]
+            kept = [n for n in d["normalizers"] if n.get("type") != "Prepend"]
+            changed |= len(kept) != len(d["normalizers"])
+            d["normalizers"] = kept
 
-    _walk(spec.get("pre_tokenizer"), fix)
-    _walk(spec.get("normalizer"), fix)
-    norm = spec.get("normalizer")
-    if isinstance(norm, dict) and norm.get("type") == "Prepend":
-        spec["normalizer"] = None
-    return spec
+    out = dict(spec)
+    out["pre_tokenizer"] = copy.deepcopy(spec.get("pre_tokenizer"))
+    out["normalizer"] = copy.deepcopy(spec.get("normalizer"))
+    _walk(out["pre_tokenizer"], fix)
+    _walk(out["normalizer"], fix)
+    if isinstance(out["normalizer"], dict) and out["normalizer"].get("type") == "Prepend":
+        out["normalizer"] = None
+        changed = True
+    return out if changed else None
+
+
+@functools.lru_cache(maxsize=16)
+def vocab_for(spec: str) -> Vocab:
+    """The Vocab of tokenizer ``spec`` (see `loading.load_tokenizer`), built once per process."""
+    from tmcli.loading import load_tokenizer
+
+    return build_vocab(load_tokenizer(spec))

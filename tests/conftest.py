@@ -1,0 +1,35 @@
+"""Shared test set-up: offline, a persistent converted-tokenizer cache, real tokenizers."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+WIKITEXT = SHARED / "data" / "wikitext-2-test.txt"
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# GGUF tokenizer conversion takes 10-60 s; keep it between runs (ignored by git).
+os.environ.setdefault("TMCLI_CACHE", str(ROOT / ".cache" / "tmcli-test"))
+os.environ.setdefault("COLUMNS", "160")
+
+
+@functools.lru_cache(maxsize=None)
+def reencoder(name: str, window: int = 64, context: bool = True):
+    from tmcli.reencode import Reencoder
+    from tmcli.vocab import vocab_for
+
+    return Reencoder(vocab_for(name), window=window, context=context)
+
+
+@pytest.fixture(scope="session")
+def wikitext_lines() -> list[str]:
+    if not WIKITEXT.exists():
+        pytest.skip(f"{WIKITEXT} not found (tests read the shared WikiText file)")
+    return [line.strip() for line in WIKITEXT.read_text(encoding="utf-8").splitlines()
+            if len(line) > 640]
