@@ -29,7 +29,7 @@ SAMPLE_SCHEMA = {
     "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
     "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
     "byte_exact": pl.Boolean, "invalid_bytes": pl.Int64, "spans": pl.List(SPAN),
-    "window_delta": pl.List(pl.Int64), "window_tokens": pl.List(pl.Int64),
+    "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
     "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
     "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
 }
@@ -187,24 +187,19 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
 
 def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: str,
                     batch_size: int, skip_invalid: bool, errors: list,
-                    examples: list | None = None, n_examples: int = 0) -> Iterator[pl.DataFrame]:
-    """Yield one DataFrame of sample rows per batch of records."""
-    batch: list[tuple[Record, str, Reencoder, Sample]] = []
+                    examples: list | None = None, n_examples: int = 0,
+                    jobs: int | None = None) -> Iterator[pl.DataFrame]:
+    """Yield one DataFrame of sample rows per batch of records (batches of one tokenizer)."""
+    from tmcli.workers import Measurer
+
+    measurer = Measurer(pool.window, pool.context, method, jobs=jobs)
+    pending: dict[str, list] = {}
     counter = 0
 
-    def flush():
+    def emit(batch: list, metrics: list[dict]) -> pl.DataFrame:
         nonlocal counter
         rows = []
-        by_enc: dict[int, list[int]] = {}
-        for i, (_r, _s, enc, _smp) in enumerate(batch):
-            by_enc.setdefault(id(enc), []).append(i)
-        out: list[dict | None] = [None] * len(batch)
-        for idxs in by_enc.values():
-            enc = batch[idxs[0]][2]
-            res = enc.measure([batch[i][3] for i in idxs], method=method)
-            for i, m in zip(idxs, res):
-                out[i] = m
-        for (rec, spec, enc, smp), m in zip(batch, out):
+        for (rec, spec, smp), m in zip(batch, metrics):
             rows.append(_row(rec, spec, m))
             if n_examples and examples is not None and m["noncanonical"]:
                 counter += 1
@@ -214,21 +209,81 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
                     heapq.heappush(examples, item)
                 elif key > examples[0][0]:
                     heapq.heapreplace(examples, item)
-        batch.clear()
-        return pl.DataFrame(rows, schema=SAMPLE_SCHEMA)
+        return rows_to_frame(rows)
 
-    for rec in records:
-        try:
-            batch.append((rec, *_prepare(rec, pool)))
-        except InvalidRecord as exc:
-            if not skip_invalid:
-                raise
-            errors.append(exc)
-            continue
-        if len(batch) >= batch_size:
-            yield flush()
-    if batch:
-        yield flush()
+    def submit(spec: str):
+        batch = pending.pop(spec)
+        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch):
+            yield emit(done, metrics)
+
+    try:
+        for rec in records:
+            try:
+                spec, _enc, smp = _prepare(rec, pool)
+            except InvalidRecord as exc:
+                if not skip_invalid:
+                    raise
+                errors.append(exc)
+                continue
+            pending.setdefault(spec, []).append((rec, spec, smp))
+            if len(pending[spec]) >= batch_size:
+                yield from submit(spec)
+        for spec in list(pending):
+            yield from submit(spec)
+        for done, metrics in measurer.drain():
+            yield emit(done, metrics)
+    finally:
+        measurer.close()
+
+
+def _list_array(lists: list, value_type):
+    """A pyarrow ListArray built from flat values and offsets (fast; no per-item objects)."""
+    import pyarrow as pa
+
+    offsets = [0]
+    for x in lists:
+        offsets.append(offsets[-1] + (len(x) if x is not None else 0))
+    flat = [v for x in lists if x for v in x]
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, value_type))
+
+
+def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
+    """Sample rows to a DataFrame of SAMPLE_SCHEMA; nested columns go through pyarrow."""
+    import pyarrow as pa
+
+    cols = {}
+    for name, dtype in SAMPLE_SCHEMA.items():
+        values = [r.get(name) for r in rows]
+        if name == "spans":
+            spans = [r["spans"] for r in rows]
+            flat = [sp for ss in spans for sp in ss]
+            struct = pa.StructArray.from_arrays(
+                [pa.array([sp["position"] for sp in flat], pa.int64()),
+                 _list_array([sp["before"] for sp in flat], pa.int64()),
+                 _list_array([sp["after"] for sp in flat], pa.int64())],
+                names=["position", "before", "after"])
+            offsets = [0]
+            for ss in spans:
+                offsets.append(offsets[-1] + len(ss))
+            arr = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct)
+            if any(r.get("spans") is None for r in rows):
+                raise ValueError("spans missing")
+            cols[name] = pl.from_arrow(arr)
+        elif isinstance(dtype, pl.List):
+            if all(v is None for v in values):
+                cols[name] = pl.Series(name, values, dtype=dtype)
+            else:
+                inner = pa.float64() if dtype.inner == pl.Float64 else pa.int64()
+                arr = _list_array(values, inner)
+                if any(v is None for v in values):
+                    import pyarrow.compute as pc
+
+                    arr = pc.if_else(pa.array([v is None for v in values]),
+                                     pa.scalar(None, arr.type), arr)
+                cols[name] = pl.from_arrow(arr)
+        else:
+            cols[name] = pl.Series(name, values, dtype=dtype)
+    return pl.DataFrame(cols, schema=SAMPLE_SCHEMA)
 
 
 def _example(item, pool: TokenizerPool) -> dict:
@@ -275,8 +330,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                     window: int = 64, method: str = "aligned", context: bool = True,
                     group_by: list[str] | None = None, batch_size: int = 256,
                     skip_invalid: bool = False, errors: list | None = None,
-                    n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None
-                    ) -> Analysis:
+                    n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None,
+                    jobs: int | None = None) -> Analysis:
     """Measure every record and summarise by group (the whole of `tmcli analyze`)."""
     if window < 1:
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
@@ -287,7 +342,7 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     heap: list = []
     frames = list(measure_records(records, pool, method=method, batch_size=batch_size,
                                   skip_invalid=skip_invalid, errors=errors,
-                                  examples=heap, n_examples=n_examples))
+                                  examples=heap, n_examples=n_examples, jobs=jobs))
     samples = pl.concat(frames) if frames else pl.DataFrame(schema=SAMPLE_SCHEMA)
     if samples.height == 0:
         raise TmcliError("no usable records in the input",

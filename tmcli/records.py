@@ -75,12 +75,10 @@ def iter_lines(path: str) -> Iterator[tuple[str, int, bytes]]:
 def _ids(value, source: str, line: int, name: str) -> list[int]:
     if not isinstance(value, list):
         raise InvalidRecord(source, line, f"'{name}' must be a list of integer token ids")
-    for v in value:
-        if type(v) is not int:  # bool is not an id, and floats are not either
-            raise InvalidRecord(
-                source, line, f"'{name}' holds {v!r}, not an integer token id",
-                hint="token ids must be integers",
-            )
+    if set(map(type, value)) - {int}:  # bool is not an id, and floats are not either
+        v = next(v for v in value if type(v) is not int)
+        raise InvalidRecord(source, line, f"'{name}' holds {v!r}, not an integer token id",
+                            hint="token ids must be integers")
     return value
 
 

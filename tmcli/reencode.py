@@ -33,35 +33,20 @@ class Sample:
     prompt_ids: list[int] | None = None
 
 
-def _text_pieces(data: bytes, vocab: Vocab) -> tuple[list, int]:
-    """Split bytes into encodable text and raw invalid bytes (spelled with byte tokens)."""
-    try:
-        return [data.decode("utf-8")], 0
-    except UnicodeDecodeError:
-        pass
-    text = data.decode("utf-8", errors="surrogateescape")
+def _text_pieces(data: bytes) -> tuple[list, int]:
+    """Split bytes into encodable text and runs of invalid UTF-8 (kept as raw bytes)."""
     pieces: list = []
     invalid = 0
-    buf: list[str] = []
-    raw: list[int] = []
-    for ch in text:
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:
-            if buf:
-                pieces.append("".join(buf))
-                buf = []
-            raw.append(o - 0xDC00)
-            continue
-        if raw:
-            pieces.append(bytes(raw))
-            invalid += len(raw)
-            raw = []
-        buf.append(ch)
-    if buf:
-        pieces.append("".join(buf))
-    if raw:
-        pieces.append(bytes(raw))
-        invalid += len(raw)
+    while data:
+        try:
+            pieces.append(data.decode("utf-8"))
+            break
+        except UnicodeDecodeError as exc:
+            if exc.start:
+                pieces.append(data[: exc.start].decode("utf-8"))
+            pieces.append(data[exc.start : exc.end])
+            invalid += exc.end - exc.start
+            data = data[exc.end :]
     return pieces, invalid
 
 
@@ -78,11 +63,17 @@ class Reencoder:
     # -- validation -------------------------------------------------------------------------
     def invalid_id(self, ids) -> int | None:
         """The first id that is not in the vocabulary, else None."""
+        if not len(ids):
+            return None
         size = self.vocab.size
-        for i in ids:
-            if not (0 <= i < size) or not self.vocab.known[i]:
-                return i
-        return None
+        try:
+            arr = np.asarray(ids, dtype=np.int64)
+        except OverflowError:
+            return next(i for i in ids if not -(2**63) <= i < 2**63)
+        bad = (arr < 0) | (arr >= size)
+        if not bad.any():
+            bad = ~self.vocab.known[arr]
+        return int(arr[bad][0]) if bad.any() else None
 
     # -- canonical re-encoding --------------------------------------------------------------
     def canonical(self, ids_list: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -101,7 +92,7 @@ class Reencoder:
             start = 0
             for cut in [*cuts.tolist(), len(ids)]:
                 if cut > start:
-                    pieces, bad = _text_pieces(vocab.spell(ids[start:cut]), vocab)
+                    pieces, bad = _text_pieces(vocab.spell(ids[start:cut]))
                     invalid += bad
                     for piece in pieces:
                         if isinstance(piece, str):
@@ -186,7 +177,7 @@ class Reencoder:
         W = self.window
         nw = max(1, math.ceil(n / W))
         spans = []
-        win_delta = np.zeros(nw, dtype=np.int64)
+        win_delta = np.zeros(nw, dtype=np.float64)
         win_nc = np.zeros(nw, dtype=np.int64)
         delta_sum = 0
         nc_tokens = 0
@@ -205,8 +196,9 @@ class Reencoder:
             spans.append({"position": pos, "before": before, "after": after})
             delta_sum += delta
             nc_tokens += len(before)
-            win_delta[pos // W] += delta
+            share = delta / len(before)  # a span's saving is spread over the tokens it replaces
             for q in range(pos, pos + len(before)):
+                win_delta[q // W] += share
                 win_nc[q // W] += 1
         win_tokens = np.full(nw, W, dtype=np.int64)
         win_tokens[-1] = n - W * (nw - 1) if n > 0 else 0

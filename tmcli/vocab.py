@@ -69,14 +69,14 @@ class Vocab:
     unk_id: int | None
     encoder: object = field(repr=False)  # tokenizers.Tokenizer, neutral copy
     original: object = field(repr=False)  # tokenizers.Tokenizer as loaded
+    word_cache: object = field(default=None, repr=False)  # WordCache, when the tokenizer allows
 
     @property
     def size(self) -> int:
         return len(self.token_bytes)
 
     def spell(self, ids) -> bytes:
-        tb = self.token_bytes
-        return b"".join([tb[i] for i in ids])
+        return b"".join(map(self.token_bytes.__getitem__, ids))
 
     def piece(self, token_id: int) -> str:
         """A readable form of one token for display (bytes decoded with replacement)."""
@@ -101,6 +101,8 @@ class Vocab:
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
+        if self.word_cache is not None:
+            return self.word_cache.encode(texts)
         encs = self.encoder.encode_batch_fast(texts, add_special_tokens=False)
         return [e.ids for e in encs]
 
@@ -175,6 +177,8 @@ def build_vocab(tokenizer) -> Vocab:
     # Rebuilding a 262k-token tokenizer takes seconds: only do it when something had to change.
     encoder = tokenizer if neutral is None else Tokenizer.from_str(orjson.dumps(neutral).decode())
     encoder.encode_special_tokens = True  # text spelling "<|endoftext|>" stays text
+    from tmcli.wordcache import make_word_cache
+
     return Vocab(
         family="byte-level" if byte_level else "sentencepiece",
         token_bytes=token_bytes,
@@ -185,6 +189,7 @@ def build_vocab(tokenizer) -> Vocab:
         unk_id=unk_id,
         encoder=encoder,
         original=tokenizer,
+        word_cache=make_word_cache(neutral or spec, encoder),
     )
 
 

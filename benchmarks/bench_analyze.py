@@ -1,0 +1,171 @@
+"""Throughput and memory of `tmcli analyze`, against baselines measured in the same run.
+
+Prints tokens/s of:
+  tmcli      analyze_file() end to end: JSONL parsing, in-context re-encoding, byte alignment,
+             aligned 64-token windows, group statistics with bootstrap CIs
+  study      the study's per-sample loop: transformers decode + re-encode of each sample and of
+             each 64-token window (as in the study's ablations.py)
+  limit      raw `tokenizers` encode_batch of the same completion texts (no parsing, no windows)
+and the ratios tmcli/limit (goal >= 0.5) and tmcli/study (goal >= 5). Then peak RSS of analyze
+in a fresh process on N and 10*N completions (goal: roughly flat).
+
+Data: WikiText paragraphs encoded with SmolLM2's tokenizer, cut into 1,024-id completions after
+64-id prompts, with ~2% of tokens split into two real tokens and ~0.5% replaced by random ids,
+so most completions are non-canonical.
+
+    python benchmarks/bench_analyze.py [--n 5000] [--mem-base 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
+TOKENIZER = "smollm2-135m"
+
+
+def make_data(path: Path, n: int, seed: int = 0) -> int:
+    from tmcli.vocab import vocab_for
+
+    vocab = vocab_for(TOKENIZER)
+    tok = vocab.original
+    rng = random.Random(seed)
+    text = WIKITEXT.read_text(encoding="utf-8") if WIKITEXT.exists() else (
+        ROOT / "sample_data" / "prompts.txt").read_text(encoding="utf-8") * 200
+    stream = tok.encode(text, add_special_tokens=False).ids
+    table = vocab.bytes_to_id()
+    total = 0
+    with open(path, "wb") as fh:
+        for i in range(n):
+            start = rng.randrange(0, len(stream) - 1100)
+            prompt, g = stream[start : start + 64], []
+            for t in stream[start + 64 :]:
+                if len(g) >= 1024:
+                    break
+                b = vocab.token_bytes[t]
+                r = rng.random()
+                if r < 0.02 and len(b) > 1 and table.get(b[:1]) and table.get(b[1:]):
+                    g += [table[b[:1]], table[b[1:]]]
+                elif r < 0.025:
+                    g.append(rng.randrange(0, vocab.size))
+                else:
+                    g.append(t)
+            g = g[:1024]
+            total += len(g)
+            rec = {"id": str(i), "model": TOKENIZER, "tokenizer": TOKENIZER,
+                   "temperature": [0.0, 1.0, 2.0][i % 3], "prompt_token_ids": prompt,
+                   "token_ids": g}
+            fh.write(orjson.dumps(rec) + b"\n")
+    return total
+
+
+def bench_tmcli(path: Path) -> float:
+    from tmcli.analysis import analyze_file
+
+    t = time.perf_counter()
+    a = analyze_file(str(path))
+    dt = time.perf_counter() - t
+    print(f"  tmcli: {a.samples.height} samples, {a.samples['noncanonical'].mean():.0%} "
+          f"non-canonical, {dt:.2f} s", file=sys.stderr)
+    return int(a.samples["n_tokens"].sum()) / dt
+
+
+def load_ids(path: Path, limit: int | None = None) -> list[list[int]]:
+    out = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            out.append(orjson.loads(line)["token_ids"])
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def bench_study(path: Path, n: int) -> float:
+    """The study's loop, through transformers, one sample and one window at a time."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tmcli.loading import load_tokenizer
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(TOKENIZER))
+    samples = load_ids(path, n)
+    t = time.perf_counter()
+    tokens = 0
+    for g in samples:
+        text = hf.batch_decode([g], skip_special_tokens=True)[0]
+        _ = (len(g) - len(hf(text).input_ids)) / len(g)
+        for i in range(0, len(g), 64):
+            w = hf.batch_decode([g[i : i + 64]], skip_special_tokens=True)[0]
+            _ = (64 - len(hf(w).input_ids)) / 64
+        tokens += len(g)
+    return tokens / (time.perf_counter() - t)
+
+
+def bench_limit(path: Path) -> tuple[float, float]:
+    from tmcli.loading import load_tokenizer
+
+    tok = load_tokenizer(TOKENIZER)
+    samples = load_ids(path)
+    texts = tok.decode_batch(samples, skip_special_tokens=False)
+    tokens = sum(map(len, samples))
+    t = time.perf_counter()
+    tok.encode_batch(texts, add_special_tokens=False)
+    slow = tokens / (time.perf_counter() - t)
+    t = time.perf_counter()
+    tok.encode_batch_fast(texts, add_special_tokens=False)
+    fast = tokens / (time.perf_counter() - t)
+    return slow, fast
+
+
+def peak_rss(path: Path) -> float:
+    code = ("import resource, sys; sys.path.insert(0, %r); from tmcli.analysis import analyze_file;"
+            "analyze_file(%r); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+            % (str(ROOT), str(path)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB (Linux reports KiB)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=5000, help="completions for the throughput run")
+    ap.add_argument("--study-n", type=int, default=500, help="completions timed for the study loop")
+    ap.add_argument("--mem-base", type=int, default=1000, help="N for the memory run (and 10*N)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "outputs.jsonl"
+        tokens = make_data(data, args.n)
+        size = data.stat().st_size / 2**20
+        print(f"data: {args.n} completions, {tokens} generated ids, {size:.0f} MiB JSONL")
+        tmcli = bench_tmcli(data)
+        study = bench_study(data, args.study_n)
+        limit, limit_fast = bench_limit(data)
+        print(f"tmcli analyze            {tmcli:12,.0f} tokens/s")
+        print(f"study-style loop         {study:12,.0f} tokens/s")
+        print(f"encode_batch (limit)     {limit:12,.0f} tokens/s")
+        print(f"encode_batch_fast        {limit_fast:12,.0f} tokens/s")
+        print(f"ratio tmcli/limit        {tmcli / limit:12.2f}   (goal >= 0.5)")
+        print(f"ratio tmcli/study        {tmcli / study:12.2f}   (goal >= 5)")
+        print(f"ratio tmcli/encode_fast  {tmcli / limit_fast:12.2f}")
+        small, big = Path(tmp) / "small.jsonl", Path(tmp) / "big.jsonl"
+        make_data(small, args.mem_base, seed=1)
+        make_data(big, 10 * args.mem_base, seed=2)
+        rss_small, rss_big = peak_rss(small), peak_rss(big)
+        print(f"peak RSS  {args.mem_base:>6} completions {rss_small:8.0f} MiB")
+        print(f"peak RSS  {10 * args.mem_base:>6} completions {rss_big:8.0f} MiB"
+              f"   ratio {rss_big / rss_small:.2f} for 10x the input (goal: roughly flat)")
+
+
+if __name__ == "__main__":
+    main()

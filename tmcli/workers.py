@@ -1,0 +1,81 @@
+"""Measuring batches of samples on every core, results in input order.
+
+Re-encoding is CPU-bound Python + Rust work; with more than a few batches the work goes to worker
+processes (spawned, so no fork-after-threads hazards with tokenizers or polars), each building its
+own tokenizer tables once. Small inputs are measured in-process: starting workers costs ~1 s.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+
+from tmcli.reencode import Reencoder, Sample
+
+_WORKER_ENCODERS: dict[tuple, Reencoder] = {}
+
+
+def _encoder(spec: str, window: int, context: bool) -> Reencoder:
+    key = (spec, window, context)
+    enc = _WORKER_ENCODERS.get(key)
+    if enc is None:
+        from tmcli.vocab import vocab_for
+
+        enc = _WORKER_ENCODERS[key] = Reencoder(vocab_for(spec), window=window, context=context)
+    return enc
+
+
+def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
+                  method: str) -> list[dict]:
+    """Worker entry point: metrics for samples of one tokenizer."""
+    return _encoder(spec, window, context).measure(samples, method=method)
+
+
+def default_jobs() -> int:
+    env = os.environ.get("TMCLI_JOBS")
+    if env and env.isdigit():
+        return max(1, int(env))
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class Measurer:
+    """Submit (spec, samples) batches; iterate results in submission order."""
+
+    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None,
+                 inline_batches: int = 2):
+        self.window, self.context, self.method = window, context, method
+        self.jobs = default_jobs() if jobs is None else max(1, jobs)
+        self.inline_batches = inline_batches
+        self._submitted = 0
+        self._pool = None
+        self._pending: deque = deque()
+
+    def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, list[dict]]]:
+        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order."""
+        self._submitted += 1
+        if self.jobs == 1 or self._submitted <= self.inline_batches:
+            yield from self.drain()
+            yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
+            return
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"))
+        fut = self._pool.submit(measure_batch, spec, samples, self.window, self.context,
+                                self.method)
+        self._pending.append((tag, fut))
+        while len(self._pending) > 2 * self.jobs:
+            t, f = self._pending.popleft()
+            yield t, f.result()
+
+    def drain(self) -> Iterator[tuple[object, list[dict]]]:
+        while self._pending:
+            t, f = self._pending.popleft()
+            yield t, f.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
