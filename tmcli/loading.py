@@ -200,9 +200,28 @@ def load_tokenizer(spec: str):
         raise TmcliError(f"tokenizer {spec} has no fast (Rust) backend", hint="use a tokenizer.json")
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
-    backend.save(str(tmp))
+    text = backend.to_str()
+    if source.gguf_file:
+        text = _fix_gguf_pretokenizer(text, source.directory / source.gguf_file)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cached)
     return Tokenizer.from_file(str(cached))
+
+
+def _fix_gguf_pretokenizer(text: str, path: Path) -> str:
+    """Restore the digit split that transformers' GGUF converter drops for llama.cpp's
+    ``smollm`` pre-tokenizer: SmolLM's own tokenizer.json splits every digit before ByteLevel."""
+    import gguf
+    import orjson
+
+    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
+    pre = bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else ""
+    spec = orjson.loads(text)
+    if pre == "smollm" and (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
+        spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
+        return orjson.dumps(spec).decode()
+    return text
 
 
 def load_hf_tokenizer(source: Source, spec: str):
