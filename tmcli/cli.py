@@ -73,3 +73,41 @@ def run_command(fn, *args, **kwargs):
             raise
         fail(str(exc))
 
+
+@app.command()
+def report(
+    source: Annotated[str, typer.Argument(
+        metavar="INPUT", help="Raw outputs (.jsonl, - for stdin) or `analyze --output` (.parquet).")],
+    html: Annotated[Optional[str], typer.Option(
+        "--html", help="Write a self-contained HTML report here (.html); else print a summary.")] = None,
+    temperatures: Annotated[str, typer.Option(
+        "--temperatures", help="Temperatures of the by-position figure; the nearest run is used.")
+    ] = "2.0,0.8",
+    tokenizer: Annotated[Optional[list[str]], typer.Option(
+        "--tokenizer", help="JSONL only: tokenizer for all records, or NAME=SPEC per name.")] = None,
+    window: Annotated[Optional[int], typer.Option(
+        "--window", help="JSONL only: window size in tokens [default: 64].")] = None,
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="JSONL only: skip unusable records instead of stopping.")] = False,
+) -> None:
+    """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
+    from tmcli.analysis import parse_tokenizer_option
+    from tmcli.report import check_path, parse_temperatures, warnings, write_report
+    from tmcli.store import load_analysis
+
+    temps = run_command(parse_temperatures, temperatures)
+    if html is not None:
+        run_command(check_path, html)  # before the analysis, not after it
+    analysis = run_command(load_analysis, source,
+                           tokenizer=run_command(parse_tokenizer_option, tokenizer),
+                           window=window, skip_invalid=skip_invalid or None)
+    if html is None:
+        from tmcli.terminal import print_summary
+
+        print_summary(analysis)
+        return
+    path = run_command(write_report, analysis, html, temperatures=temps)
+    for line in warnings(analysis, temps):
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(f"wrote {path} ({analysis.samples.height} samples)", err=True)
+
