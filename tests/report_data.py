@@ -22,6 +22,8 @@ WIKITEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2
 TEMPERATURES = (0.0, 0.4, 0.8, 1.2, 1.6, 2.0)
 # model name -> (tokenizer alias, sigmoid midpoint of the perturbed share)
 MODELS = {"smollm2-135m": ("smollm2-135m", 1.0), "gpt2": ("gpt2", 1.4)}
+REAL = Path(__file__).with_name("data") / "smollm2_generations.jsonl"  # make_generations.py
+REAL_MODEL = "SmolLM2-135M-Instruct"
 SCRIPT_TEXT = ' The page printed <script>alert(1)</script> and then </div> before the table.'
 
 
@@ -107,10 +109,13 @@ def perturb(p: _Perturber, ids: list[int], temperature: float, rng: random.Rando
 
 
 def build_outputs(path: str | Path, *, per_group: int = 32, n_tokens: int = 192,
-                  few: dict | None = None, seed: int = 0) -> Path:
+                  few: dict | None = None, seed: int = 0, real: bool = True) -> Path:
     """Write tmcli records: MODELS × TEMPERATURES, ``per_group`` each (``few`` overrides some
     groups' counts, to exercise the too-few-samples warnings), plus one record whose text holds
-    HTML and a script, spelled byte by byte so it ranks among the example completions."""
+    HTML and a script, spelled byte by byte so it ranks among the example completions.
+
+    With ``real``, the committed real SmolLM2 samples follow as a third model, `REAL_MODEL`
+    (on its own temperature grid: 0, 0.8, 1.4, 2.0; greedy has 8 samples, the others 32)."""
     few = few if few is not None else {("gpt2", 2.0): 10}
     rng = random.Random(seed)
     lines = _lines(per_group * len(TEMPERATURES))
@@ -141,6 +146,9 @@ def build_outputs(path: str | Path, *, per_group: int = 32, n_tokens: int = 192,
                 completion = ids[:cut] + p.spell(ids[cut:-4]) + ids[-4:]
                 fh.write(orjson.dumps(_record("html-script", model, spec, 2.0, p, prompt_ids,
                                               completion)) + b"\n")
+        if real:
+            for line in REAL.read_bytes().splitlines():
+                fh.write(orjson.dumps({**orjson.loads(line), "model": REAL_MODEL}) + b"\n")
     return path
 
 

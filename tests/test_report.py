@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from report_data import SCRIPT_TEXT, build_outputs
+from report_data import REAL_MODEL, SCRIPT_TEXT, build_outputs
 from tmcli import figures, stats
 from tmcli.cli import app
 from tmcli.errors import TmcliError
@@ -78,12 +78,12 @@ def _parse(path: Path) -> _Tags:
 
 def test_inputs_measure_as_constructed(analysis):
     g = analysis.groups
-    assert set(g["model"]) == {"smollm2-135m", "gpt2"}
-    assert g.filter(pl.col("temperature") == 0.0)["n_noncanonical"].to_list() == [0, 0]
+    assert set(g["model"]) == {"smollm2-135m", "gpt2", REAL_MODEL}
+    assert g.filter(pl.col("temperature") == 0.0)["n_noncanonical"].to_list() == [0, 0, 0]
     hot = g.filter(pl.col("temperature") == 2.0).sort("model")
     assert (hot["fraction_noncanonical"] > 0.3).all()
     assert g.filter(pl.col("few_samples")).select("model", "temperature", "n").rows() == [
-        ("gpt2", 2.0, 10)]
+        (REAL_MODEL, 0.0, 8), ("gpt2", 2.0, 10)]
     assert set(analysis.samples["kind"]) >= {"canonical", "merged", "resegmented"}
     ids = [e["id"] for e in analysis.examples]
     assert "html-script" in ids
@@ -96,6 +96,19 @@ def _has_interval(fig) -> bool:
                (getattr(t, "error_y", None) is not None and t.error_y.array is not None)
                or getattr(t, "type", "") == "heatmap" and "CI" in (t.hovertemplate or "")
                for t in fig.data)
+
+
+def test_real_generations_reach_the_figures(analysis):
+    """The sampled SmolLM2 outputs: at T=2 most re-encodings are *longer* (signed compression)."""
+    real = analysis.groups.filter(pl.col("model") == REAL_MODEL).sort("temperature")
+    assert real["temperature"].to_list() == [0.0, 0.8, 1.4, 2.0]
+    assert real["n"].to_list() == [8, 32, 32, 32]
+    hot = real.row(-1, named=True)
+    assert hot["n_lengthened"] > hot["n_merged"] and hot["mean_compression_hi"] < 0
+    fig = figures.mean_compression(analysis.groups)
+    line = next(t for t in fig.data if t.name == REAL_MODEL and t.mode == "lines+markers")
+    assert list(line.y) == real["mean_compression"].to_list()
+    assert list(line.customdata[:, 0]) == [8, 32, 32, 32]
 
 
 def test_every_figure_has_intervals_counts_and_warnings(analysis):
@@ -168,9 +181,10 @@ def test_report_lists_metadata_summary_and_warnings(analysis, report_path):
     parsed = _parse(report_path)
     text = " ".join(" ".join(v) for v in parsed.text.values())
     html = report_path.read_text(encoding="utf-8")
-    assert "1 of 12 group(s) have fewer than 30 samples" in html
-    assert html.count("<tr class=few>") == 1
-    assert "tmcli 0.1.0" in html and "gpt2 (170 samples), smollm2-135m (193 samples)" in html
+    assert "2 of 16 group(s) have fewer than 30 samples" in html
+    assert html.count("<tr class=few>") == 2
+    assert "tmcli 0.1.0" in html
+    assert f"{REAL_MODEL} (104 samples), gpt2 (170 samples), smollm2-135m (193 samples)" in html
     assert "id=summary" in html and "id=examples" in html and text
 
 

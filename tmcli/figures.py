@@ -45,8 +45,16 @@ def _colour(i: int, alpha: float = 1.0) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _symbols(df: pl.DataFrame) -> list[str]:
-    return ["circle-open" if few else "circle" for few in df["few_samples"].to_list()]
+def _hollow(fig, x, y, few, i: int, group: str, size: int = 9, **where) -> None:
+    """Redraw the points of too-small groups hollow, on top (the legend keeps a solid marker)."""
+    keep = [k for k, f in enumerate(few) if f]
+    if not keep:
+        return
+    xs, ys = list(x), list(y)
+    fig.add_trace(go.Scatter(
+        x=[xs[k] for k in keep], y=[ys[k] for k in keep], mode="markers", showlegend=False,
+        legendgroup=group, hoverinfo="skip",
+        marker=dict(size=size, color="white", line=dict(color=_colour(i), width=2))), **where)
 
 
 def _band(fig, x, lo, hi, colour: str, group: str, shape: str = "linear", **where) -> None:
@@ -108,7 +116,7 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
         y = df["fraction_compressed"]
         fig.add_trace(go.Scatter(
             x=df["temperature"], y=y, mode="markers", name=label, legendgroup=label,
-            marker=dict(color=_colour(i), size=9, symbol=_symbols(df), line=dict(width=2)),
+            marker=dict(color=_colour(i), size=9),
             error_y=dict(type="data", symmetric=False, array=df["fraction_compressed_hi"] - y,
                          arrayminus=y - df["fraction_compressed_lo"], color=_colour(i, 0.6)),
             customdata=df.select("n", "n_compressed", "fraction_compressed_lo",
@@ -116,6 +124,7 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
             hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "compressed %{y:.1%}",
                                   "95% CI %{customdata[2]:.1%} – %{customdata[3]:.1%}",
                                   "%{customdata[1]} of n=%{customdata[0]} samples"])))
+        _hollow(fig, df["temperature"], y, df["few_samples"], i, label)
         key = (df["model"][0], df["canonical"][0] if "canonical" in df.columns else None)
         fit = fit_of.get(key) or fit_of.get((key[0], None))
         if fit and fit["midpoint"] is not None:
@@ -141,11 +150,12 @@ def _line_with_band(fig, df, x, col: str, label: str, i: int, hover: list[str], 
     _band(fig, df[x], df[f"{col}_lo"], df[f"{col}_hi"], _colour(i, 0.18), label, **where)
     fig.add_trace(go.Scatter(
         x=df[x], y=df[col], mode="lines+markers", name=label, legendgroup=label,
-        line=dict(color=_colour(i)), marker=dict(size=8, symbol=_symbols(df), line=dict(width=2)),
+        line=dict(color=_colour(i)), marker=dict(size=8),
         customdata=df.select("n", f"{col}_lo", f"{col}_hi").to_numpy(),
         hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", *hover, f"%{{y:{fmt}}}",
                               f"95% CI %{{customdata[1]:{fmt}}} – %{{customdata[2]:{fmt}}}",
                               "n=%{customdata[0]} samples"])), **where)
+    _hollow(fig, df[x], df[col], df["few_samples"], i, label, size=8, **where)
 
 
 def mean_compression(groups: pl.DataFrame) -> go.Figure:
@@ -209,17 +219,18 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
                                       g["window_n"]])
             few = [n < FEW_SAMPLES for n in g["window_n"]]
+            lone = dict(type="data", symmetric=False, color=_colour(i, 0.6),  # no band to fill
+                        array=np.array(g["window_hi"]) - m, arrayminus=m - np.array(g["window_lo"]))
             fig.add_trace(go.Scatter(
                 x=x, y=m, mode="lines+markers", name=label, legendgroup=label,
                 showlegend=label not in shown, line=dict(color=_colour(i)),
-                marker=dict(size=7, symbol=["circle-open" if f else "circle" for f in few],
-                            line=dict(width=2)),
-                customdata=custom,
+                marker=dict(size=7), error_y=lone if len(m) == 1 else None, customdata=custom,
                 hovertemplate=_hover([f"<b>{label}</b> T={t:g}",
                                       "tokens %{customdata[0]}–%{customdata[1]}", "%{y:.3%}",
                                       "95% CI %{customdata[2]:.3%} – %{customdata[3]:.3%}",
                                       "n=%{customdata[4]} samples reach this window"])),
                 row=r, col=col)
+            _hollow(fig, x, m, few, i, label, size=7, row=r, col=col)
             shown.add(label)
     fig.update_yaxes(tickformat=".2%")
     fig.update_xaxes(title_text="token position (window centre)", row=len(picks) or 1)
@@ -245,16 +256,16 @@ def heatmaps(groups: pl.DataFrame, window: int) -> go.Figure:
             w = len(g["window_mean"])
             z[j, :w], lo[j, :w], hi[j, :w] = g["window_mean"], g["window_lo"], g["window_hi"]
             n[j, :w] = g["window_n"]
-        x = _window_x(width, window)
+        x = [f"{s}–{s + window - 1}" for s in range(0, width * window, window)]
         marks = np.where(n < FEW_SAMPLES, "⚠", "")
         fig.add_trace(go.Heatmap(
             z=z, x=x, y=[f"{t:g}" for t in df["temperature"]], coloraxis="coloraxis",
             text=marks, texttemplate="%{text}", customdata=np.dstack([lo, hi, n]),
-            hovertemplate=_hover([f"<b>{label}</b> T=%{{y}}", "window centre %{x}", "%{z:.3%}",
+            hovertemplate=_hover([f"<b>{label}</b> T=%{{y}}", "tokens %{x}", "%{z:.3%}",
                                   "95% CI %{customdata[0]:.3%} – %{customdata[1]:.3%}",
                                   "n=%{customdata[2]} samples"])),
             row=k // cols + 1, col=k % cols + 1)
-    fig.update_xaxes(title_text="token position (window centre)")
+    fig.update_xaxes(title_text="token positions", type="category")
     fig.update_yaxes(title_text="temperature", type="category")
     fig.update_layout(title="Mean compression by temperature and position",
                       coloraxis=dict(colorscale="RdBu_r", cmid=0, colorbar=dict(tickformat=".1%")),
@@ -271,7 +282,7 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=df["temperature"], y=y, mode="lines+markers", name=label, legendgroup=label,
             line=dict(color=_colour(i)),
-            marker=dict(size=9, symbol=_symbols(df), line=dict(width=2)),
+            marker=dict(size=9),
             error_y=dict(type="data", symmetric=False, color=_colour(i, 0.6),
                          array=(df["centre_of_gravity_hi"] - y).fill_nan(None),
                          arrayminus=(y - df["centre_of_gravity_lo"]).fill_nan(None)),
@@ -281,6 +292,7 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
                                   "95% CI %{customdata[1]:.0f} – %{customdata[2]:.0f}",
                                   "median position %{customdata[3]:.0f}",
                                   "n=%{customdata[0]} samples"])))
+        _hollow(fig, df["temperature"], y, df["few_samples"], i, label)
         fig.add_trace(go.Scatter(
             x=df["temperature"], y=df["median_position"], mode="lines", legendgroup=label,
             name=f"{label}: median position", line=dict(color=_colour(i), dash="dot", width=1.5),
@@ -308,12 +320,14 @@ def kinds(groups: pl.DataFrame) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=df["temperature"], y=df[col], mode="lines+markers", name=label,
                 legendgroup=label, showlegend=c == 1, line=dict(color=_colour(i)),
-                marker=dict(size=7, symbol=_symbols(df), line=dict(width=2)),
+                marker=dict(size=7),
                 customdata=df.select("n", f"n_{kind}", f"{col}_lo", f"{col}_hi").to_numpy(),
                 hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", f"{kind} %{{y:.1%}}",
                                       "95% CI %{customdata[2]:.1%} – %{customdata[3]:.1%}",
                                       "%{customdata[1]} of n=%{customdata[0]} samples"])),
                 row=1, col=c)
+            _hollow(fig, df["temperature"], df[col], df["few_samples"], i, label, size=7,
+                    row=1, col=c)
     fig.update_yaxes(tickformat=".0%")
     fig.update_yaxes(title_text="share of samples", row=1, col=1)
     fig.update_xaxes(title_text="temperature")
@@ -348,11 +362,11 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     nrows = max(1, math.ceil(len(panels) / cols))
     fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, vertical_spacing=0.18,
                         subplot_titles=[html.escape(" · ".join(map(str, k))) for k, _ in panels])
+    shown = set()
     for p, (_key, df) in enumerate(panels):
         where = dict(row=p // cols + 1, col=p % cols + 1)
-        for t_idx, (t, g) in enumerate(df.sort("temperature").group_by("temperature",
-                                                                        maintain_order=True)):
-            t = t[0]
+        for (t,), g in df.sort("temperature").group_by("temperature", maintain_order=True):
+            t_idx = temps.index(t)
             event = g["first_divergence"].is_not_null().to_numpy()
             time = np.where(event, g["first_divergence"].fill_null(0).to_numpy(),
                             g["n_tokens"].to_numpy() - 1)
@@ -361,18 +375,20 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
             _band(fig, x, lo, hi, colour, f"T={t:g}", shape="hv", **where)
             fig.add_trace(go.Scatter(
                 x=x, y=s, mode="lines", line=dict(color=scale[t_idx], shape="hv"),
-                name=f"T={t:g}", legendgroup=f"T={t:g}", showlegend=p == 0,
+                name=f"T={t:g}", legendgroup=f"T={t:g}", showlegend=t not in shown,
+                legendrank=t_idx,
                 customdata=np.column_stack([lo, hi, at_risk]),
                 hovertemplate=_hover([f"T={t:g}, n={g.height}",
                                       "canonical after %{x} tokens: %{y:.1%}",
                                       "95% CI %{customdata[0]:.1%} – %{customdata[1]:.1%}",
                                       "%{customdata[2]} samples still observed"])), **where)
+            shown.add(t)
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02])
     fig.update_yaxes(title_text="still canonical", col=1)
     fig.update_xaxes(title_text="tokens generated")
     fig.update_layout(title="Survival of canonical output: position of the first divergence",
                       **dict(LAYOUT, height=380 * nrows + 100))
-    g = samples.group_by("model", "temperature").len()
+    g = samples.group_by("model", "temperature").len().sort("model", "temperature")
     few = g.filter(pl.col("len") < FEW_SAMPLES).rename({"len": "n"}).with_columns(
         few_samples=pl.lit(True))
     return _legend_above(_warn(fig, few, "band: 95% CI (Kaplan–Meier, Greenwood); a completion "

@@ -85,7 +85,8 @@ def summary_table(groups: pl.DataFrame) -> str:
             notes.append(f"{r['n_boundary_merges']} merge(s) across the prompt boundary")
         if r.get("n_not_byte_exact"):
             notes.append(f"{r['n_not_byte_exact']} not byte-exact")
-        cells = [_e(_f(r[k], "g") if isinstance(r[k], float) else r[k]) for k in keys]
+        cells = [_e(_f(r[k], "g") if isinstance(r[k], float) or r[k] is None else r[k])
+                 for k in keys]
         cells += [str(r["n"]),
                   f"{r['n_compressed']} · {_ci(r, 'fraction_compressed', '.1%')}",
                   _ci(r, "fraction_noncanonical", ".1%"), _ci(r, "mean_compression", ".3%"),
