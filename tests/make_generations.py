@@ -1,4 +1,4 @@
-"""Regenerate `tests/data/smollm2_generations.jsonl`: real SmolLM2-135M samples for the report tests.
+"""Regenerate `tests/data/smollm2_generations.jsonl`: real SmolLM2-135M samples for report tests.
 
 Sampling a model takes minutes on CPU, too slow for every test run, so a small set is generated
 once with this script and committed: pure temperature sampling (no top-k/top-p), forced length.

@@ -125,7 +125,8 @@ def build_outputs(path: str | Path, *, per_group: int = 32, n_tokens: int = 192,
             p = _Perturber(spec)
             k = 0
             for t in TEMPERATURES:
-                share = 0.0 if t == 0 else 1 / (1 + math.exp(-5 * (t - midpoint)))  # greedy: canonical
+                # greedy output stays canonical
+                share = 0.0 if t == 0 else 1 / (1 + math.exp(-5 * (t - midpoint)))
                 for i in range(few.get((model, t), per_group)):
                     line = lines[k % len(lines)]
                     k += 1

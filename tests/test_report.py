@@ -1,4 +1,4 @@
-"""`tmcli report`: figures from a real analysis of real-text outputs, the HTML, the CLI, the browser.
+"""`tmcli report`: figures from a real analysis, the HTML, the CLI, a headless browser.
 
 The inputs are WikiText continuations encoded with the real SmolLM2 and GPT-2 tokenizers and
 perturbed into non-canonical forms (see `report_data.py`); everything after that is the real
@@ -141,7 +141,8 @@ def test_window_profile_takes_nearest_temperature_and_says_so(analysis):
     titles = [a.text for a in fig.layout.annotations]
     assert "T=2: all models pooled" in titles and "T=0.8: per model" in titles
     assert any("T=1.9 was not run; showing nearest T=2" in t for t in titles)
-    assert figures.nearest_temperatures([0.0, 0.4, 2.0], [1.9, 2.1, 0.1]) == [(1.9, 2.0), (0.1, 0.0)]
+    picks = figures.nearest_temperatures([0.0, 0.4, 2.0], [1.9, 2.1, 0.1])
+    assert picks == [(1.9, 2.0), (0.1, 0.0)]
 
 
 def test_kaplan_meier_exact():

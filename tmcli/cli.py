@@ -77,16 +77,19 @@ def run_command(fn, *args, **kwargs):
 @app.command()
 def report(
     source: Annotated[str, typer.Argument(
-        metavar="INPUT", help="Raw outputs (.jsonl, - for stdin) or `analyze --output` (.parquet).")],
+        metavar="INPUT",
+        help="Raw outputs (.jsonl, - for stdin) or `analyze --output` (.parquet).")],
     html: Annotated[Optional[str], typer.Option(
-        "--html", help="Write a self-contained HTML report here (.html); else print a summary.")] = None,
+        "--html", metavar="PATH",
+        help="Write a self-contained HTML report here (.html); else print a summary.")] = None,
     temperatures: Annotated[str, typer.Option(
-        "--temperatures", help="Temperatures of the by-position figure; the nearest run is used.")
-    ] = "2.0,0.8",
+        "--temperatures", metavar="T,T",
+        help="Temperatures of the by-position figure; the nearest run is used.")] = "2.0,0.8",
     tokenizer: Annotated[Optional[list[str]], typer.Option(
-        "--tokenizer", help="JSONL only: tokenizer for all records, or NAME=SPEC per name.")] = None,
+        "--tokenizer", metavar="SPEC",
+        help="JSONL only: tokenizer for all records, or NAME=SPEC per name.")] = None,
     window: Annotated[Optional[int], typer.Option(
-        "--window", help="JSONL only: window size in tokens [default: 64].")] = None,
+        "--window", metavar="N", help="JSONL only: window size in tokens (default 64).")] = None,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="JSONL only: skip unusable records instead of stopping.")] = False,
 ) -> None:

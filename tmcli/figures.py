@@ -205,8 +205,8 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
     for r, (_w, t) in enumerate(picks, start=1):
         pooled = summarise(samples.filter(pl.col("temperature") == t), ["temperature"], window,
                            n_resamples=n_resamples)
-        curves = [("all models", pooled, -1)] + [
-            (label, df.filter(pl.col("temperature") == t), i) for i, (label, df) in enumerate(labels)]
+        curves = [("all models", pooled, -1)] + [(label, df.filter(pl.col("temperature") == t), i)
+                                                  for i, (label, df) in enumerate(labels)]
         for label, row, i in curves:
             if row.height == 0:
                 continue
@@ -357,7 +357,8 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     keys = ["model", "canonical"] if rows["canonical"].n_unique() > 1 else ["model"]
     panels = list(rows.sort(keys).group_by(keys, maintain_order=True))
     temps = sorted(rows["temperature"].unique().to_list())
-    scale = sample_colorscale("Plasma", [0.85 * k / max(len(temps) - 1, 1) for k in range(len(temps))])
+    scale = sample_colorscale("Plasma", [0.85 * k / max(len(temps) - 1, 1)
+                                         for k in range(len(temps))])
     cols = min(len(panels), 2) or 1
     nrows = max(1, math.ceil(len(panels) / cols))
     fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, vertical_spacing=0.18,

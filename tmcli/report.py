@@ -167,7 +167,8 @@ def _plain(value) -> str:
 
 def _tok(piece: str) -> str:
     """One token box, whitespace made visible, escaped; <wbr> lets long runs wrap."""
-    return f"<span class=t>{_e(piece.replace(' ', '·').replace(chr(10), '↵').replace(chr(9), '⇥'))}</span><wbr>"
+    shown = piece.replace(" ", "·").replace("\n", "↵").replace("\t", "⇥")
+    return f"<span class=t>{_e(shown)}</span><wbr>"
 
 
 def example_html(k: int, ex: dict) -> str:
@@ -210,15 +211,17 @@ h1{margin:28px 0 4px}h2{margin-top:40px;border-bottom:1px solid #d0d7de;padding-
  border-radius:6px;padding:10px 16px;margin:18px 0}.banner li{margin:2px 0}
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #d0d7de;
  padding:4px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}
-tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}.caption{color:#57606a;margin:4px 0}
-.figure{margin:10px 0 30px}.example{border:1px solid #d0d7de;border-radius:6px;margin:10px 0;
- padding:6px 12px}.example summary{cursor:pointer;font-weight:600}.prompt{color:#57606a;margin:6px 0;
- font-size:13px}.text{white-space:pre-wrap;background:#f6f8fa;padding:8px;border-radius:4px;
+tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}
+.caption{color:#57606a;margin:4px 0}.figure{margin:10px 0 30px}
+.example{border:1px solid #d0d7de;border-radius:6px;margin:10px 0;padding:6px 12px}
+.example summary{cursor:pointer;font-weight:600}.prompt{color:#57606a;margin:6px 0;font-size:13px}
+.text{white-space:pre-wrap;background:#f6f8fa;padding:8px;border-radius:4px;
  font-family:ui-monospace,Menlo,monospace;font-size:13px}mark{background:#ffd33d}
-.legend{font-size:12px;color:#57606a;margin:8px 0 4px}.tokens{font-family:ui-monospace,Menlo,monospace;
- font-size:12px;line-height:2.1}.t{border:1px solid #d0d7de;border-radius:3px;padding:0 2px;
- margin:0 1px;white-space:pre}.diff{display:inline-flex;flex-direction:column;vertical-align:middle;
- margin:0 2px;line-height:1.6}.gen .t,.gen-key{background:#ffebe9;border-color:#ff8182}
+.legend{font-size:12px;color:#57606a;margin:8px 0 4px}
+.tokens{font-family:ui-monospace,Menlo,monospace;font-size:12px;line-height:2.1}
+.t{border:1px solid #d0d7de;border-radius:3px;padding:0 2px;margin:0 1px;white-space:pre}
+.diff{display:inline-flex;flex-direction:column;vertical-align:middle;margin:0 2px;line-height:1.6}
+.gen .t,.gen-key{background:#ffebe9;border-color:#ff8182}
 .can .t,.can-key{background:#dafbe1;border-color:#4ac26b}.gen-key,.can-key{padding:0 4px}
 """
 

@@ -58,7 +58,7 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000):
     missing = [c for c in SAMPLE_SCHEMA if c not in table.column_names]
     if missing:
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",
-                         hint="write it with `tmcli analyze --output x.parquet` of this tmcli version")
+                         hint="write it with this tmcli's `analyze --output x.parquet`")
     raw = (table.schema.metadata or {}).get(META_KEY)
     try:
         extra = orjson.loads(raw) if raw else {}
