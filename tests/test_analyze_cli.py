@@ -215,3 +215,19 @@ def test_version_and_help():
 
     assert run("--version").stdout.strip() == f"tmcli {__version__}"
     assert run("--help").exit_code == 0
+
+
+def test_output_parquet_feeds_check(outputs, tmp_path):
+    import polars as pl
+
+    pq = tmp_path / "samples.parquet"
+    r = run("analyze", outputs, "--output", pq, "--json")
+    assert r.exit_code == 0, r.output
+    df = pl.read_parquet(pq)
+    assert df.height == 4 and df["compression"].to_list()[1] == pytest.approx(8 / len(MERGED))
+    assert df["spans"][1][0]["before"].to_list() == spelled(" together")
+    r = run("check", pq, "--max-fraction-compressed", "0.5", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["checks"][0]["value"] == 0.5
+    r = run("check", pq, "--max-fraction-compressed", "0.5", "--window", "8")
+    assert r.exit_code == 2 and "cannot apply to a stored analysis" in r.output
+    assert run("analyze", outputs, "--output", tmp_path / "x.csv").exit_code == 2

@@ -17,6 +17,12 @@ __all__ = [
     "analyze_file",
     "read_records",
     "run_check",
+    "load_analysis",
+    "write_parquet",
+    "read_parquet",
+    "write_report",
+    "render_html",
+    "print_analysis",
 ]
 
 _LAZY = {
@@ -27,6 +33,12 @@ _LAZY = {
     "analyze_file": "tmcli.analysis",
     "read_records": "tmcli.records",
     "run_check": "tmcli.check",
+    "load_analysis": "tmcli.store",
+    "write_parquet": "tmcli.store",
+    "read_parquet": "tmcli.store",
+    "write_report": "tmcli.report",
+    "render_html": "tmcli.report",
+    "print_analysis": "tmcli.render",
 }
 
 

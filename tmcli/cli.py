@@ -90,6 +90,10 @@ ContextOpt = Annotated[bool, typer.Option("--context/--no-context", help="Re-enc
 GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="Comma-separated columns (default: model,temperature[,canonical]).")]
 
 
+def _groups(group_by: str | None) -> list[str] | None:
+    return [g.strip() for g in group_by.split(",") if g.strip()] if group_by else None
+
+
 def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
               group_by, **kwargs):
     from tmcli.analysis import analyze_file, parse_tokenizer_option
@@ -97,8 +101,7 @@ def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, 
     return analyze_file(
         input, tokenizer=parse_tokenizer_option(tokenizer), ids_field=ids_field, window=window,
         method=window_method, skip_invalid=skip_invalid, context=context,
-        group_by=[g.strip() for g in group_by.split(",") if g.strip()] if group_by else None,
-        **kwargs,
+        group_by=_groups(group_by), **kwargs,
     )
 
 
@@ -112,6 +115,7 @@ def analyze(
     context: ContextOpt = True,
     group_by: GroupOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print group summaries as JSON.")] = False,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write one row per sample to this .parquet file (for report/check).")] = None,
     skip_invalid: SkipOpt = False,
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 2000,
 ) -> None:
@@ -119,9 +123,15 @@ def analyze(
     import json
 
     from tmcli import render
+    from tmcli.store import PARQUET_SUFFIXES, write_parquet
 
+    if output and not output.lower().endswith(PARQUET_SUFFIXES):
+        fail(f"cannot write samples as '{output}'; name the file .parquet")
     result = run_command(_analysis, input, tokenizer, ids_field, window, window_method,
                          skip_invalid, context, group_by, n_resamples=resamples)
+    if output:
+        run_command(write_parquet, result, output)
+        render.stderr.print(f"wrote {output} ({result.samples.height} samples)")
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
         render.analysis_warnings(result)
@@ -141,13 +151,18 @@ def check(
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, json, github or junit.")] = "text",
     tokenizer: TokenizerOpt = None,
     ids_field: IdsFieldOpt = None,
-    window: WindowOpt = 64,
-    context: ContextOpt = True,
+    window: Annotated[Optional[int], typer.Option("--window", "-w", min=1, help="Window size in tokens (JSONL input; default 64).")] = None,
+    context: Annotated[Optional[bool], typer.Option("--context/--no-context", help="Re-encode after the prompt ids (JSONL input; default) or alone.")] = None,
     group_by: GroupOpt = None,
-    skip_invalid: SkipOpt = False,
+    skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid", help="Skip invalid lines (JSONL input).")] = None,
 ) -> None:
-    """Gate CI on thresholds: exit 0 when all hold, 1 when one fails, 2 on bad usage or input."""
+    """Gate CI on thresholds: exit 0 when all hold, 1 when one fails, 2 on bad usage or input.
+
+    INPUT is raw outputs (.jsonl, - for stdin) or an `analyze --output` file (.parquet).
+    """
+    from tmcli.analysis import parse_tokenizer_option
     from tmcli.check import FORMATS, render, run_check
+    from tmcli.store import load_analysis
 
     if fmt not in FORMATS:
         fail(f"unknown --format '{fmt}'; use one of: {', '.join(FORMATS)}")
@@ -159,8 +174,10 @@ def check(
     }
     if all(v is None for v in thresholds.values()):
         fail("no threshold given; pass e.g. --max-noncanonical-rate 0.01")
-    result = run_command(_analysis, input, tokenizer, ids_field, window, "aligned",
-                         skip_invalid, context, group_by, n_resamples=1000)
+    result = run_command(load_analysis, input, n_resamples=1000, group_by=_groups(group_by),
+                         tokenizer=run_command(parse_tokenizer_option, tokenizer),
+                         ids_field=ids_field, window=window, context=context,
+                         skip_invalid=skip_invalid)
     verdict = run_command(run_check, result, thresholds, per_group=per_group, use_upper=use_upper)
     typer.echo(render(verdict, fmt))
     raise typer.Exit(verdict.exit_code)
@@ -191,3 +208,45 @@ def selftest(
     else:
         render.print_selftest(results)
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
+
+
+@app.command()
+def report(
+    source: Annotated[str, typer.Argument(
+        metavar="INPUT",
+        help="Raw outputs (.jsonl, - for stdin) or `analyze --output` (.parquet).")],
+    html: Annotated[Optional[str], typer.Option(
+        "--html", metavar="PATH",
+        help="Write a self-contained HTML report here (.html); else print a summary.")] = None,
+    temperatures: Annotated[str, typer.Option(
+        "--temperatures", metavar="T,T",
+        help="Temperatures of the by-position figure; the nearest run is used.")] = "2.0,0.8",
+    tokenizer: Annotated[Optional[list[str]], typer.Option(
+        "--tokenizer", metavar="SPEC",
+        help="JSONL only: tokenizer for all records, or NAME=SPEC per name.")] = None,
+    window: Annotated[Optional[int], typer.Option(
+        "--window", metavar="N", help="JSONL only: window size in tokens (default 64).")] = None,
+    skip_invalid: Annotated[bool, typer.Option(
+        "--skip-invalid", help="JSONL only: skip unusable records instead of stopping.")] = False,
+) -> None:
+    """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
+    from tmcli.analysis import parse_tokenizer_option
+    from tmcli.report import check_path, parse_temperatures, warnings, write_report
+    from tmcli.store import load_analysis
+
+    temps = run_command(parse_temperatures, temperatures)
+    if html is not None:
+        run_command(check_path, html)  # before the analysis, not after it
+    analysis = run_command(load_analysis, source,
+                           tokenizer=run_command(parse_tokenizer_option, tokenizer),
+                           window=window, skip_invalid=skip_invalid or None)
+    if html is None:
+        from tmcli import render
+
+        render.print_analysis(analysis)
+        return
+    path = run_command(write_report, analysis, html, temperatures=temps)
+    for line in warnings(analysis, temps):
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(f"wrote {path} ({analysis.samples.height} samples)", err=True)
+

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -26,31 +27,40 @@ def _num(v, pct: bool = False, digits: int = 3) -> str:
 
 
 def _ci(row: dict, name: str, pct: bool = True, digits: int = 3) -> str:
+    """The estimate, and its 95% interval dimmed on the line below."""
     lo, hi = row.get(name + "_lo"), row.get(name + "_hi")
     main = _num(row.get(name), pct, digits)
-    if lo is None or hi is None or (isinstance(lo, float) and math.isnan(lo)):
+    if lo is None or hi is None or (isinstance(lo, float) and (math.isnan(lo) or math.isnan(hi))):
         return main
-    return f"{main} [{_num(lo, pct, digits)}–{_num(hi, pct, digits)}]"
+    return f"{main}\n[dim]{_num(lo, pct, digits)}–{_num(hi, pct, digits)}[/]"
 
 
 def groups_table(analysis) -> Table:
+    """One row per group; every figure with its 95% interval below it."""
     keys = analysis.group_by
-    table = Table(title="Re-encoding by group, [95% CI]", title_justify="left")
+    table = Table(title=f"Re-encoding by group: {analysis.samples.height} samples; percent, "
+                        "95% interval below", title_justify="left",
+                  caption="compr.: samples compressed; non-can.: samples non-canonical; mean: "
+                          "mean compression; tok. rate: tokens in differing spans; "
+                          "merged/longer/reseg.: kinds of non-canonical samples; centre: "
+                          "compression-weighted mean position vs the median position",
+                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
     for k in keys:
-        table.add_column(k, overflow="fold")
-    for name in ("n", "mean compr. %", "compressed %", "non-canon. %", "token rate %",
-                 "merged/longer/reseg %", "centre of gravity (median pos.)"):
+        table.add_column({"temperature": "T"}.get(k, k), no_wrap=k == "model")
+    for name in ("n", "compr.", "non-can.", "mean", "tok. rate", "merged/\nlonger/reseg.",
+                 "centre/\nmedian"):
         table.add_column(name, justify="right", overflow="fold")
     for row in analysis.groups.iter_rows(named=True):
-        n = f"{row['n']}" + (" [red]few[/red]" if row.get("few_samples") else "")
-        kinds = " / ".join(_num(row[f"fraction_{k}"], True, 2)
-                           for k in ("merged", "lengthened", "resegmented"))
-        cog = f"{_ci(row, 'centre_of_gravity', pct=False, digits=4)} ({_num(row['median_position'])})"
-        table.add_row(*[str(row[k]) for k in keys], n,
-                      _ci(row, "mean_compression", digits=3),
-                      _ci(row, "fraction_compressed", digits=3),
-                      _ci(row, "fraction_noncanonical", digits=3),
-                      _ci(row, "token_rate", digits=3), kinds, cog)
+        n = f"[bold yellow]{row['n']}⚠[/]" if row.get("few_samples") else str(row["n"])
+        kinds = "/".join(_num(row[f"fraction_{k}"], True, 2)
+                         for k in ("merged", "lengthened", "resegmented"))
+        cog = _ci(row, "centre_of_gravity", pct=False, digits=4)
+        cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        table.add_row(*cells, n, _ci(row, "fraction_compressed", digits=2),
+                      _ci(row, "fraction_noncanonical", digits=2),
+                      _ci(row, "mean_compression", digits=3), _ci(row, "token_rate", digits=3),
+                      kinds, f"{cog}\n/{_num(row['median_position'], digits=4)}")
     return table
 
 

@@ -176,3 +176,39 @@ def sigmoid(t, midpoint: float, slope: float):
     from scipy.special import expit
 
     return expit(slope * (np.asarray(t, dtype=float) - midpoint))
+
+
+def kaplan_meier(time, event, z: float = Z95):
+    """Kaplan–Meier survival with Greenwood log-log 95% bounds, as step-function points.
+
+    time: the last position observed canonical (censored) or the position where the event
+    happened; event: bool per sample. Returns (x, s, lo, hi, at_risk) where x counts tokens
+    generated (position + 1), starting from x=0, s=1 and ending at the longest observation.
+    """
+    t = np.asarray(time, dtype=np.int64)
+    e = np.asarray(event, dtype=bool)
+    xs, ss, los, his, risks = [0], [1.0], [1.0], [1.0], [len(t)]
+    s, var = 1.0, 0.0
+    for u in np.unique(t[e]):
+        n = int((t >= u).sum())
+        d = int(((t == u) & e).sum())
+        s *= 1 - d / n
+        var = var + d / (n * (n - d)) if n > d else math.inf
+        if 0 < s < 1 and math.isfinite(var):
+            w = z * math.sqrt(var) / abs(math.log(s))
+            lo, hi = s ** math.exp(w), s ** math.exp(-w)
+        else:
+            lo = hi = s
+        xs.append(int(u) + 1)
+        ss.append(s)
+        los.append(lo)
+        his.append(hi)
+        risks.append(n)
+    end = int(t.max()) + 1 if len(t) else 0
+    if end > xs[-1]:
+        xs.append(end)
+        ss.append(ss[-1])
+        los.append(los[-1])
+        his.append(his[-1])
+        risks.append(int((t >= end - 1).sum()))
+    return (np.array(xs), np.array(ss), np.array(los), np.array(his), np.array(risks))
