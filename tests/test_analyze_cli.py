@@ -225,7 +225,7 @@ def test_output_parquet_feeds_check(outputs, tmp_path):
     assert r.exit_code == 0, r.output
     df = pl.read_parquet(pq)
     assert df.height == 4 and df["compression"].to_list()[1] == pytest.approx(8 / len(MERGED))
-    assert df["spans"][1][0]["before"].to_list() == spelled(" together")
+    assert list(df["spans"][1][0]["before"]) == spelled(" together")
     r = run("check", pq, "--max-fraction-compressed", "0.5", "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["checks"][0]["value"] == 0.5
     r = run("check", pq, "--max-fraction-compressed", "0.5", "--window", "8")
