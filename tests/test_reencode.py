@@ -97,6 +97,21 @@ def test_character_cut_at_the_end_is_flagged_not_miscounted():
     assert m["compression"] == 0.0 and not m["noncanonical"]
 
 
+def test_invalid_utf8_mid_text_is_kept_verbatim():
+    # A token spelling 2 of the 3 bytes of a Tamil letter, then ordinary text: it has no
+    # canonical form, so it is kept as generated (and counted), and the text around it is judged.
+    r = reencoder("smollm2-135m")
+    table = r.vocab.bytes_to_id()
+    partial = table.get("அ".encode()[:2])
+    assert partial is not None
+    g = enc_ids("smollm2-135m", "The river") + [partial] + enc_ids("smollm2-135m", " flows on")
+    m = r.measure([Sample(g)])[0]
+    assert not m["noncanonical"] and m["invalid_bytes"] == 2 and not m["byte_exact"]
+    g2 = g + spell("smollm2-135m", " together")
+    m2 = r.measure([Sample(g2)])[0]
+    assert m2["n_tokens"] - m2["n_reencoded"] == 8 and m2["kind"] == "merged"
+
+
 def test_sentencepiece_completion_alone_has_no_false_prefix():
     # Out of context, Mistral's tokenizer would prepend "▁" to "ing" and call it non-canonical.
     r = reencoder("mistral-v1")

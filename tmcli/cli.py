@@ -228,6 +228,8 @@ def report(
         "--window", metavar="N", help="JSONL only: window size in tokens (default 64).")] = None,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="JSONL only: skip unusable records instead of stopping.")] = False,
+    png_dir: Annotated[Optional[str], typer.Option(
+        "--png-dir", metavar="DIR", help="Also write every figure as a PNG here (needs Chromium).")] = None,
 ) -> None:
     """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
     from tmcli.analysis import parse_tokenizer_option
@@ -240,10 +242,16 @@ def report(
     analysis = run_command(load_analysis, source,
                            tokenizer=run_command(parse_tokenizer_option, tokenizer),
                            window=window, skip_invalid=skip_invalid or None)
-    if html is None:
-        from tmcli import render
+    if png_dir is not None:
+        from tmcli.export import export_png
 
-        render.print_analysis(analysis)
+        pngs = run_command(export_png, analysis, png_dir, temperatures=temps)
+        typer.echo(f"wrote {len(pngs)} figures to {png_dir}", err=True)
+    if html is None:
+        if png_dir is None:
+            from tmcli import render
+
+            render.print_analysis(analysis)
         return
     path = run_command(write_report, analysis, html, temperatures=temps)
     for line in warnings(analysis, temps):

@@ -33,21 +33,62 @@ class Sample:
     prompt_ids: list[int] | None = None
 
 
-def _text_pieces(data: bytes) -> tuple[list, int]:
-    """Split bytes into encodable text and runs of invalid UTF-8 (kept as raw bytes)."""
-    pieces: list = []
-    invalid = 0
-    while data:
+def _invalid_ranges(data: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of ``data`` that are not valid UTF-8."""
+    out = []
+    pos = 0
+    while pos < len(data):
         try:
-            pieces.append(data.decode("utf-8"))
+            data[pos:].decode("utf-8")
             break
         except UnicodeDecodeError as exc:
-            if exc.start:
-                pieces.append(data[: exc.start].decode("utf-8"))
-            pieces.append(data[exc.start : exc.end])
-            invalid += exc.end - exc.start
-            data = data[exc.end :]
-    return pieces, invalid
+            out.append((pos + exc.start, pos + exc.end))
+            pos += exc.end
+    return out
+
+
+def _text_plan(ids: list[int], vocab: Vocab) -> tuple[list, int]:
+    """Split a run of non-special ids into text to re-encode and tokens kept verbatim.
+
+    Valid UTF-8 is re-encoded. Tokens that spell invalid UTF-8 (a character cut by the end of
+    generation, or stray byte tokens) have no canonical form, so they are kept as generated and
+    only counted: the text between them is re-encoded as usual.
+    """
+    data = vocab.spell(ids)
+    try:
+        return [data.decode("utf-8")], 0
+    except UnicodeDecodeError:
+        pass
+    bad_ranges = _invalid_ranges(data)
+    invalid = sum(e - s for s, e in bad_ranges)
+    ends = np.cumsum(vocab.lengths[np.asarray(ids, dtype=np.int64)])
+    starts = ends - vocab.lengths[np.asarray(ids, dtype=np.int64)]
+    verbatim = np.zeros(len(ids), dtype=bool)
+    while bad_ranges:
+        for s, e in bad_ranges:  # tokens overlapping [s, e)
+            verbatim[(starts < e) & (ends > s)] = True
+        bad_ranges = []
+        for seg_start, seg_end in _runs(~verbatim):
+            chunk = data[starts[seg_start] : ends[seg_end - 1]]
+            offset = int(starts[seg_start])
+            bad_ranges += [(offset + s, offset + e) for s, e in _invalid_ranges(chunk)]
+    plan: list = []
+    pos = 0
+    for seg_start, seg_end in _runs(~verbatim):
+        if seg_start > pos:
+            plan.append([int(i) for i in ids[pos:seg_start]])
+        plan.append(data[starts[seg_start] : ends[seg_end - 1]].decode("utf-8"))
+        pos = seg_end
+    if pos < len(ids):
+        plan.append([int(i) for i in ids[pos:]])
+    return plan, invalid
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in ``mask``."""
+    padded = np.concatenate(([False], mask, [False]))
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 class Reencoder:
@@ -92,14 +133,14 @@ class Reencoder:
             start = 0
             for cut in [*cuts.tolist(), len(ids)]:
                 if cut > start:
-                    pieces, bad = _text_pieces(vocab.spell(ids[start:cut]))
+                    pieces, bad = _text_plan(ids[start:cut], vocab)
                     invalid += bad
                     for piece in pieces:
                         if isinstance(piece, str):
                             plan.append(len(texts))
                             texts.append(piece)
                         else:
-                            plan.append([self._raw_byte_id(b) for b in piece])
+                            plan.append(piece)
                 if cut < len(ids):
                     plan.append([int(ids[cut])])
                 start = cut + 1
@@ -113,12 +154,6 @@ class Reencoder:
                 c.extend(encoded[item] if isinstance(item, int) else item)
             out.append(c)
         return out, invalid_counts
-
-    def _raw_byte_id(self, b: int) -> int:
-        idx = self.vocab.byte_ids[b]
-        if idx is None:
-            return self.vocab.unk_id if self.vocab.unk_id is not None else 0
-        return idx
 
     # -- measurement --------------------------------------------------------------------------
     def measure(self, samples: list[Sample], *, method: str = "aligned") -> list[dict]:

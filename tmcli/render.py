@@ -94,7 +94,7 @@ def analysis_warnings(analysis) -> None:
     not_exact = int(g["n_not_byte_exact"].sum())
     if not_exact:
         warn(f"{not_exact} sample(s) could not be handled byte-exactly "
-             f"({int(g['invalid_bytes'].sum())} invalid UTF-8 byte(s) spelled as byte tokens)")
+             f"({int(g['invalid_bytes'].sum())} invalid UTF-8 byte(s) kept as generated)")
     merges = int(g["n_boundary_merges"].sum())
     if merges:
         warn(f"{merges} sample(s) merge across the prompt/completion boundary "

@@ -65,7 +65,7 @@ class Vocab:
     lengths: np.ndarray  # byte length per id; specials get 1 (a placeholder in offset space)
     special: np.ndarray  # bool per id: control tokens never re-encoded as text
     known: np.ndarray  # bool per id: id exists in the vocabulary
-    byte_ids: list[int | None]  # id that spells exactly one raw byte, for invalid UTF-8
+    byte_ids: list[int | None]  # id that spells exactly one raw byte (byte fallback tokens)
     unk_id: int | None
     encoder: object = field(repr=False)  # tokenizers.Tokenizer, neutral copy
     original: object = field(repr=False)  # tokenizers.Tokenizer as loaded
