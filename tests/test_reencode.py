@@ -202,3 +202,15 @@ def test_invariants_on_random_ids(name, data):
         # Re-measuring the canonical form finds nothing: the re-encoding is a fixed point.
         canon, _ = r.canonical([p + g])
         assert not r.measure([Sample(canon[0])])[0]["noncanonical"]
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m", "gpt2"])
+@settings(max_examples=200, deadline=None)
+@given(text=st.lists(st.sampled_from(
+    [" ", "  ", "\n", "\t", "a", "Z", "é", "日", "😀", "1", "2", "٣", "'s", "'ll", "!", ".", "-",
+     " the", "\n\n", "   "]), min_size=1, max_size=40).map("".join))
+def test_word_cache_equals_whole_text_encoding(name, text):
+    vocab = reencoder(name).vocab
+    assert vocab.word_cache is not None
+    whole = vocab.encoder.encode(text, add_special_tokens=False).ids
+    assert vocab.word_cache.encode([text]) == [whole]

@@ -40,6 +40,33 @@ def _isolated(pattern):
     return split
 
 
+def _digits_then_gpt2(regex):
+    """Digits(individual) followed by ByteLevel's GPT-2 regex (SmolLM, StarCoder) as one regex.
+
+    Splitting digits first means a whitespace run before a digit ends its piece whole ("   2" ->
+    "   ", "2"), where one combined regex would leave its last space apart ("  ", " ", "2"); the
+    rare texts with two whitespace characters before a digit get those pieces joined back.
+    """
+    combined = regex.compile(r"""\p{N}|'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?[^\s\p{L}\p{N}]+|"""
+                             r"""\s+(?!\S)|\s+""")
+    risky = regex.compile(r"\s\s\p{N}")
+
+    def split(text: str) -> list[str]:
+        parts = combined.findall(text)
+        if not risky.search(text):
+            return parts
+        out: list[str] = []
+        for i, part in enumerate(parts):
+            if (out and part.isspace() and out[-1].isspace() and i + 1 < len(parts)
+                    and parts[i + 1][:1].isnumeric()):
+                out[-1] += part
+            else:
+                out.append(part)
+        return out
+
+    return split
+
+
 def _steps(pre: dict | None, regex) -> list | None:
     """The pre-tokenizer as a list of split functions, or None if not reproducible exactly."""
     if pre is None:
@@ -131,7 +158,13 @@ def make_word_cache(spec: dict, encoder) -> WordCache | None:
     model = spec.get("model") or {}
     if model.get("type") != "BPE" or model.get("dropout"):
         return None
-    steps = _steps(spec.get("pre_tokenizer"), regex)
+    pre = spec.get("pre_tokenizer") or {}
+    subs = pre.get("pretokenizers") if pre.get("type") == "Sequence" else None
+    if (subs and len(subs) == 2 and subs[0] == {"type": "Digits", "individual_digits": True}
+            and subs[1].get("type") == "ByteLevel" and subs[1].get("use_regex", True)
+            and not subs[1].get("add_prefix_space")):
+        return WordCache(encoder, [_digits_then_gpt2(regex)])
+    steps = _steps(pre or None, regex)
     if not steps:
         return None
     return WordCache(encoder, steps)

@@ -1,8 +1,9 @@
 """Measuring batches of samples on every core, results in input order.
 
-Re-encoding is CPU-bound Python + Rust work; with more than a few batches the work goes to worker
-processes (spawned, so no fork-after-threads hazards with tokenizers or polars), each building its
-own tokenizer tables once. Small inputs are measured in-process: starting workers costs ~1 s.
+Re-encoding is CPU-bound Python + Rust work. The first batches are measured in-process, which
+builds the tokenizer tables and warms the per-piece cache; later batches go to worker processes
+forked from this one (on Linux), so they start with those tables and caches at no cost. Where
+fork is unavailable, or with one core, everything stays in-process.
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
     return _encoder(spec, window, context).measure(samples, method=method)
 
 
+def _fork_pool(jobs: int):
+    """A pool of forked workers, or None where fork isn't available."""
+    import multiprocessing as mp
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    if "fork" not in mp.get_all_start_methods():
+        return None
+    # Workers run no tokenizer thread pool of their own (they are the parallelism), and polars
+    # is never used in them, so its fork warning does not apply.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"))
+        pool.submit(int, 0).result()  # start the workers now, under the filter
+    return pool
+
+
 def default_jobs() -> int:
     env = os.environ.get("TMCLI_JOBS")
     if env and env.isdigit():
@@ -59,10 +78,11 @@ class Measurer:
             yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
             return
         if self._pool is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self._pool = ProcessPoolExecutor(self.jobs, mp_context=mp.get_context("spawn"))
+            self._pool = _fork_pool(self.jobs)
+        if self._pool is None:
+            yield from self.drain()
+            yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
+            return
         fut = self._pool.submit(measure_batch, spec, samples, self.window, self.context,
                                 self.method)
         self._pending.append((tag, fut))
