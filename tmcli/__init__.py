@@ -17,6 +17,10 @@ __all__ = [
     "analyze_file",
     "read_records",
     "run_check",
+    "generate",
+    "read_prompts",
+    "load_model",
+    "parse_temperatures",
 ]
 
 _LAZY = {
@@ -27,6 +31,10 @@ _LAZY = {
     "analyze_file": "tmcli.analysis",
     "read_records": "tmcli.records",
     "run_check": "tmcli.check",
+    "generate": "tmcli.generation",
+    "read_prompts": "tmcli.prompts",
+    "load_model": "tmcli.loading",
+    "parse_temperatures": "tmcli.generation",
 }
 
 

@@ -9,7 +9,7 @@ How nothing is lost: records are appended and fsynced per batch; a record's id i
 what determines it (model, prompt, temperature, seed, lengths, canonical mode), so rerunning the
 same command skips what is done, and a line cut by a crash is repaired before appending.
 
-How it is reproducible: each row draws its sampling uniforms from its own generator, seeded from
+How it is reproducible: each row draws its sampling noise from its own generator, seeded from
 (seed, prompt, temperature), so a record does not depend on which rows shared its batch.
 """
 
@@ -100,11 +100,13 @@ def row_seed(prompt: Prompt, temperature: float, seed: int, canonical: str = "of
 
 # -- sampling and the decode loop ---------------------------------------------------------------
 
-def sample(logits, temperatures, uniforms):
+def sample(logits, temperatures, noise):
     """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
 
-    Inverse-CDF with one uniform per row: exact for the categorical distribution, vectorised, and
-    driven by each row's own random stream."""
+    Exponential race (Gumbel-max): argmax of p_i / E_i with E_i ~ Exp(1) from ``noise`` draws
+    token i with probability p_i. Unlike inverse-CDF sampling, whose cumulative sum over the whole
+    vocabulary turns float rounding into a different token now and then, a draw here only changes
+    when two tokens' scores tie to within rounding, so batch composition does not change samples."""
     import torch
 
     greedy = temperatures == 0
@@ -112,11 +114,19 @@ def sample(logits, temperatures, uniforms):
     if bool(greedy.all()):
         return best
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    probs = torch.softmax(logits / t[:, None], dim=-1)
-    cdf = probs.double().cumsum_(-1)
-    target = (uniforms.double() * cdf[:, -1])[:, None]
-    drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=logits.shape[1] - 1)
+    drawn = (logits / t[:, None] - noise.log()).argmax(-1)
     return torch.where(greedy, best, drawn)
+
+
+def _noise(generators, rows, vocab: int, device):
+    """One Exp(1) draw per vocabulary entry for each sampling row, from that row's generator."""
+    import torch
+
+    noise = torch.ones((len(rows), vocab), device=device)
+    for i, r in enumerate(rows):
+        if generators[r] is not None:
+            noise[i].exponential_(generator=generators[r])
+    return noise
 
 
 StepHook = Callable[[int, "object", "object"], "object"]
@@ -125,7 +135,7 @@ indices still decoding and their new tokens; returns the tokens to append. Canon
 
 
 def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
-                 temperatures: Sequence[float], uniforms, *, max_new_tokens: int,
+                 temperatures: Sequence[float], seeds: Sequence[int], *, max_new_tokens: int,
                  eos_ids: Sequence[int] = (), stop_at_eos: bool = False, pad_id: int = 0,
                  on_step: Callable[[int], None] | None = None,
                  hook: StepHook | None = None) -> list[tuple[list[int], str]]:
@@ -150,7 +160,8 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
             logits = logits.index_select(0, index)
         n = len(rows)
         temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
-        u = torch.as_tensor(uniforms, device=device)
+        generators = [None if t == 0 else torch.Generator(device=device).manual_seed(s)
+                      for t, s in zip(temperatures, seeds)]
         out = torch.zeros((n, max_new_tokens), dtype=torch.long)
         lengths = [max_new_tokens] * n
         reasons = ["length"] * n
@@ -160,7 +171,9 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
         for step in range(max_new_tokens):
             if len(eos) and not stop_at_eos:
                 logits.index_fill_(1, eos, float("-inf"))
-            tokens = sample(logits, temps[alive], u[alive, step])
+            live = alive.tolist()
+            noise = _noise(generators, live, logits.shape[1], device)
+            tokens = sample(logits, temps[alive], noise)
             if hook is not None:
                 tokens = hook(step, alive, tokens)
             out[alive.cpu(), step] = tokens.cpu()
@@ -205,7 +218,7 @@ def _free_memory(device: str) -> int:
         return 8 << 30
 
 
-def plan_batch_size(lm, max_context: int, requested: int | None) -> int:
+def plan_batch_size(lm, max_context: int, requested: int | None, rows: int) -> int:
     """Rows per batch: ``requested``, checked against free memory, or the largest that keeps the
     KV cache and sampling buffers within half the free memory (at most 128 on CPU, where larger
     batches stop paying, 512 on accelerators)."""
@@ -216,6 +229,7 @@ def plan_batch_size(lm, max_context: int, requested: int | None) -> int:
     per_row = _kv_bytes_per_token(lm.model, itemsize) * max_context + vocab * 24
     free = _free_memory(lm.device)
     if requested is not None:
+        requested = min(requested, rows)
         need = requested * per_row
         if need > free:
             raise TmcliError(
@@ -229,7 +243,7 @@ def plan_batch_size(lm, max_context: int, requested: int | None) -> int:
         raise TmcliError(
             f"out of memory: one row of {max_context} tokens needs ~{per_row / 2**30:.1f} GiB, "
             f"{free / 2**30:.1f} GiB is free", hint="use fewer --max-new-tokens or shorter prompts")
-    return max(1, min(cap, fits))
+    return max(1, min(cap, fits, rows))
 
 
 def _batches(jobs: list[_Job], lengths: dict[int, int], size: int) -> list[list[_Job]]:
@@ -299,7 +313,6 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     total = sum(len(j) for j in todo.values()) * max_new_tokens
     if total == 0:
         return summary
-    import numpy as np
     import torch
 
     if threads:
@@ -319,7 +332,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
             tok = load_tokenizer(lm.tokenizer)
             summary.load_seconds += time.perf_counter() - started
             ids = {p.index: tok.encode(p.text, add_special_tokens=True).ids for p in {j.prompt for j in jobs}}
-            size = plan_batch_size(lm, max(map(len, ids.values())) + max_new_tokens, batch_size)
+            size = plan_batch_size(lm, max(map(len, ids.values())) + max_new_tokens, batch_size,
+                                   len(jobs))
             decoder = make_decoder(lm.model, fast=engine == "auto")
             sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
                         "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
@@ -329,12 +343,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
             started = time.perf_counter()
             for batch in _batches(jobs, {k: len(v) for k, v in ids.items()}, size):
                 order = list(dict.fromkeys(j.prompt.index for j in batch))
-                uniforms = np.stack([np.random.default_rng(j.row_seed).random(max_new_tokens)
-                                     for j in batch])
                 try:
                     results = decode_batch(
                         decoder, [ids[i] for i in order], [order.index(j.prompt.index) for j in batch],
-                        [j.temperature for j in batch], uniforms, max_new_tokens=max_new_tokens,
+                        [j.temperature for j in batch], [j.row_seed for j in batch],
+                        max_new_tokens=max_new_tokens,
                         eos_ids=lm.eos_ids, stop_at_eos=stop_at_eos, on_step=progress.advance)
                 except (RuntimeError, MemoryError) as exc:
                     if not _is_oom(exc):

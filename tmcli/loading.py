@@ -338,9 +338,13 @@ def _from_pretrained(spec: str, trust_remote_code: bool):
                 path, trust_remote_code=trust_remote_code, **kwargs
             )
         except (OSError, ValueError, ImportError, KeyError) as exc:
+            if isinstance(exc, OSError) and not Path(path).exists():
+                where = "in the local Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE") == "1" \
+                    else "on the Hugging Face hub"
+                raise TmcliError(f"unknown model '{spec}': not an alias, a local path, or a model "
+                                 f"{where}", hint=_model_alias_hint()) from None
             text = " ".join(str(exc).split()) or type(exc).__name__
-            if len(text) > 200:
-                text = text[:200] + "..."
+            text = text if len(text) <= 200 else text[:200] + "..."
             raise TmcliError(f"cannot load model '{spec}': {text}", hint=_model_alias_hint()) from None
 
     return load
