@@ -23,6 +23,10 @@ __all__ = [
     "write_report",
     "render_html",
     "print_analysis",
+    "generate",
+    "read_prompts",
+    "load_model",
+    "parse_temperatures",
 ]
 
 _LAZY = {
@@ -39,6 +43,10 @@ _LAZY = {
     "write_report": "tmcli.report",
     "render_html": "tmcli.report",
     "print_analysis": "tmcli.render",
+    "generate": "tmcli.generation",
+    "read_prompts": "tmcli.prompts",
+    "load_model": "tmcli.loading",
+    "parse_temperatures": "tmcli.generation",
 }
 
 

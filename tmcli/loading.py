@@ -247,3 +247,178 @@ def tokenizer_name(spec: str) -> str:
         return spec
     path = Path(spec).expanduser()
     return str(path.resolve()) if path.exists() else spec
+
+
+# -- models (for `generate`) ----------------------------------------------------------------------
+
+DTYPES = {
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready to decode, with the names recorded on every output record."""
+
+    spec: str  # as the user gave it (alias, path or hub id)
+    model_id: str  # upstream hub id, or the absolute path
+    tokenizer: str  # what `load_tokenizer` accepts for this model
+    model: object
+    device: str
+    dtype: str
+    eos_ids: tuple[int, ...]
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device must exist."""
+    import torch
+
+    if device not in DEVICES:
+        raise TmcliError(f"unknown device '{device}'", hint="use one of: " + ", ".join(DEVICES))
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TmcliError("--device cuda: no CUDA device is available", hint="use --device auto or cpu")
+    if device == "mps" and not has_mps:
+        raise TmcliError("--device mps: no Apple MPS device is available", hint="use --device auto or cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` is float32 on CPU (bf16/fp16 matmuls are slow there), bf16/fp16 on accelerators."""
+    if dtype == "auto":
+        if device == "cuda":
+            import torch
+
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float16" if device == "mps" else "float32"
+    if dtype not in DTYPES:
+        raise TmcliError(f"unknown dtype '{dtype}'", hint="use auto, float32, bfloat16 or float16")
+    return DTYPES[dtype]
+
+
+def model_id(spec: str) -> str:
+    """The upstream id recorded for ``spec``: the hub id behind an alias, else the path or id."""
+    if spec in ALIASES:
+        return ALIASES[spec].hf_id or spec
+    return tokenizer_name(spec)
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", *,
+               trust_remote_code: bool = False, progress: bool = False) -> LoadedModel:
+    """Load a causal LM for decoding. GGUF files are dequantised once and cached as a plain
+    checkpoint under ``cache_dir()/models``, so only the first load pays the 20-70 s conversion
+    (with a progress bar on stderr if ``progress``)."""
+    import torch
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if spec in ALIASES and not ALIASES[spec].has_model:
+        raise TmcliError(f"'{spec}' is a tokenizer alias with no model", hint=_model_alias_hint())
+    source = resolve_source(spec)
+    from_pretrained = _from_pretrained(spec, trust_remote_code)
+    if source.gguf_file:
+        model = _converted_gguf(source, spec, from_pretrained, progress)
+        if model is None:
+            model = from_pretrained(str(_gguf_cache_path(source)), dtype=dt)
+        else:
+            model = model.to(getattr(torch, dt))
+    else:
+        model = from_pretrained(str(source.directory or source.hub_id), dtype=dt)
+    model.to(dev).eval()
+    return LoadedModel(spec, model_id(spec), tokenizer_name(spec), model, dev, dt, _eos_ids(model))
+
+
+def _model_alias_hint() -> str:
+    names = [a.name for a in ALIASES.values() if a.has_model]
+    return "model aliases: " + ", ".join(names) + "; or give a local path, a GGUF file or a hub id"
+
+
+def _from_pretrained(spec: str, trust_remote_code: bool):
+    """AutoModelForCausalLM.from_pretrained with offline-friendly, one-line errors."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    new_kw = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
+
+    def load(path: str, *, dtype: str, **kwargs):
+        kwargs["dtype" if new_kw else "torch_dtype"] = getattr(torch, dtype)
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                path, trust_remote_code=trust_remote_code, **kwargs
+            )
+        except (OSError, ValueError, ImportError, KeyError) as exc:
+            if isinstance(exc, OSError) and not Path(path).exists():
+                where = "in the local Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE") == "1" \
+                    else "on the Hugging Face hub"
+                raise TmcliError(f"unknown model '{spec}': not an alias, a local path, or a model "
+                                 f"{where}", hint=_model_alias_hint()) from None
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            text = text if len(text) <= 200 else text[:200] + "..."
+            raise TmcliError(f"cannot load model '{spec}': {text}", hint=_model_alias_hint()) from None
+
+    return load
+
+
+def _gguf_cache_path(source: Source) -> Path:
+    digest = hashlib.sha256(source.key.encode()).hexdigest()[:16]
+    return cache_dir() / "models" / digest
+
+
+def _converted_gguf(source: Source, spec: str, from_pretrained, progress: bool):
+    """Dequantise a GGUF into a cached checkpoint; returns the model if it was just converted,
+    None if a cached conversion exists (the caller then loads it in seconds)."""
+    target = _gguf_cache_path(source)
+    if (target / "config.json").is_file():
+        return None
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None and not progress:  # transformers' own tqdm ignores its progress-bar switch
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        model = from_pretrained(str(source.directory), gguf_file=source.gguf_file, dtype="float32")
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+    # A GGUF-loaded model refuses save_pretrained while it still looks quantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        (tmp / "tmcli-source.txt").write_text(f"{spec}\n{source.key}\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished the same conversion first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model
+
+
+def _eos_ids(model) -> tuple[int, ...]:
+    """End-of-sequence ids from the generation config (may be a list), else the model config."""
+    found: list[int] = []
+    for cfg in (getattr(model, "generation_config", None), model.config):
+        value = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and v not in found:
+                found.append(v)
+    return tuple(found)
