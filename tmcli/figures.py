@@ -158,16 +158,22 @@ def _line_with_band(fig, df, x, col: str, label: str, i: int, hover: list[str], 
     _hollow(fig, df[x], df[col], df["few_samples"], i, label, size=8, **where)
 
 
-def mean_compression(groups: pl.DataFrame) -> go.Figure:
-    """Figure 2: mean (signed) compression per sample, bootstrap band."""
+def _vs_temperature(groups: pl.DataFrame, col: str, hover: str, fmt: str, title: str,
+                    yaxis_title: str, tickformat: str) -> go.Figure:
+    """One line per model of a group metric vs temperature, with its CI band."""
     fig = go.Figure()
     for i, (label, df) in enumerate(series(groups)):
-        _line_with_band(fig, df, "temperature", "mean_compression", label, i,
-                        ["mean compression"], ".3%")
-    fig.update_layout(title="Mean compression vs temperature (band: 95% bootstrap CI)",
-                      xaxis_title="temperature", yaxis_title="(n − len(re-encoding)) / n",
-                      yaxis_tickformat=".2%", **LAYOUT)
+        _line_with_band(fig, df, "temperature", col, label, i, [hover], fmt)
+    fig.update_layout(title=title, xaxis_title="temperature", yaxis_title=yaxis_title,
+                      yaxis_tickformat=tickformat, **LAYOUT)
     return _warn(fig, groups)
+
+
+def mean_compression(groups: pl.DataFrame) -> go.Figure:
+    """Figure 2: mean (signed) compression per sample, bootstrap band."""
+    return _vs_temperature(groups, "mean_compression", "mean compression", ".3%",
+                           "Mean compression vs temperature (band: 95% bootstrap CI)",
+                           "(n − len(re-encoding)) / n", ".2%")
 
 
 def nearest_temperatures(available, wanted) -> list[tuple[float, float]]:
@@ -337,14 +343,9 @@ def kinds(groups: pl.DataFrame) -> go.Figure:
 
 def token_rate(groups: pl.DataFrame) -> go.Figure:
     """Figure 6b: tokens inside differing spans / all tokens (comparable with later studies)."""
-    fig = go.Figure()
-    for i, (label, df) in enumerate(series(groups)):
-        _line_with_band(fig, df, "temperature", "token_rate", label, i,
-                        ["non-canonical tokens"], ".2%")
-    fig.update_layout(title="Per-token non-canonical rate vs temperature (band: 95% bootstrap CI)",
-                      xaxis_title="temperature", yaxis_title="tokens in differing spans",
-                      yaxis_tickformat=".1%", **LAYOUT)
-    return _warn(fig, groups)
+    return _vs_temperature(groups, "token_rate", "non-canonical tokens", ".2%",
+                           "Per-token non-canonical rate vs temperature (band: 95% bootstrap CI)",
+                           "tokens in differing spans", ".1%")
 
 
 def first_divergence(samples: pl.DataFrame) -> go.Figure:
