@@ -4,13 +4,14 @@ Two decoders share one small interface (``prefill``, ``step``, ``select``):
 
 - `LlamaDecoder`, for Llama-architecture models (SmolLM2, Llama, Mistral without sliding window,
   Qwen2): the same arithmetic as transformers' modules, but with q/k/v and gate/up fused into one
-  matmul each, a preallocated KV cache written in place (no per-step concatenation), grouped-query
-  attention without copying K/V per head, and no mask construction per step. On a CPU the decode
-  step of a 135M model is a handful of large GEMMs, which is where batching pays.
+  matmul each (oneDNN-prepacked on CPU), a preallocated KV cache written in place (no per-step
+  concatenation), each prompt's keys stored once and shared by all its rows (temperatures),
+  grouped-query attention without copying K/V per head, and prompts prefilled without padding.
+  On a CPU the decode step of a 135M model is then a handful of large GEMMs: where batching pays.
 - `HFDecoder`, for every other causal LM: the model's own forward with its own cache.
 
-Rows are left-padded; ``positions`` count real tokens only, so a padded row computes the same
-numbers as the row alone (up to float rounding).
+Prompts come left-padded with a mask; positions count real tokens only, so a row computes the
+same numbers as it would alone (up to float rounding).
 """
 
 from __future__ import annotations
@@ -154,12 +155,11 @@ class LlamaDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def _forward(self, ids, positions, start: int, attn_mask):
-        """Run ``ids`` (B, T) placed at cache slots start..start+T; logits of the last slot."""
+    def _forward(self, ids, positions, attend):
+        """Run ``ids`` (B, T); ``attend(layer, q, k, v)`` stores k/v and returns the attention
+        output (B, T, H*D). Returns the logits of the last position only."""
         B, T = ids.shape
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        rep = H // KV
-        end = start + T
         cos, sin = self._rope(positions)
         h = F.embedding(ids, self.embed)
         for li, (n1, qkv_proj, o_proj, n2, gate_up, down) in enumerate(self.layers):
@@ -168,48 +168,113 @@ class LlamaDecoder:
             k = qkv[..., H * D : (H + KV) * D].view(B, T, KV, D).transpose(1, 2)
             v = qkv[..., (H + KV) * D :].view(B, T, KV, D).transpose(1, 2)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            self.k[li][:, :, start:end] = k
-            self.v[li][:, :, start:end] = v
-            # Grouped-query attention without repeating K/V: the `rep` query heads of a KV head
-            # become `rep` query rows of that head.
-            qg = q.reshape(B, KV, rep * T, D)
-            o = F.scaled_dot_product_attention(qg, self.k[li][:, :, :end], self.v[li][:, :, :end],
-                                               attn_mask=attn_mask)
-            o = o.view(B, KV, rep, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H * D)
-            h = h + o_proj(o)
+            h = h + o_proj(attend(li, q, k, v))
             gu = gate_up(self._norm(h, n2))
             h = h + down(F.silu(gu[..., : self.inter]) * gu[..., self.inter :])
         return self.head(self._norm(h[:, -1], self.final_norm)).float()
 
+    # The cache has two parts. The prompt part holds each prompt once ([P, KV, W, D], prompts
+    # left-padded to W), shared by all rows (temperatures) of that prompt; the generated part
+    # holds each row's own tokens ([B, KV, max_new, D]). A decode step attends to both and merges
+    # them by their log-sum-exp, so a prompt's keys are read once per step, not once per row.
+
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        B, T = ids.shape
-        total = T + max_new_tokens
-        shape = (B, self.n_kv, total, self.head_dim)
-        self.k = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.v = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        self.keys = torch.zeros((B, total), dtype=torch.bool, device=self.device)
-        self.keys[:, :T] = mask
-        self.length = T
-        positions = _positions(mask)
-        self.last = positions[:, -1].clone()
-        # causal, restricted to real keys; a padding slot attends to itself so no row is all -inf
-        causal = torch.ones((T, T), dtype=torch.bool, device=self.device).tril_()
-        eye = torch.eye(T, dtype=torch.bool, device=self.device)
-        m = (mask[:, None, :] & causal[None]) | eye[None]
-        rep = self.n_heads // self.n_kv
-        m = m[:, None, None].expand(B, 1, rep, T, T).reshape(B, 1, rep * T, T)
-        return self._forward(ids, positions, 0, m)
+        """Prompts one at a time (no padding computed), causal attention, into the prompt cache."""
+        P, W = ids.shape
+        KV, D = self.n_kv, self.head_dim
+        kw = dict(dtype=self.dtype, device=self.device)
+        self.pk = [torch.zeros((P, KV, W, D), **kw) for _ in self.layers]
+        self.pv = [torch.zeros((P, KV, W, D), **kw) for _ in self.layers]
+        self.pbias = torch.zeros((P, 1, 1, W), **kw).masked_fill_(~mask[:, None, None, :], float("-inf"))
+        self.max_new = max_new_tokens
+        self.n_new = 0
+        lengths = mask.sum(1).tolist()
+        logits = []
+        for p, n in enumerate(lengths):
+            def attend(li, q, k, v, p=p, n=n):
+                self.pk[li][p, :, W - n :] = k[0]
+                self.pv[li][p, :, W - n :] = v[0]
+                return _causal_attention(q, k, v).transpose(1, 2).reshape(1, n, -1)
+
+            positions = torch.arange(n, device=self.device)[None]
+            logits.append(self._forward(ids[p : p + 1, W - n :], positions, attend))
+        self.last = torch.tensor(lengths, device=self.device) - 1
+        self.owner = torch.arange(P, device=self.device)
+        self._new_rows_cache(P)
+        return torch.cat(logits)
+
+    def _new_rows_cache(self, rows: int) -> None:
+        shape = (rows, self.n_kv, self.max_new, self.head_dim)
+        self.gk = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.gv = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self._regroup()
+
+    def _regroup(self) -> None:
+        """Index maps between rows and (prompt, slot) for the grouped prompt-cache attention."""
+        P = self.pbias.shape[0]
+        counts = torch.bincount(self.owner, minlength=P)
+        self.group = int(counts.max())
+        order = torch.argsort(self.owner, stable=True)
+        first = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(order), device=self.device) - first[self.owner[order]]
+        self.row_slot = torch.empty_like(self.owner)
+        self.row_slot[order] = self.owner[order] * self.group + slot
+        self.slot_row = torch.zeros(P * self.group, dtype=torch.long, device=self.device)
+        self.slot_row[self.row_slot] = torch.arange(len(order), device=self.device)
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
-        slot = self.length
-        self.keys[:, slot] = True
-        self.length += 1
+        B = ids.shape[0]
+        P, G = self.pbias.shape[0], self.group
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        rep = H // KV
+        s = self.n_new
+        self.n_new += 1
         self.last = self.last + 1
-        attn_mask = self.keys[:, None, None, : self.length]
-        return self._forward(ids[:, None], self.last[:, None], slot, attn_mask)
+
+        def attend(li, q, k, v):
+            self.gk[li][:, :, s] = k[:, :, 0]
+            self.gv[li][:, :, s] = v[:, :, 0]
+            # grouped-query attention without repeating K/V: a KV head's `rep` query heads
+            # become `rep` query rows of that head
+            qr = q.reshape(B, KV, rep, D)
+            qp = qr.index_select(0, self.slot_row).view(P, G, KV, rep, D).transpose(1, 2)
+            op, lp = _attention(qp.reshape(P, KV, G * rep, D), self.pk[li], self.pv[li], self.pbias)
+            op = op.view(P, KV, G, rep, D).transpose(1, 2).reshape(P * G, KV, rep, D)
+            lp = lp.view(P, KV, G, rep).transpose(1, 2).reshape(P * G, KV, rep)
+            og, lg = _attention(qr, self.gk[li][:, :, : s + 1], self.gv[li][:, :, : s + 1], None)
+            w = torch.sigmoid(lp.index_select(0, self.row_slot) - lg)[..., None].to(og.dtype)
+            o = og + (op.index_select(0, self.row_slot) - og) * w
+            return o.reshape(B, 1, H * D)
+
+        return self._forward(ids[:, None], self.last[:, None], attend)
 
     def select(self, rows: torch.Tensor) -> None:
-        self.k = [k.index_select(0, rows) for k in self.k]
-        self.v = [v.index_select(0, rows) for v in self.v]
-        self.keys = self.keys.index_select(0, rows)
+        self.owner = self.owner.index_select(0, rows)
         self.last = self.last.index_select(0, rows)
+        if self.n_new == 0:
+            self._new_rows_cache(len(rows))
+            return
+        self.gk = [k.index_select(0, rows) for k in self.gk]
+        self.gv = [v.index_select(0, rows) for v in self.gv]
+        self._regroup()
+
+
+def _causal_attention(q, k, v):
+    """Causal self-attention of one unpadded sequence; K/V heads shared by groups of Q heads."""
+    try:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    except TypeError:  # torch < 2.5
+        rep = q.shape[1] // k.shape[1]
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1),
+                                              v.repeat_interleave(rep, 1), is_causal=True)
+
+
+def _attention(q, k, v, bias):
+    """Attention output and its log-sum-exp (to merge attention over two key sets)."""
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias
+    lse = torch.logsumexp(scores, -1)
+    return torch.matmul(torch.exp(scores - lse[..., None]).to(v.dtype), v), lse

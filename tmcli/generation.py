@@ -114,19 +114,45 @@ def sample(logits, temperatures, noise):
     if bool(greedy.all()):
         return best
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    drawn = (logits / t[:, None] - noise.log()).argmax(-1)
+    drawn = (logits / t[:, None]).sub_(noise.log()).argmax(-1)
     return torch.where(greedy, best, drawn)
 
 
-def _noise(generators, rows, vocab: int, device):
-    """One Exp(1) draw per vocabulary entry for each sampling row, from that row's generator."""
-    import torch
+class RowNoise:
+    """Exp(1) noise, one draw per vocabulary entry per step, from each row's own generator.
 
-    noise = torch.ones((len(rows), vocab), device=device)
-    for i, r in enumerate(rows):
-        if generators[r] is not None:
-            noise[i].exponential_(generator=generators[r])
-    return noise
+    On CPU numpy's PCG64 fills a row faster than torch's Mersenne twister; on accelerators each
+    row has a torch generator on the device. Greedy rows (seed None) draw nothing."""
+
+    def __init__(self, seeds: Sequence[int | None], device):
+        import numpy as np
+        import torch
+
+        self.device = torch.device(device)
+        if self.device.type == "cpu":
+            self.gens = [None if s is None else np.random.default_rng(s) for s in seeds]
+        else:
+            self.gens = [None if s is None else torch.Generator(device=self.device).manual_seed(s)
+                         for s in seeds]
+
+    def draw(self, rows: Sequence[int], vocab: int):
+        import numpy as np
+        import torch
+
+        if self.device.type == "cpu":
+            buf = np.empty((len(rows), vocab), dtype=np.float32)
+            for i, r in enumerate(rows):
+                if self.gens[r] is None:
+                    buf[i] = 1 / np.e
+                else:
+                    self.gens[r].random(out=buf[i], dtype=np.float32)
+            noise = torch.from_numpy(buf)
+        else:
+            noise = torch.full((len(rows), vocab), 1 / torch.e, device=self.device)
+            for i, r in enumerate(rows):
+                if self.gens[r] is not None:
+                    noise[i].uniform_(generator=self.gens[r])
+        return noise.log_().neg_()
 
 
 StepHook = Callable[[int, "object", "object"], "object"]
@@ -160,8 +186,7 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
             logits = logits.index_select(0, index)
         n = len(rows)
         temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
-        generators = [None if t == 0 else torch.Generator(device=device).manual_seed(s)
-                      for t, s in zip(temperatures, seeds)]
+        noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
         out = torch.zeros((n, max_new_tokens), dtype=torch.long)
         lengths = [max_new_tokens] * n
         reasons = ["length"] * n
@@ -172,8 +197,7 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
             if len(eos) and not stop_at_eos:
                 logits.index_fill_(1, eos, float("-inf"))
             live = alive.tolist()
-            noise = _noise(generators, live, logits.shape[1], device)
-            tokens = sample(logits, temps[alive], noise)
+            tokens = sample(logits, temps[alive], noise_source.draw(live, logits.shape[1]))
             if hook is not None:
                 tokens = hook(step, alive, tokens)
             out[alive.cpu(), step] = tokens.cpu()
@@ -247,8 +271,11 @@ def plan_batch_size(lm, max_context: int, requested: int | None, rows: int) -> i
 
 
 def _batches(jobs: list[_Job], lengths: dict[int, int], size: int) -> list[list[_Job]]:
-    """Longest prompts first (errors and the ETA show early), a prompt's rows kept together."""
+    """Longest prompts first (errors and the ETA show early), a prompt's rows kept together, and
+    batches of equal size (130 rows at 128 per batch run as 65 + 65, not 128 + 2)."""
     jobs = sorted(jobs, key=lambda j: (-lengths[j.prompt.index], j.prompt.index, j.temperature))
+    n = -(-len(jobs) // size)
+    size = -(-len(jobs) // n)
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
