@@ -3,11 +3,12 @@
 Two decoders share one small interface (``prefill``, ``step``, ``select``):
 
 - `LlamaDecoder`, for Llama-architecture models (SmolLM2, Llama, Mistral without sliding window,
-  Qwen2): the same arithmetic as transformers' modules, but with q/k/v and gate/up fused into one
-  matmul each (oneDNN-prepacked on CPU), a preallocated KV cache written in place (no per-step
-  concatenation), each prompt's keys stored once and shared by all its rows (temperatures),
-  grouped-query attention without copying K/V per head, and prompts prefilled without padding.
-  On a CPU the decode step of a 135M model is then a handful of large GEMMs: where batching pays.
+  Qwen2): the same arithmetic as transformers' modules, but with q/k/v fused into one matmul,
+  oneDNN-prepacked weights on CPU with SiLU, products and residual adds fused into the matmuls,
+  a preallocated KV cache written in place (no per-step concatenation), each prompt's keys
+  stored once and shared by all its rows (temperatures), grouped-query attention without
+  copying K/V per head, and prompts prefilled without padding. On a CPU the decode step of a
+  135M model is then a handful of large GEMMs, which is where batching pays.
 - `HFDecoder`, for every other causal LM: the model's own forward with its own cache.
 
 Prompts come left-padded with a mask; positions count real tokens only, so a row computes the
@@ -31,19 +32,44 @@ def make_decoder(model, *, fast: bool = True):
     return HFDecoder(model)
 
 
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, batch_hint: int = 64):
-    """``x -> F.linear(x, weight, bias)``; on CPU in float32 through a oneDNN-prepacked weight,
-    which runs the decode-step GEMMs (M = batch rows) 1.2-1.6x faster than the default BLAS here."""
-    mkldnn = getattr(torch.ops, "mkldnn", None)
-    if (weight.device.type == "cpu" and weight.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")):
-        try:
-            packed = mkldnn._reorder_linear_weight(weight, batch_hint)
-            op = mkldnn._linear_pointwise
-            return lambda x: op(x, packed, bias, "none", [], "")
-        except RuntimeError:
-            pass
-    return lambda x: F.linear(x, weight, bias)
+class _Linear:
+    """``F.linear`` with its neighbouring elementwise op fused where possible. On CPU in float32
+    the weight is prepacked for oneDNN, which runs the decode-step GEMMs (M = batch rows)
+    1.2-1.6x faster than the default BLAS here, and applies SiLU, a residual add or a product
+    on the output without another pass over memory."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight, self.bias, self.packed = weight, bias, None
+        mkldnn = getattr(torch.ops, "mkldnn", None)
+        if (weight.device.type == "cpu" and weight.dtype == torch.float32
+                and torch.backends.mkldnn.is_available()
+                and hasattr(mkldnn, "_reorder_linear_weight")):
+            try:
+                self.packed = mkldnn._reorder_linear_weight(weight, 64)
+                self.op = mkldnn._linear_pointwise
+            except RuntimeError:
+                self.packed = None
+
+    def __call__(self, x):
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return self.op(x, self.packed, self.bias, "none", [], "")
+
+    def silu(self, x):
+        if self.packed is None:
+            return F.silu(F.linear(x, self.weight, self.bias))
+        return self.op(x, self.packed, self.bias, "swish", [], "")
+
+    def add(self, x, other):
+        """``other + linear(x)``, e.g. the residual stream."""
+        if self.packed is None:
+            return other + F.linear(x, self.weight, self.bias)
+        return self.op.binary(x, other, self.packed, self.bias, "add")
+
+    def mul(self, x, other):
+        if self.packed is None:
+            return other * F.linear(x, self.weight, self.bias)
+        return self.op.binary(x, other, self.packed, self.bias, "mul")
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -116,10 +142,9 @@ class LlamaDecoder:
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = cfg.rms_norm_eps
-        self.inter = cfg.intermediate_size
         self.embed = inner.embed_tokens.weight
         self.final_norm = inner.norm.weight
-        self.head = _linear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
+        self.head = _Linear(model.lm_head.weight, getattr(model.lm_head, "bias", None))
         self.inv_freq = inner.rotary_emb.inv_freq.float()
         self.rope_scale = float(getattr(inner.rotary_emb, "attention_scaling", 1.0))
         self.layers = []
@@ -129,11 +154,12 @@ class LlamaDecoder:
             bias = torch.cat([p.bias for p in projs]) if att.q_proj.bias is not None else None
             self.layers.append((
                 layer.input_layernorm.weight,
-                _linear(torch.cat([p.weight for p in projs]), bias),
-                _linear(att.o_proj.weight, att.o_proj.bias),
+                _Linear(torch.cat([p.weight for p in projs]), bias),
+                _Linear(att.o_proj.weight, att.o_proj.bias),
                 layer.post_attention_layernorm.weight,
-                _linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), None),
-                _linear(mlp.down_proj.weight, None),
+                _Linear(mlp.gate_proj.weight),
+                _Linear(mlp.up_proj.weight),
+                _Linear(mlp.down_proj.weight),
             ))
         self.dtype = self.embed.dtype
         self.device = self.embed.device
@@ -162,15 +188,15 @@ class LlamaDecoder:
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self._rope(positions)
         h = F.embedding(ids, self.embed)
-        for li, (n1, qkv_proj, o_proj, n2, gate_up, down) in enumerate(self.layers):
+        for li, (n1, qkv_proj, o_proj, n2, gate, up, down) in enumerate(self.layers):
             qkv = qkv_proj(self._norm(h, n1))
             q = qkv[..., : H * D].view(B, T, H, D).transpose(1, 2)
             k = qkv[..., H * D : (H + KV) * D].view(B, T, KV, D).transpose(1, 2)
             v = qkv[..., (H + KV) * D :].view(B, T, KV, D).transpose(1, 2)
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            h = h + o_proj(attend(li, q, k, v))
-            gu = gate_up(self._norm(h, n2))
-            h = h + down(F.silu(gu[..., : self.inter]) * gu[..., self.inter :])
+            h = o_proj.add(attend(li, q, k, v), h)
+            x = self._norm(h, n2)
+            h = down.add(up.mul(x, gate.silu(x)), h)
         return self.head(self._norm(h[:, -1], self.final_norm)).float()
 
     # The cache has two parts. The prompt part holds each prompt once ([P, KV, W, D], prompts

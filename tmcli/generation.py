@@ -114,7 +114,7 @@ def sample(logits, temperatures, noise):
     if bool(greedy.all()):
         return best
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    drawn = (logits / t[:, None]).sub_(noise.log()).argmax(-1)
+    drawn = torch.div(logits, t[:, None]).sub_(noise.log()).argmax(-1)
     return torch.where(greedy, best, drawn)
 
 
