@@ -100,26 +100,28 @@ def row_seed(prompt: Prompt, temperature: float, seed: int, canonical: str = "of
 
 # -- sampling and the decode loop ---------------------------------------------------------------
 
-def sample(logits, temperatures, noise):
+def sample(logits, temperatures, log_noise):
     """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
 
-    Exponential race (Gumbel-max): argmax of p_i / E_i with E_i ~ Exp(1) from ``noise`` draws
-    token i with probability p_i. Unlike inverse-CDF sampling, whose cumulative sum over the whole
-    vocabulary turns float rounding into a different token now and then, a draw here only changes
-    when two tokens' scores tie to within rounding, so batch composition does not change samples."""
+    Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i, i.e. of
+    logit_i / T - log E_i (``log_noise``), is token i with probability p_i. Unlike inverse-CDF
+    sampling, whose cumulative sum over the whole vocabulary turns float rounding into a different
+    token now and then, a draw here only changes when two tokens' scores tie to within rounding,
+    so the rows a record shared its batch with do not change its samples."""
     import torch
 
     greedy = temperatures == 0
-    best = logits.argmax(-1)
     if bool(greedy.all()):
-        return best
+        return logits.argmax(-1)
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    drawn = torch.div(logits, t[:, None]).sub_(noise.log()).argmax(-1)
-    return torch.where(greedy, best, drawn)
+    drawn = torch.div(logits, t[:, None]).sub_(log_noise).argmax(-1)
+    if bool(greedy.any()):
+        drawn[greedy] = logits[greedy].argmax(-1)
+    return drawn
 
 
 class RowNoise:
-    """Exp(1) noise, one draw per vocabulary entry per step, from each row's own generator.
+    """log E with E ~ Exp(1), one draw per vocabulary entry per step, from each row's own generator.
 
     On CPU numpy's PCG64 fills a row faster than torch's Mersenne twister; on accelerators each
     row has a torch generator on the device. Greedy rows (seed None) draw nothing."""
@@ -152,7 +154,7 @@ class RowNoise:
             for i, r in enumerate(rows):
                 if self.gens[r] is not None:
                     noise[i].uniform_(generator=self.gens[r])
-        return noise.log_().neg_()
+        return noise.log_().neg_().log_()
 
 
 StepHook = Callable[[int, "object", "object"], "object"]
