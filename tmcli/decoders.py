@@ -331,7 +331,7 @@ def _free_memory(device: str) -> int:
 
 def plan_batch_size(lm, max_context: int, requested: int | None, rows: int) -> int:
     """Rows per batch: ``requested``, checked against free memory, or the largest that keeps the
-    KV cache and sampling buffers within half the free memory (at most 128 on CPU, where larger
+    KV cache and sampling buffers within half the free memory (at most 256 on CPU, where larger
     batches stop paying, 512 on accelerators)."""
     itemsize = torch.empty((), dtype=getattr(torch, lm.dtype)).element_size()
     vocab = lm.model.get_output_embeddings().weight.shape[0]
@@ -346,7 +346,7 @@ def plan_batch_size(lm, max_context: int, requested: int | None, rows: int) -> i
                 f"cache, {free / 2**30:.1f} GiB is free",
                 hint="use a smaller --batch-size (or leave it out), or fewer --max-new-tokens")
         return requested
-    cap = 128 if lm.device == "cpu" else 512
+    cap = 256 if lm.device == "cpu" else 512
     fits = int(free * 0.5 // per_row)
     if fits < 1:
         raise TmcliError(
