@@ -6,7 +6,8 @@ runs (with pure temperature sampling, top_k=0, as tmcli does) on a spread of the
 tmcli generates (every temperature, several prompts). One-at-a-time throughput does not depend on
 how many rows there are, so the subset measures it; ``--baseline-rows 0`` runs the loop on every
 row. The two alternate (loop, tmcli on half the prompts, loop, tmcli, loop) so that a change in
-machine load shows in both. Model loading is excluded on both sides (printed apart for tmcli).
+machine load shows in both; tokens per CPU-second are printed too, as a check on a shared machine.
+Model loading is excluded on both sides (printed apart for tmcli).
 
     python benchmarks/bench_generate.py                  # wikitext prompts if ../shared is there
     python benchmarks/bench_generate.py --max-new-tokens 64 --n-prompts 8 --baseline-rows 4
@@ -57,7 +58,6 @@ def main() -> None:
     else:  # temperatures in turn, prompts spread over the list
         n = args.baseline_rows
         base_rows = [(prompts[i * len(prompts) // n], temps[i % len(temps)]) for i in range(n)]
-    n_base = len(base_rows)
     lm = load_model(args.model, "cpu")
     tok = load_tokenizer(lm.tokenizer)
     N = args.max_new_tokens
@@ -69,8 +69,10 @@ def main() -> None:
 
     greedy_ref: dict[int, list[int]] = {}
 
+    cpu = {"loop": 0.0, "tmcli": 0.0}
+
     def baseline(chunk) -> tuple[int, float]:
-        tokens, started = 0, time.perf_counter()
+        tokens, started, cpu0 = 0, time.perf_counter(), time.process_time()
         with torch.inference_mode():
             for p, t in chunk:
                 ids = torch.tensor([tok.encode(p.text).ids])
@@ -82,6 +84,7 @@ def main() -> None:
                 tokens += len(new)
                 if t == 0:
                     greedy_ref[p.index] = new
+        cpu["loop"] += time.process_time() - cpu0
         return tokens, time.perf_counter() - started
 
     # Alternate: baseline, tmcli on half the prompts, baseline, tmcli on the other half,
@@ -98,10 +101,11 @@ def main() -> None:
             phases.append(f"loop {tokens / seconds:.1f}" if seconds else "")
             if k == 2:
                 break
-            started = time.perf_counter()
+            started, cpu0 = time.perf_counter(), time.process_time()
             summary = generate(args.model, halves[k], out, temperatures=temps, max_new_tokens=N,
                                device="cpu", batch_size=args.batch_size, threads=args.threads)
             wall += time.perf_counter() - started
+            cpu["tmcli"] += time.process_time() - cpu0  # includes model loading (~1-2 s)
             ours[0] += summary.new_tokens
             ours[1] += summary.seconds
             phases.append(f"tmcli {summary.tokens_per_second:.1f}")
@@ -117,6 +121,9 @@ def main() -> None:
           f"{len(records)} rows): {ours[0]} tokens in {ours[1]:.1f} s = {rate:.1f} tok/s "
           f"(with model loading: {ours[0] / wall:.1f} tok/s)")
     print(f"tok/s by phase, in order: {', '.join(p for p in phases if p)}")
+    cpu_ratio = (ours[0] / cpu["tmcli"]) / (base[0] / cpu["loop"])
+    print(f"tokens per CPU-second (insensitive to other processes): loop "
+          f"{base[0] / cpu['loop']:.1f}, tmcli {ours[0] / cpu['tmcli']:.1f}, ratio {cpu_ratio:.1f}x")
     print(f"speed-up: {rate / base_rate:.1f}x   greedy rows identical to model.generate: "
           f"{same}/{len(greedy_ref)}   load average {os.getloadavg()[0]:.2f}")
     if args.profile:

@@ -138,11 +138,13 @@ def test_sampling_follows_the_temperature_distribution():
 
     n = 4000
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).repeat(n, 1)
-    noise = torch.empty(n, 4).exponential_(generator=torch.Generator().manual_seed(0))
+    noise = torch.empty(n, 4).exponential_(generator=torch.Generator().manual_seed(0)).log()
     drawn = sample(logits, torch.ones(n), noise)
     freq = torch.bincount(drawn, minlength=4).float() / n
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.03)
     assert sample(logits, torch.zeros(n), noise).eq(0).all()  # T=0 is argmax
+    mixed = sample(logits, torch.tensor([0.0, 1.0] * (n // 2)), noise)
+    assert mixed[0::2].eq(0).all() and mixed[1::2].equal(drawn[1::2])
     hot = torch.bincount(sample(logits, torch.full((n,), 2.0), noise), minlength=4).float() / n
     # T=2 samples from p^(1/2) normalised: 0.417, 0.323, 0.264, 0
     assert torch.allclose(hot, torch.tensor([0.417, 0.323, 0.264, 0.0]), atol=0.03)

@@ -327,7 +327,8 @@ def generate(
                                        "float16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", help="Rows decoded together (default: as many as fit, up to 128 on CPU).")] = None,
+        "--batch-size", help="Rows decoded together (default: as many as fit, up to 256 on CPU). "
+        "Smaller batches write their records sooner.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow a hub model's own Python code to run.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto (fused decoder for Llama-style "

@@ -18,9 +18,12 @@ same numbers as it would alone (up to float rounding).
 from __future__ import annotations
 
 import inspect
+import os
 
 import torch
 import torch.nn.functional as F
+
+from tmcli.errors import TmcliError
 
 FAST_TYPES = ("llama", "mistral", "qwen2")
 
@@ -165,6 +168,8 @@ class LlamaDecoder:
         self.device = self.embed.device
 
     def _norm(self, x, weight):
+        if x.dtype == torch.float32 and hasattr(F, "rms_norm"):  # one kernel, same arithmetic
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * h.to(x.dtype)
@@ -304,3 +309,47 @@ def _attention(q, k, v, bias):
         scores = scores + bias
     lse = torch.logsumexp(scores, -1)
     return torch.matmul(torch.exp(scores - lse[..., None]).to(v.dtype), v), lse
+
+
+def _kv_bytes_per_token(model, dtype_bytes: int) -> int:
+    cfg = getattr(model.config, "text_config", None) or model.config
+    layers = getattr(cfg, "num_hidden_layers", 24)
+    heads = getattr(cfg, "num_attention_heads", 16)
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    return 2 * layers * kv * head_dim * dtype_bytes
+
+
+def _free_memory(device: str) -> int:
+    if device == "cuda":
+        return torch.cuda.mem_get_info()[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def plan_batch_size(lm, max_context: int, requested: int | None, rows: int) -> int:
+    """Rows per batch: ``requested``, checked against free memory, or the largest that keeps the
+    KV cache and sampling buffers within half the free memory (at most 256 on CPU, where larger
+    batches stop paying, 512 on accelerators)."""
+    itemsize = torch.empty((), dtype=getattr(torch, lm.dtype)).element_size()
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    per_row = _kv_bytes_per_token(lm.model, itemsize) * max_context + vocab * 24
+    free = _free_memory(lm.device)
+    if requested is not None:
+        requested = min(requested, rows)
+        need = requested * per_row
+        if need > free:
+            raise TmcliError(
+                f"out of memory: a batch of {requested} rows needs ~{need / 2**30:.1f} GiB for its KV "
+                f"cache, {free / 2**30:.1f} GiB is free",
+                hint="use a smaller --batch-size (or leave it out), or fewer --max-new-tokens")
+        return requested
+    cap = 256 if lm.device == "cpu" else 512
+    fits = int(free * 0.5 // per_row)
+    if fits < 1:
+        raise TmcliError(
+            f"out of memory: one row of {max_context} tokens needs ~{per_row / 2**30:.1f} GiB, "
+            f"{free / 2**30:.1f} GiB is free", hint="use fewer --max-new-tokens or shorter prompts")
+    return max(1, min(cap, fits, rows))

@@ -100,26 +100,28 @@ def row_seed(prompt: Prompt, temperature: float, seed: int, canonical: str = "of
 
 # -- sampling and the decode loop ---------------------------------------------------------------
 
-def sample(logits, temperatures, noise):
+def sample(logits, temperatures, log_noise):
     """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
 
-    Exponential race (Gumbel-max): argmax of p_i / E_i with E_i ~ Exp(1) from ``noise`` draws
-    token i with probability p_i. Unlike inverse-CDF sampling, whose cumulative sum over the whole
-    vocabulary turns float rounding into a different token now and then, a draw here only changes
-    when two tokens' scores tie to within rounding, so batch composition does not change samples."""
+    Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i, i.e. of
+    logit_i / T - log E_i (``log_noise``), is token i with probability p_i. Unlike inverse-CDF
+    sampling, whose cumulative sum over the whole vocabulary turns float rounding into a different
+    token now and then, a draw here only changes when two tokens' scores tie to within rounding,
+    so the rows a record shared its batch with do not change its samples."""
     import torch
 
     greedy = temperatures == 0
-    best = logits.argmax(-1)
     if bool(greedy.all()):
-        return best
+        return logits.argmax(-1)
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    drawn = torch.div(logits, t[:, None]).sub_(noise.log()).argmax(-1)
-    return torch.where(greedy, best, drawn)
+    drawn = torch.div(logits, t[:, None]).sub_(log_noise).argmax(-1)
+    if bool(greedy.any()):
+        drawn[greedy] = logits[greedy].argmax(-1)
+    return drawn
 
 
 class RowNoise:
-    """Exp(1) noise, one draw per vocabulary entry per step, from each row's own generator.
+    """log E with E ~ Exp(1), one draw per vocabulary entry per step, from each row's own generator.
 
     On CPU numpy's PCG64 fills a row faster than torch's Mersenne twister; on accelerators each
     row has a torch generator on the device. Greedy rows (seed None) draw nothing."""
@@ -152,7 +154,7 @@ class RowNoise:
             for i, r in enumerate(rows):
                 if self.gens[r] is not None:
                     noise[i].uniform_(generator=self.gens[r])
-        return noise.log_().neg_()
+        return noise.log_().neg_().log_()
 
 
 StepHook = Callable[[int, "object", "object"], "object"]
@@ -222,54 +224,6 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
 
 # -- the sweep ------------------------------------------------------------------------------------
 
-def _kv_bytes_per_token(model, dtype_bytes: int) -> int:
-    cfg = getattr(model.config, "text_config", None) or model.config
-    layers = getattr(cfg, "num_hidden_layers", 24)
-    heads = getattr(cfg, "num_attention_heads", 16)
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return 2 * layers * kv * head_dim * dtype_bytes
-
-
-def _free_memory(device: str) -> int:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-def plan_batch_size(lm, max_context: int, requested: int | None, rows: int) -> int:
-    """Rows per batch: ``requested``, checked against free memory, or the largest that keeps the
-    KV cache and sampling buffers within half the free memory (at most 128 on CPU, where larger
-    batches stop paying, 512 on accelerators)."""
-    import torch
-
-    itemsize = torch.empty((), dtype=getattr(torch, lm.dtype)).element_size()
-    vocab = lm.model.get_output_embeddings().weight.shape[0]
-    per_row = _kv_bytes_per_token(lm.model, itemsize) * max_context + vocab * 24
-    free = _free_memory(lm.device)
-    if requested is not None:
-        requested = min(requested, rows)
-        need = requested * per_row
-        if need > free:
-            raise TmcliError(
-                f"out of memory: a batch of {requested} rows needs ~{need / 2**30:.1f} GiB for its KV "
-                f"cache, {free / 2**30:.1f} GiB is free",
-                hint="use a smaller --batch-size (or leave it out), or fewer --max-new-tokens")
-        return requested
-    cap = 128 if lm.device == "cpu" else 512
-    fits = int(free * 0.5 // per_row)
-    if fits < 1:
-        raise TmcliError(
-            f"out of memory: one row of {max_context} tokens needs ~{per_row / 2**30:.1f} GiB, "
-            f"{free / 2**30:.1f} GiB is free", hint="use fewer --max-new-tokens or shorter prompts")
-    return max(1, min(cap, fits, rows))
-
-
 def _batches(jobs: list[_Job], lengths: dict[int, int], size: int) -> list[list[_Job]]:
     """Longest prompts first (errors and the ETA show early), a prompt's rows kept together, and
     batches of equal size (130 rows at 128 per batch run as 65 + 65, not 128 + 2)."""
@@ -295,7 +249,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
              *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, engine: str = "auto", progress=None) -> GenerateSummary:
+             trust_remote_code: bool = False, engine: str = "auto", canonical: str = "off",
+             progress=None) -> GenerateSummary:
     """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
 
     ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
@@ -319,6 +274,9 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         raise TmcliError(f"--batch-size must be positive, got {batch_size}")
     if threads is not None and threads <= 0:
         raise TmcliError(f"--threads must be positive, got {threads}")
+    if canonical not in CANONICAL_MODES:
+        raise TmcliError(f"unknown canonical mode '{canonical}'",
+                         hint="supported: " + ", ".join(CANONICAL_MODES))
     if engine not in ("auto", "transformers"):
         raise TmcliError(f"unknown engine '{engine}'", hint="use auto or transformers")
     show_bars = progress is not None
@@ -332,11 +290,12 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         todo[spec] = []
         for p in prompts:
             for t in temperatures:
-                rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
+                rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens,
+                                stop_at_eos=stop_at_eos, canonical=canonical)
                 if rid in done:
                     summary.skipped += 1
                 else:
-                    todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed)))
+                    todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed, canonical)))
     total = sum(len(j) for j in todo.values()) * max_new_tokens
     if total == 0:
         return summary
@@ -344,7 +303,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
 
     if threads:
         torch.set_num_threads(threads)
-    from tmcli.decoders import make_decoder
+    from tmcli.decoders import make_decoder, plan_batch_size
 
     progress.start(total)
     with RecordWriter(out) as writer:
@@ -358,7 +317,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                             progress=show_bars)
             tok = load_tokenizer(lm.tokenizer)
             summary.load_seconds += time.perf_counter() - started
-            ids = {p.index: tok.encode(p.text, add_special_tokens=True).ids for p in {j.prompt for j in jobs}}
+            ids = {j.prompt.index: tok.encode(j.prompt.text, add_special_tokens=True).ids
+                   for j in jobs}
             size = plan_batch_size(lm, max(map(len, ids.values())) + max_new_tokens, batch_size,
                                    len(jobs))
             decoder = make_decoder(lm.model, fast=engine == "auto")
@@ -393,7 +353,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                         "seed": seed,
                         "sampling": {"do_sample": job.temperature > 0, "temperature": job.temperature,
                                      **sampling},
-                        "canonical": "off", "engine": decoder.name, "dtype": lm.dtype,
+                        "canonical": canonical, "engine": decoder.name, "dtype": lm.dtype,
                         "device": lm.device, "batch_size": size, "tmcli_version": __version__,
                         "created": created,
                     })
