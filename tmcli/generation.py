@@ -91,10 +91,11 @@ def record_id(model: str, prompt: Prompt, temperature: float, seed: int, *, max_
     return f"{model}:T{temperature:g}:p{prompt.index}:s{seed}:{digest}"
 
 
-def row_seed(prompt: Prompt, temperature: float, seed: int, canonical: str = "off") -> int:
-    """The seed of one row's sampling generator: the same for every model and every length, so
-    models are compared on common random numbers and a longer run extends a shorter one."""
-    key = f"{seed}\0{prompt.text}\0{temperature!r}\0{canonical}"
+def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
+    """The seed of one row's sampling generator: the same for every model, every length and every
+    canonical mode, so models and modes are compared on common random numbers and a longer run
+    extends a shorter one."""
+    key = f"{seed}\0{prompt.text}\0{temperature!r}"
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
@@ -295,7 +296,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                 if rid in done:
                     summary.skipped += 1
                 else:
-                    todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed, canonical)))
+                    todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed)))
     total = sum(len(j) for j in todo.values()) * max_new_tokens
     if total == 0:
         return summary
