@@ -33,3 +33,19 @@ def wikitext_lines() -> list[str]:
         pytest.skip(f"{WIKITEXT} not found (tests read the shared WikiText file)")
     return [line.strip() for line in WIKITEXT.read_text(encoding="utf-8").splitlines()
             if len(line) > 640]
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    path = os.environ.get("TMCLI_CACHE") or str(tmp_path_factory.mktemp("tmcli-cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMCLI_CACHE", path)
+        yield Path(path)
+
+
+@pytest.fixture(scope="session")
+def smol(cache):
+    """The real SmolLM2-135M (converted from its GGUF once per cache) and its tokenizer."""
+    from tmcli.loading import load_model, load_tokenizer
+
+    return load_model("smollm2-135m", "cpu"), load_tokenizer("smollm2-135m")

@@ -39,21 +39,6 @@ PROMPTS = [
 runner = CliRunner()
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    path = os.environ.get("TMCLI_CACHE") or str(tmp_path_factory.mktemp("tmcli-cache"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TMCLI_CACHE", path)
-        yield Path(path)
-
-
-@pytest.fixture(scope="session")
-def smol(cache):
-    from tmcli.loading import load_model, load_tokenizer
-
-    return load_model("smollm2-135m", "cpu"), load_tokenizer("smollm2-135m")
-
-
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

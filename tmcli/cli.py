@@ -333,6 +333,11 @@ def generate(
         "--trust-remote-code", help="Allow a hub model's own Python code to run.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="auto (fused decoder for Llama-style "
                                         "models) or transformers (the model's own forward).")] = "auto",
+    canonical: Annotated[str, typer.Option(
+        "--canonical", help="off (plain sampling), constrain (mask tokens that would make the "
+        "sequence non-canonical) or retokenize (continue from the canonical re-encoding).")] = "off",
+    retokenize_every: Annotated[int, typer.Option(
+        "--retokenize-every", help="With --canonical retokenize: re-encode every K steps.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Generate completions for models x temperatures x prompts into a JSONL file (resumable)."""
@@ -350,6 +355,7 @@ def generate(
                             max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, seed=seed,
                             device=device, dtype=dtype, threads=threads, batch_size=batch_size,
                             trust_remote_code=trust_remote_code, engine=engine,
+                            canonical=canonical, retokenize_every=retokenize_every,
                             progress=bar if bar.enabled else None)
 
     try:
@@ -360,3 +366,26 @@ def generate(
         rate = f", {summary.tokens_per_second:,.0f} tok/s" if summary.seconds else ""
         typer.echo(f"{summary.written} records written, {summary.skipped} already done -> "
                    f"{summary.output} ({summary.new_tokens} new tokens{rate})", err=True)
+
+
+@app.command()
+def score(
+    input: Annotated[str, typer.Argument(help="tmcli generate records (.jsonl, - for stdin).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="JSONL to append scored records "
+                                        "to; rerunning resumes it.")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Score with this model (default: each record's own model).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32, bfloat16, "
+                                       "float16.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+) -> None:
+    """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
+    from tmcli.scoring import score as run_score
+
+    summary = run_command(run_score, input, output, model=model, device=device, dtype=dtype,
+                          threads=threads)
+    if not quiet:
+        typer.echo(f"{summary.written} records scored, {summary.skipped} already done -> "
+                   f"{summary.output} ({summary.tokens} tokens in {summary.seconds:.1f} s)", err=True)

@@ -99,10 +99,20 @@ class HFDecoder:
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         self.cache = None
-        self.mask = mask
+        self.mask = mask.clone()
+        self.prompt_width = mask.shape[1]
         positions = _positions(mask)
         self.last = positions[:, -1]
         return self._forward(ids, positions)
+
+    def rollback(self, rows, counts) -> None:
+        """Forget the last ``counts[i]`` generated tokens of decoder row ``rows[i]``: masked out
+        of attention from now on, and the row's next position moves back."""
+        width = self.prompt_width
+        for i, k in zip(rows, counts):
+            kept = self.mask[i, width:].nonzero().squeeze(1)
+            self.mask[i, width + kept[len(kept) - k:]] = False
+            self.last[i] -= k
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], 1)
@@ -238,7 +248,36 @@ class LlamaDecoder:
         shape = (rows, self.n_kv, self.max_new, self.head_dim)
         self.gk = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.gv = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.gvalid = None  # per (row, slot) once a rollback has happened; None: all valid
         self._regroup()
+
+    def rollback(self, rows, counts) -> None:
+        """Forget the last ``counts[i]`` generated tokens of decoder row ``rows[i]`` (canonical
+        retokenization): their slots are masked out of attention and the row's next position
+        moves back. Steps stay in lockstep, so the slots are not reused."""
+        if self.gvalid is None:
+            self.gvalid = torch.ones((len(self.last), self.gk[0].shape[2]), dtype=torch.bool,
+                                     device=self.device)
+        for i, k in zip(rows, counts):
+            kept = self.gvalid[i, : self.n_new].nonzero().squeeze(1)
+            self.gvalid[i, kept[len(kept) - k:]] = False
+            self.last[i] -= k
+
+    def _grow(self) -> None:
+        """Double the generated-token cache (retokenization can take more steps than tokens)."""
+        def bigger(t, dim=2):
+            shape = list(t.shape)
+            shape[dim] *= 2
+            out = torch.empty(shape, dtype=t.dtype, device=t.device)
+            out.narrow(dim, 0, t.shape[dim]).copy_(t)
+            return out
+
+        self.gk = [bigger(k) for k in self.gk]
+        self.gv = [bigger(v) for v in self.gv]
+        if self.gvalid is not None:
+            grown = bigger(self.gvalid, 1)
+            grown[:, self.gvalid.shape[1]:] = True
+            self.gvalid = grown
 
     def _regroup(self) -> None:
         """Index maps between rows and (prompt, slot) for the grouped prompt-cache attention."""
@@ -259,8 +298,14 @@ class LlamaDecoder:
         H, KV, D = self.n_heads, self.n_kv, self.head_dim
         rep = H // KV
         s = self.n_new
+        if s == self.gk[0].shape[2]:
+            self._grow()
         self.n_new += 1
         self.last = self.last + 1
+        gbias = None
+        if self.gvalid is not None:
+            gbias = torch.zeros((B, 1, 1, s + 1), dtype=self.dtype, device=self.device)
+            gbias.masked_fill_(~self.gvalid[:, None, None, : s + 1], float("-inf"))
 
         def attend(li, q, k, v):
             self.gk[li][:, :, s] = k[:, :, 0]
@@ -272,7 +317,7 @@ class LlamaDecoder:
             op, lp = _attention(qp.reshape(P, KV, G * rep, D), self.pk[li], self.pv[li], self.pbias)
             op = op.view(P, KV, G, rep, D).transpose(1, 2).reshape(P * G, KV, rep, D)
             lp = lp.view(P, KV, G, rep).transpose(1, 2).reshape(P * G, KV, rep)
-            og, lg = _attention(qr, self.gk[li][:, :, : s + 1], self.gv[li][:, :, : s + 1], None)
+            og, lg = _attention(qr, self.gk[li][:, :, : s + 1], self.gv[li][:, :, : s + 1], gbias)
             w = torch.sigmoid(lp.index_select(0, self.row_slot) - lg)[..., None].to(og.dtype)
             o = og + (op.index_select(0, self.row_slot) - og) * w
             return o.reshape(B, 1, H * D)
@@ -287,6 +332,8 @@ class LlamaDecoder:
             return
         self.gk = [k.index_select(0, rows) for k in self.gk]
         self.gv = [v.index_select(0, rows) for v in self.gv]
+        if self.gvalid is not None:
+            self.gvalid = self.gvalid.index_select(0, rows)
         self._regroup()
 
 

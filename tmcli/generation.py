@@ -24,10 +24,10 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from tmcli.canonical import CANONICAL_MODES
 from tmcli.errors import TmcliError
 from tmcli.prompts import Prompt
 
-CANONICAL_MODES = ("off",)
 
 
 @dataclass
@@ -88,7 +88,8 @@ def record_id(model: str, prompt: Prompt, temperature: float, seed: int, *, max_
     prompt file or length never passes for work already done."""
     key = f"{model}\0{prompt.text}\0{temperature!r}\0{seed}\0{max_new_tokens}\0{stop_at_eos}\0{canonical}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{model}:T{temperature:g}:p{prompt.index}:s{seed}:{digest}"
+    mode = "" if canonical == "off" else f"{canonical}:"
+    return f"{model}:T{temperature:g}:p{prompt.index}:s{seed}:{mode}{digest}"
 
 
 def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
@@ -158,20 +159,10 @@ class RowNoise:
         return noise.log_().neg_().log_()
 
 
-StepHook = Callable[[int, "object", "object"], "object"]
-"""``hook(step, rows, tokens) -> tokens``: called after each sampling step with the original row
-indices still decoding and their new tokens; returns the tokens to append. Canonical modes plug in here."""
-
-
-def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
-                 temperatures: Sequence[float], seeds: Sequence[int], *, max_new_tokens: int,
-                 eos_ids: Sequence[int] = (), stop_at_eos: bool = False, pad_id: int = 0,
-                 on_step: Callable[[int], None] | None = None,
-                 hook: StepHook | None = None) -> list[tuple[list[int], str]]:
-    """Decode ``rows`` (each an index into ``prompt_ids``) together; (token ids, finish reason).
-
-    Forced length (the study's min = max new tokens) masks the EOS ids, as transformers' min-length
-    processor does; with ``stop_at_eos`` a row ends at its first EOS, which is not kept in its ids."""
+def prefill_rows(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
+                 max_new_tokens: int, pad_id: int = 0):
+    """Prefill each prompt once (left-padded), then give each row its prompt's cache; the
+    next-token logits of every row."""
     import torch
 
     device = decoder.device if hasattr(decoder, "device") else "cpu"
@@ -181,12 +172,28 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
     for i, p in enumerate(prompt_ids):
         ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p):] = True
-    with torch.inference_mode():
-        logits = decoder.prefill(ids.to(device), mask.to(device), max_new_tokens)
+    logits = decoder.prefill(ids.to(device), mask.to(device), max_new_tokens)
+    rows = list(rows)
+    if len(rows) != len(prompt_ids) or rows != list(range(len(rows))):
         index = torch.tensor(rows, dtype=torch.long, device=device)
-        if len(rows) != len(prompt_ids) or rows != list(range(len(rows))):
-            decoder.select(index)
-            logits = logits.index_select(0, index)
+        decoder.select(index)
+        logits = logits.index_select(0, index)
+    return logits
+
+
+def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
+                 temperatures: Sequence[float], seeds: Sequence[int], *, max_new_tokens: int,
+                 eos_ids: Sequence[int] = (), stop_at_eos: bool = False, pad_id: int = 0,
+                 on_step: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
+    """Decode ``rows`` (each an index into ``prompt_ids``) together; (token ids, finish reason).
+
+    Forced length (the study's min = max new tokens) masks the EOS ids, as transformers' min-length
+    processor does; with ``stop_at_eos`` a row ends at its first EOS, which is not kept in its ids."""
+    import torch
+
+    device = decoder.device if hasattr(decoder, "device") else "cpu"
+    with torch.inference_mode():
+        logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
         n = len(rows)
         temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
         noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
@@ -201,8 +208,6 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
                 logits.index_fill_(1, eos, float("-inf"))
             live = alive.tolist()
             tokens = sample(logits, temps[alive], noise_source.draw(live, logits.shape[1]))
-            if hook is not None:
-                tokens = hook(step, alive, tokens)
             out[alive.cpu(), step] = tokens.cpu()
             if stop_at_eos and len(eos):
                 hit = torch.isin(tokens, eos) & ~finished
@@ -251,7 +256,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
              trust_remote_code: bool = False, engine: str = "auto", canonical: str = "off",
-             progress=None) -> GenerateSummary:
+             retokenize_every: int = 1, progress=None) -> GenerateSummary:
     """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
 
     ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
@@ -278,6 +283,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     if canonical not in CANONICAL_MODES:
         raise TmcliError(f"unknown canonical mode '{canonical}'",
                          hint="supported: " + ", ".join(CANONICAL_MODES))
+    if retokenize_every < 1:
+        raise TmcliError(f"--retokenize-every must be positive, got {retokenize_every}")
     if engine not in ("auto", "transformers"):
         raise TmcliError(f"unknown engine '{engine}'", hint="use auto or transformers")
     show_bars = progress is not None
@@ -287,12 +294,14 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     done = existing_ids(out)
     todo: dict[str, list[_Job]] = {}
     summary = GenerateSummary(str(out), models=models)
+    mode_key = canonical if canonical != "retokenize" or retokenize_every == 1 \
+        else f"{canonical}/{retokenize_every}"
     for spec in models:
         todo[spec] = []
         for p in prompts:
             for t in temperatures:
                 rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens,
-                                stop_at_eos=stop_at_eos, canonical=canonical)
+                                stop_at_eos=stop_at_eos, canonical=mode_key)
                 if rid in done:
                     summary.skipped += 1
                 else:
@@ -323,6 +332,12 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
             size = plan_batch_size(lm, max(map(len, ids.values())) + max_new_tokens, batch_size,
                                    len(jobs))
             decoder = make_decoder(lm.model, fast=engine == "auto")
+            oracle = None
+            if canonical != "off":
+                from tmcli.canonical import Oracle, decode_canonical
+                from tmcli.vocab import vocab_for
+
+                oracle = Oracle(vocab_for(lm.tokenizer))
             sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
                         "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
                         "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
@@ -331,12 +346,17 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
             started = time.perf_counter()
             for batch in _batches(jobs, {k: len(v) for k, v in ids.items()}, size):
                 order = list(dict.fromkeys(j.prompt.index for j in batch))
+                args = (decoder, [ids[i] for i in order], [order.index(j.prompt.index) for j in batch],
+                        [j.temperature for j in batch], [j.row_seed for j in batch])
+                opts = dict(max_new_tokens=max_new_tokens, eos_ids=lm.eos_ids,
+                            stop_at_eos=stop_at_eos, on_step=progress.advance)
                 try:
-                    results = decode_batch(
-                        decoder, [ids[i] for i in order], [order.index(j.prompt.index) for j in batch],
-                        [j.temperature for j in batch], [j.row_seed for j in batch],
-                        max_new_tokens=max_new_tokens,
-                        eos_ids=lm.eos_ids, stop_at_eos=stop_at_eos, on_step=progress.advance)
+                    if canonical == "off":
+                        results = [(g, r, None) for g, r in decode_batch(*args, **opts)]
+                    else:
+                        with torch.inference_mode():
+                            results = decode_canonical(args[0], oracle, *args[1:], mode=canonical,
+                                                       every=retokenize_every, **opts)
                 except (RuntimeError, MemoryError) as exc:
                     if not _is_oom(exc):
                         raise
@@ -344,7 +364,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                                      hint=f"use --batch-size {max(1, len(batch) // 2)}") from None
                 created = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 records = []
-                for job, (gen, reason) in zip(batch, results):
+                for job, (gen, reason, stats) in zip(batch, results):
                     records.append({
                         "id": job.id, "model": spec, "model_id": lm.model_id, "tokenizer": lm.tokenizer,
                         "temperature": job.temperature, "prompt_index": job.prompt.index,
@@ -354,7 +374,10 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                         "seed": seed,
                         "sampling": {"do_sample": job.temperature > 0, "temperature": job.temperature,
                                      **sampling},
-                        "canonical": canonical, "engine": decoder.name, "dtype": lm.dtype,
+                        "canonical": canonical,
+                        **({"retokenize_every": retokenize_every} if canonical == "retokenize" else {}),
+                        **({"canonical_stats": stats} if stats is not None else {}),
+                        "engine": decoder.name, "dtype": lm.dtype,
                         "device": lm.device, "batch_size": size, "tmcli_version": __version__,
                         "created": created,
                     })
@@ -362,7 +385,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                 writer.write(records)
                 summary.written += len(records)
                 # rows that stopped at EOS finish early: keep the bar's total honest
-                progress.advance(sum(max_new_tokens - len(g) for g, _ in results))
+                progress.advance(sum(max_new_tokens - len(g) for g, *_ in results))
             summary.seconds += time.perf_counter() - started
             del decoder, lm
     return summary

@@ -176,7 +176,10 @@ class Reencoder:
                 r.update(self._study(list(s.token_ids)))
         return results
 
-    def _compare(self, full: list[int], c: list[int], p: int, invalid: int) -> dict:
+    def segments(self, full: list[int], c: list[int]) -> tuple[list[tuple[int, int, int, int]], bool]:
+        """Where ``full`` and its canonical form ``c`` differ: (a_start, a_end, b_start, b_end)
+        per differing segment, ends exclusive, and whether byte offsets aligned them (else an
+        id-level diff did)."""
         lengths = self.vocab.lengths
         a = np.asarray(full, dtype=np.int64)
         b = np.asarray(c, dtype=np.int64)
@@ -184,9 +187,13 @@ class Reencoder:
         A, B = np.cumsum(la), np.cumsum(lb)
         aligned = len(a) > 0 and len(b) > 0 and A[-1] == B[-1] and la.min() > 0 and lb.min() > 0
         if aligned:
-            segments = self._byte_segments(a, b, A, B)
-        else:
-            segments = self._diff_segments(full, c)
+            return self._byte_segments(a, b, A, B), True
+        return self._diff_segments(full, c), False
+
+    def _compare(self, full: list[int], c: list[int], p: int, invalid: int) -> dict:
+        segments, aligned = self.segments(full, c)
+        a = np.asarray(full, dtype=np.int64)
+        b = np.asarray(c, dtype=np.int64)
         return self._summarise(a, b, segments, p, invalid, aligned)
 
     @staticmethod

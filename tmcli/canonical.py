@@ -1,0 +1,267 @@
+"""Canonical generation: sample only token sequences that re-encoding would leave unchanged.
+
+Two modes of ``tmcli generate --canonical`` (``off`` is plain sampling, in `generation.py`):
+
+- ``constrain`` -- canonical sampling (Chatzi et al. 2025; Vieira et al. 2025): at each step a token
+  that would make the sequence non-canonical gets probability zero and the rest are renormalised.
+  Sampling is a Gumbel-max race (`generation.sample`), so masking a rejected candidate and taking
+  the next-best score *with the same noise* draws exactly from the renormalised distribution; only
+  the few candidates actually reached are checked, never the whole vocabulary.
+- ``retokenize`` -- sample freely, and after every step (or every ``k`` steps) re-encode the text
+  and continue from its canonical ids. The KV cache is rolled back only to the first changed
+  position; the replacement ids are then fed one per step.
+
+What "canonical" means is the measurement engine's definition (`reencode.Reencoder`): the prompt's
+ids followed by the completion's, re-encoded from their exact bytes in context. ``constrain``
+keeps the whole sequence canonical, so it produces no merge across the prompt/completion boundary
+either; ``retokenize`` cannot rewrite the prompt's ids, so a merge across the boundary stays (the
+analysis reports those apart) and everything after it is canonical.
+
+Exactness. A token is masked when no continuation could make the sequence canonical again. For
+BPE the canonical token strings are prefix-closed (Vieira et al. 2025), so "the sequence with this
+token is canonical as it stands" decides it -- except where the pre-tokenizer looks ahead: in
+GPT-2-style regexes a run of whitespace is split by ``\\s+(?!\\S)`` according to the character
+that follows, so ``[" ", "\\n"]`` is non-canonical at the end of a text (``" \\n"`` is one token)
+but canonical once a letter follows. tmcli therefore also accepts a sequence that becomes
+canonical, up to its current end, after one of a few probe continuations (a letter, a digit, a
+punctuation mark, a space + letter, a newline), which covers every class the byte-level regexes
+distinguish. The last token of a completion must be canonical as it stands. Tokens spelling
+invalid UTF-8 (a character split over several byte tokens) are kept verbatim by the engine and so
+are judged when the character is complete. For SentencePiece BPE without a regex pre-tokenizer
+(Gemma) the check is the same re-encoding and is exact under the prefix-closure property; a
+tokenizer whose normaliser changes text falls back to an id-level comparison, which is
+conservative (it may mask a token that a continuation would have made canonical).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tmcli.reencode import Reencoder
+from tmcli.vocab import Vocab
+
+CANONICAL_MODES = ("off", "retokenize", "constrain")
+PROBES = ("a", "1", ".", " a", "\n")
+MAX_REJECTIONS = 256  # candidates tried per row and step before giving up on that step
+
+
+class Oracle:
+    """Canonicality checks for one tokenizer, batched (one re-encoding call per round)."""
+
+    def __init__(self, vocab: Vocab):
+        self.vocab = vocab
+        self.reencoder = Reencoder(vocab)
+        self.probe_ids = [vocab.encode_texts([p])[0] for p in PROBES]
+
+    def canonical(self, fulls: list[list[int]]) -> list[list[int]]:
+        return self.reencoder.canonical(fulls)[0]
+
+    def _first_difference(self, full: list[int], c: list[int], skip_before: int):
+        """The first differing segment that does not start before ``skip_before``, else None."""
+        if full == c:
+            return None
+        segments, _ = self.reencoder.segments(full, c)
+        for seg in segments:
+            if seg[0] >= skip_before:
+                return seg
+        return None
+
+    def viable(self, fulls: list[list[int]], strict: Sequence[bool], skip_before: Sequence[int]
+               ) -> list[bool]:
+        """Whether each sequence is canonical (ignoring segments that start before
+        ``skip_before``), or, unless ``strict``, becomes so up to its end after some probe."""
+        canon = self.canonical(fulls)
+        ok = [self._first_difference(f, c, s) is None for f, c, s in zip(fulls, canon, skip_before)]
+        todo = [i for i, good in enumerate(ok) if not good and not strict[i]]
+        for probe in self.probe_ids:
+            if not todo:
+                break
+            canon = self.canonical([fulls[i] + probe for i in todo])
+            still = []
+            for i, c in zip(todo, canon):
+                seg = self._first_difference(fulls[i] + probe, c, skip_before[i])
+                if seg is None or seg[0] >= len(fulls[i]):
+                    ok[i] = True
+                else:
+                    still.append(i)
+            todo = still
+        return ok
+
+    def rewrite(self, full: list[int], canon: list[int], skip_before: int):
+        """(position in ``full``, replacement ids) for the first difference, else None."""
+        seg = self._first_difference(full, canon, skip_before)
+        if seg is None:
+            return None
+        return seg[0], canon[seg[2]:]
+
+
+@dataclass
+class RowStats:
+    """What canonical generation did to one row (recorded as ``canonical_stats``)."""
+
+    rejected: int = 0  # constrain: candidates masked
+    gave_up: int = 0  # constrain: steps where MAX_REJECTIONS candidates were all rejected
+    rewrites: int = 0  # retokenize: times the ids were replaced by their canonical form
+    rolled_back: int = 0  # retokenize: cached tokens discarded
+    steps: int = 0  # decoder steps this row took part in
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Row:
+    prompt: list[int]
+    seq: list[int] = field(default_factory=list)
+    fed: int = 0  # ids of seq in the KV cache
+    rollback: int = 0  # cached ids to discard before the next step
+    done: bool = False
+    reason: str = "length"
+    stats: RowStats = field(default_factory=RowStats)
+
+
+def decode_canonical(decoder, oracle: Oracle, prompt_ids: Sequence[Sequence[int]],
+                     rows: Sequence[int], temperatures: Sequence[float], seeds: Sequence[int], *,
+                     mode: str, max_new_tokens: int, eos_ids: Sequence[int] = (),
+                     stop_at_eos: bool = False, pad_id: int = 0, every: int = 1,
+                     on_step: Callable[[int], None] | None = None
+                     ) -> list[tuple[list[int], str, dict]]:
+    """Decode ``rows`` together in ``mode`` (constrain or retokenize); per row (ids, finish
+    reason, stats). Same prompts, seeds and noise as `generation.decode_batch`, so at T=0 (and
+    until the first masked or rewritten token at T>0) the output is that of ``off``."""
+    import torch
+
+    from tmcli.generation import RowNoise, prefill_rows
+
+    if mode not in ("constrain", "retokenize"):
+        raise ValueError(f"mode must be constrain or retokenize, not {mode!r}")
+    N = max_new_tokens
+    device = decoder.device if hasattr(decoder, "device") else "cpu"
+    logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
+    n = len(rows)
+    state = [_Row(list(prompt_ids[r])) for r in rows]
+    temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
+    noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    eos_set = set(int(e) for e in eos_ids)
+    alive = list(range(n))  # original row of each decoder row
+    max_steps = 4 * N + 16  # a row that keeps being rewritten stops here
+    for step in range(max_steps):
+        # 1. rows whose logits are current choose a token
+        choosing = [i for i, r in enumerate(alive) if not state[r].done and state[r].fed == len(state[r].seq)]
+        if choosing:
+            idx = torch.tensor(choosing, dtype=torch.long, device=device)
+            lg = logits.index_select(0, idx)
+            if len(eos) and not stop_at_eos:
+                lg.index_fill_(1, eos, float("-inf"))
+            orig = [alive[i] for i in choosing]
+            t = temps[orig]
+            greedy = t == 0
+            scores = torch.where(greedy[:, None], lg, lg / torch.where(greedy, 1.0, t)[:, None])
+            if not bool(greedy.all()):
+                noise = noise_source.draw(orig, lg.shape[1])
+                scores = torch.where(greedy[:, None], scores, scores - noise)
+            tokens = scores.argmax(-1)
+            if mode == "constrain":
+                tokens = _constrain(oracle, [state[r] for r in orig], scores, tokens, N)
+            for r, tok in zip(orig, tokens.tolist()):
+                row = state[r]
+                if stop_at_eos and tok in eos_set:
+                    row.done, row.reason = True, "eos"
+                    continue
+                row.seq.append(tok)
+            if mode == "retokenize":
+                _retokenize(oracle, [state[r] for r in orig if not state[r].done], N, every)
+            if on_step is not None:
+                on_step(len(choosing))
+        for r in alive:
+            if len(state[r].seq) >= N:  # checked (strictly, at this length) when it got there
+                state[r].done = True
+        if all(state[r].done for r in alive):
+            break
+        # 2. roll back what retokenize replaced, then feed one id per row
+        back = [(i, state[r].rollback) for i, r in enumerate(alive) if state[r].rollback]
+        if back:
+            decoder.rollback([i for i, _ in back], [k for _, k in back])
+            for i, _ in back:
+                state[alive[i]].rollback = 0
+        feed = []
+        for r in alive:
+            row = state[r]
+            if row.done:
+                feed.append(pad_id)
+            else:
+                feed.append(row.seq[row.fed])
+                row.fed += 1
+                row.stats.steps += 1
+        done_rows = [i for i, r in enumerate(alive) if state[r].done]
+        if done_rows and len(done_rows) * 4 >= len(alive):  # drop finished rows from the batch
+            keep = [i for i, r in enumerate(alive) if not state[r].done]
+            decoder.select(torch.tensor(keep, dtype=torch.long, device=device))
+            alive = [alive[i] for i in keep]
+            feed = [feed[i] for i in keep]
+        logits = decoder.step(torch.tensor(feed, dtype=torch.long, device=device))
+    out = []
+    for row in state:
+        seq = row.seq[:N]
+        out.append((seq, row.reason, row.stats.to_dict()))
+    return out
+
+
+def _constrain(oracle: Oracle, rows: list[_Row], scores, tokens, N: int):
+    """Replace each row's candidate by its best-scoring viable token (masking and retrying)."""
+    tokens = tokens.clone()
+    pending = list(range(len(rows)))
+    tries = 0
+    while pending:
+        fulls = [rows[i].prompt + rows[i].seq + [int(tokens[i])] for i in pending]
+        strict = [len(rows[i].seq) + 1 >= N for i in pending]
+        ok = oracle.viable(fulls, strict, [0] * len(pending))
+        bad = [i for i, good in zip(pending, ok) if not good]
+        tries += 1
+        if not bad:
+            break
+        for i in bad:
+            rows[i].stats.rejected += 1
+            scores[i, tokens[i]] = float("-inf")
+        if tries >= MAX_REJECTIONS:
+            for i in bad:  # keep the last candidate; recorded, and the analysis will show it
+                rows[i].stats.gave_up += 1
+            break
+        sub = scores[bad]
+        tokens[bad] = sub.argmax(-1)
+        pending = bad
+    return tokens
+
+
+def _retokenize(oracle: Oracle, rows: list[_Row], N: int, every: int) -> None:
+    """Replace a row's ids from the first difference on by their canonical form, when the
+    difference is there to stay (not viable) or the row is complete; trim to N ids."""
+    check = [r for r in rows if len(r.seq) % every == 0 or len(r.seq) >= N]
+    while check:
+        fulls = [r.prompt + r.seq for r in check]
+        strict = [len(r.seq) >= N for r in check]
+        skip = [len(r.prompt) for r in check]
+        ok = oracle.viable(fulls, strict, skip)
+        bad = [(r, f, s) for r, f, s, good in zip(check, fulls, skip, ok) if not good]
+        if not bad:
+            return
+        canon = oracle.canonical([f for _, f, _ in bad])
+        again = []
+        for (r, full, skip_before), c in zip(bad, canon):
+            change = oracle.rewrite(full, c, skip_before)
+            if change is None:
+                continue
+            at, ids = change
+            keep = at - len(r.prompt)
+            r.seq = r.seq[:keep] + list(ids)
+            r.stats.rewrites += 1
+            if keep < r.fed:
+                r.stats.rolled_back += r.fed - keep
+                r.rollback += r.fed - keep
+                r.fed = keep
+            if len(r.seq) > N:  # a lengthening rewrite past the end: cut, and check the cut
+                r.seq = r.seq[:N]
+                again.append(r)
+        check = again
