@@ -16,6 +16,7 @@ import polars as pl
 
 from tmcli import __version__
 from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.quality import record_float
 from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
 from tmcli.summary import summarise, sigmoid_fits
@@ -32,6 +33,9 @@ SAMPLE_SCHEMA = {
     "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
     "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
     "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
+    # text-quality proxies (tmcli.quality) and the record's own NLL figures
+    "n_chars": pl.Int64, "chars_per_token": pl.Float64, "distinct_2": pl.Float64,
+    "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
 }
 DEFAULT_GROUP_BY = ("model", "temperature")
 
@@ -179,6 +183,8 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
         "temperature": float(temp) if isinstance(temp, (int, float)) else None,
         "canonical": str(meta.get("canonical") or "off"),
         "prompt_index": meta.get("prompt_index") if isinstance(meta.get("prompt_index"), int) else None,
+        "nll_token": record_float(meta.get("nll_token")),
+        "nll_char": record_float(meta.get("nll_char")),
     }
     row.update(metrics)
     row.pop("boundary_span", None)

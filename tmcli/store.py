@@ -55,6 +55,11 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     except (OSError, pa.ArrowException) as exc:
         raise TmcliError(f"cannot read {path} as parquet ({exc})",
                          hint="give a file written by `tmcli analyze --output x.parquet`") from None
+    from tmcli.quality import QUALITY_COLUMNS
+
+    for name in QUALITY_COLUMNS:  # files written before these columns existed: all null
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
     missing = [c for c in SAMPLE_SCHEMA if c not in table.column_names]
     if missing:
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",
