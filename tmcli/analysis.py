@@ -19,7 +19,7 @@ from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.quality import record_float
 from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
-from tmcli.summary import summarise, sigmoid_fits
+from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
 
 SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64)})
 SAMPLE_SCHEMA = {
@@ -53,9 +53,11 @@ class Analysis:
     examples: list[dict] = field(default_factory=list)
     skipped: list[InvalidRecord] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # canonical modes vs free generation (`summary.canonical_comparison`); empty with one mode
+    comparison: pl.DataFrame | None = None
 
     def to_json(self) -> dict:
-        """Group summaries and fits as plain JSON (what `--json` prints)."""
+        """Group summaries, fits and the canonical comparison as plain JSON (`--json`)."""
         return {
             "tmcli_version": __version__,
             "window": self.window,
@@ -65,6 +67,8 @@ class Analysis:
             "n_skipped": len(self.skipped),
             "groups": _jsonable(self.groups.to_dicts()),
             "sigmoid_fits": _jsonable(self.fits.to_dicts()),
+            "canonical_comparison": _jsonable(self.comparison.to_dicts()
+                                              if self.comparison is not None else []),
             "meta": _jsonable(self.meta),
         }
 
@@ -368,7 +372,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
         **(meta or {}),
     }
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
-                    window=window, method=method, examples=examples, skipped=errors, meta=info)
+                    window=window, method=method, examples=examples, skipped=errors, meta=info,
+                    comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
 def default_group_by(samples: pl.DataFrame) -> list[str]:

@@ -48,7 +48,7 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     import pyarrow.parquet as pq
 
     from tmcli.analysis import SAMPLE_SCHEMA, Analysis, default_group_by
-    from tmcli.summary import sigmoid_fits, summarise
+    from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
 
     try:
         table = pq.read_table(path)
@@ -85,7 +85,8 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     meta.setdefault("inputs", [str(path)])
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
                     window=window, method=str(extra.get("window_method") or "aligned"),
-                    examples=list(extra.get("examples") or []), meta=meta)
+                    examples=list(extra.get("examples") or []), meta=meta,
+                    comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
 def load_analysis(path: str | Path, *, n_resamples: int = 2000,
