@@ -197,3 +197,22 @@ def test_report_section_only_with_two_modes(analysis, one_mode):
     assert "canonical" not in [a for a, _c, _f in build_figures(single)]
     page = render_html(single)
     assert 'fig-canonical' not in page and "Canonical vs free" not in page
+
+
+def test_parquet_without_quality_columns_still_loads(analysis, tmp_path):
+    """A file written before these columns existed reads back with them null."""
+    import pyarrow.parquet as pq
+
+    import tmcli
+    from tmcli.summary import canonical_comparison
+
+    path = tmp_path / "old.parquet"
+    write_parquet(analysis, path)
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns(list(quality.QUALITY_COLUMNS)), path)
+    back = load_analysis(path, n_resamples=200)
+    assert back.samples["distinct_2"].null_count() == back.samples.height
+    assert back.groups["distinct_2"].null_count() == back.groups.height
+    assert back.comparison["n"].to_list() == [3, 4]  # modes and counts need no proxy
+    assert back.comparison["diff_nll_token"].to_list() == [None, None]
+    assert tmcli.canonical_comparison is canonical_comparison  # public API name
