@@ -16,9 +16,10 @@ import polars as pl
 
 from tmcli import __version__
 from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.quality import record_float
 from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
-from tmcli.summary import summarise, sigmoid_fits
+from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
 
 SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64)})
 SAMPLE_SCHEMA = {
@@ -32,6 +33,9 @@ SAMPLE_SCHEMA = {
     "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
     "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
     "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
+    # text-quality proxies (tmcli.quality) and the record's own NLL figures
+    "n_chars": pl.Int64, "chars_per_token": pl.Float64, "distinct_2": pl.Float64,
+    "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
 }
 DEFAULT_GROUP_BY = ("model", "temperature")
 
@@ -49,9 +53,11 @@ class Analysis:
     examples: list[dict] = field(default_factory=list)
     skipped: list[InvalidRecord] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    # canonical modes vs free generation (`summary.canonical_comparison`); empty with one mode
+    comparison: pl.DataFrame | None = None
 
     def to_json(self) -> dict:
-        """Group summaries and fits as plain JSON (what `--json` prints)."""
+        """Group summaries, fits and the canonical comparison as plain JSON (`--json`)."""
         return {
             "tmcli_version": __version__,
             "window": self.window,
@@ -61,6 +67,8 @@ class Analysis:
             "n_skipped": len(self.skipped),
             "groups": _jsonable(self.groups.to_dicts()),
             "sigmoid_fits": _jsonable(self.fits.to_dicts()),
+            "canonical_comparison": _jsonable(self.comparison.to_dicts()
+                                              if self.comparison is not None else []),
             "meta": _jsonable(self.meta),
         }
 
@@ -179,6 +187,8 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
         "temperature": float(temp) if isinstance(temp, (int, float)) else None,
         "canonical": str(meta.get("canonical") or "off"),
         "prompt_index": meta.get("prompt_index") if isinstance(meta.get("prompt_index"), int) else None,
+        "nll_token": record_float(meta.get("nll_token")),
+        "nll_char": record_float(meta.get("nll_char")),
     }
     row.update(metrics)
     row.pop("boundary_span", None)
@@ -362,7 +372,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
         **(meta or {}),
     }
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
-                    window=window, method=method, examples=examples, skipped=errors, meta=info)
+                    window=window, method=method, examples=examples, skipped=errors, meta=info,
+                    comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
 def default_group_by(samples: pl.DataFrame) -> list[str]:

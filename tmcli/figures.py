@@ -82,8 +82,9 @@ def _warn(fig: go.Figure, groups: pl.DataFrame, extra: str = "") -> go.Figure:
         fig.add_annotation(text="<br>".join(lines), xref="paper", yref="paper", x=0, y=0,
                            yshift=-52, xanchor="left", yanchor="top", showarrow=False,
                            align="left", font=dict(size=12, color="#9a3412"))
-        fig.update_layout(margin=dict(b=64 + 18 * len(lines)),
-                          height=fig.layout.height + 18 * len(lines))
+        n_lines = sum(1 + line.count("<br>") for line in lines)
+        fig.update_layout(margin=dict(b=64 + 18 * n_lines),
+                          height=fig.layout.height + 18 * n_lines)
     return fig
 
 
@@ -395,3 +396,80 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
         few_samples=pl.lit(True))
     return _legend_above(_warn(fig, few, "band: 95% CI (Kaplan–Meier, Greenwood); a completion "
                                          "that never diverges counts until its end"))
+
+
+COMPARE_PANELS = (
+    ("fraction_noncanonical", "non-canonical samples", ".1%", ".0%"),
+    ("nll_token", "NLL per token (nats)", ".3f", ".3~g"),
+    ("chars_per_token", "characters per token", ".3f", ".3~g"),
+    ("distinct_2", "distinct word bigrams", ".3f", ".3~g"),
+)
+
+
+def canonical_comparison(comparison: pl.DataFrame) -> go.Figure:
+    """Canonical modes vs free generation: per model (rows), metrics vs temperature (columns),
+    one line per canonical mode with its 95% band (Wilson for the share, bootstrap otherwise).
+
+    ``comparison`` is `summary.canonical_comparison`: only (model, temperature) pairs run both
+    free ("off") and in another mode. A panel stays empty where the records carry no value
+    (e.g. no NLL).
+    """
+    rows = comparison.filter(pl.col("temperature").is_not_null())
+    models = sorted(rows["model"].unique().to_list())
+    modes = rows["canonical"].unique(maintain_order=True).to_list()  # "off" first
+    ncols = len(COMPARE_PANELS)
+    titles = [f"{html.escape(str(m))}: {title}" for m in models for _c, title, _f, _t in
+              COMPARE_PANELS]
+    fig = make_subplots(rows=max(len(models), 1), cols=ncols, subplot_titles=titles or None,
+                        horizontal_spacing=0.06, vertical_spacing=0.2 / max(len(models), 1))
+    shown, empty = set(), set()
+    for r, model in enumerate(models, start=1):
+        for i, mode in enumerate(modes):
+            df = rows.filter((pl.col("model") == model) & (pl.col("canonical") == mode)).sort(
+                "temperature")
+            if df.height == 0:
+                continue
+            label = html.escape(str(mode))
+            for c, (col, title, fmt, _tick) in enumerate(COMPARE_PANELS, start=1):
+                where = dict(row=r, col=c)
+                x = df["temperature"].to_list()
+                y, lo, hi = (df[k].to_list() for k in (col, f"{col}_lo", f"{col}_hi"))
+                if all(v is None for v in y):
+                    empty.add(title)
+                    continue
+                _band(fig, x, lo, hi, _colour(i, 0.18), label, **where)
+                lone = dict(type="data", symmetric=False, color=_colour(i, 0.6),  # no band
+                            array=[hi[0] - y[0]], arrayminus=[y[0] - lo[0]])
+                count = f"{col}_n" if f"{col}_n" in df.columns else "n_noncanonical"
+                fig.add_trace(go.Scatter(
+                    x=x, y=y, mode="lines+markers", name=label, legendgroup=label,
+                    showlegend=label not in shown, line=dict(color=_colour(i)),
+                    marker=dict(size=8), error_y=lone if len(x) == 1 else None,
+                    customdata=df.select("n", f"{col}_lo", f"{col}_hi",
+                                         pl.col(count).alias("k")).to_numpy(),
+                    hovertemplate=_hover([f"<b>{html.escape(str(model))}</b> {label} T=%{{x}}",
+                                          f"{title} %{{y:{fmt}}}",
+                                          f"95% CI %{{customdata[1]:{fmt}}} – "
+                                          f"%{{customdata[2]:{fmt}}}",
+                                          ("%{customdata[3]} of " if count == "n_noncanonical"
+                                           else "from %{customdata[3]} of ")
+                                          + "n=%{customdata[0]} samples"])), **where)
+                shown.add(label)
+                _hollow(fig, x, y, df["few_samples"].to_list(), i, label, size=8, **where)
+    for c, (_col, _title, _fmt, tick) in enumerate(COMPARE_PANELS, start=1):
+        fig.update_yaxes(tickformat=tick, col=c)
+    fig.update_xaxes(title_text="temperature", row=max(len(models), 1))
+    fig.update_layout(title="Canonical vs free generation (band: 95% CI)",
+                      **dict(LAYOUT, height=340 * max(len(models), 1) + 140))
+    notes = []
+    few = rows.filter(pl.col("few_samples"))
+    if few.height:
+        names = [f"{html.escape(str(r['model']))} {html.escape(str(r['canonical']))} "
+                 f"T={_t(r['temperature'])} (n={r['n']})" for r in few.iter_rows(named=True)]
+        notes.append(f"⚠ fewer than {FEW_SAMPLES} samples (hollow markers): "
+                     + ", ".join(names[:4])
+                     + (f" and {len(names) - 4} more" if len(names) > 4 else ""))
+    if empty:
+        notes.append("no line where the records carry no value: "
+                     + ", ".join(t for _c, t, _f, _k in COMPARE_PANELS if t in empty))
+    return _legend_above(_warn(fig, rows[:0], "<br>".join(notes)))

@@ -77,12 +77,48 @@ def fits_table(analysis) -> Table | None:
     return table
 
 
+def comparison_table(analysis) -> Table | None:
+    """Canonical modes vs free ("off") per model and temperature; None with one mode."""
+    comp = getattr(analysis, "comparison", None)
+    if comp is None or comp.height == 0:
+        return None
+    table = Table(title="Canonical vs free: per model and temperature, 95% interval below; "
+                        "Δ: paired difference vs off over shared prompts",
+                  title_justify="left",
+                  caption="non-can.: samples non-canonical (%); mean: mean compression (%); "
+                          "chars/tok: characters per generated token; dist-2: distinct word "
+                          "bigrams; rep-4: repeated word 4-grams; nll/tok, nll/char: mean NLL "
+                          "(nats) from the records; pairs: prompts in both modes",
+                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True)
+    for name in ("model", "T", "mode"):
+        table.add_column(name, no_wrap=name == "model")
+    for name in ("n", "non-can.", "mean", "chars/tok", "dist-2", "rep-4", "nll/tok",
+                 "nll/char", "pairs", "Δ nll/tok", "Δ chars/tok"):
+        table.add_column(name, justify="right", overflow="fold")
+    for row in comp.iter_rows(named=True):
+        n = f"[bold yellow]{row['n']}⚠[/]" if row.get("few_samples") else str(row["n"])
+        t = row["temperature"]
+        table.add_row(
+            row["model"], "–" if t is None else f"{t:g}", row["canonical"], n,
+            _ci(row, "fraction_noncanonical", digits=2), _ci(row, "mean_compression", digits=3),
+            *(_ci(row, name, pct=False, digits=3) for name in
+              ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")),
+            "–" if row["paired_prompts"] is None else str(row["paired_prompts"]),
+            _ci(row, "diff_nll_token", pct=False, digits=3),
+            _ci(row, "diff_chars_per_token", pct=False, digits=3))
+    return table
+
+
 def print_analysis(analysis, console: Console | None = None) -> None:
     console = console or stdout
     console.print(groups_table(analysis))
     fits = fits_table(analysis)
     if fits is not None:
         console.print(fits)
+    comparison = comparison_table(analysis)
+    if comparison is not None:
+        console.print(comparison)
     analysis_warnings(analysis)
 
 

@@ -30,6 +30,16 @@ def build_figures(analysis, temperatures=(2.0, 0.8)) -> list[tuple[str, str, obj
     g, window = analysis.groups, analysis.window
     if "temperature" not in g.columns:
         return []
+    comparison = getattr(analysis, "comparison", None)
+    canonical = []
+    if comparison is not None and comparison.filter(
+            pl.col("temperature").is_not_null()).height:
+        canonical = [("canonical", "Canonical generation modes against free generation (off), "
+                      "per model, at the temperatures run in both: share of non-canonical "
+                      "samples (Wilson band), mean NLL per token under the generating model "
+                      "(from the records), characters per generated token, and the share of "
+                      "distinct word bigrams (bootstrap bands).",
+                      figures.canonical_comparison(comparison))]
     return [
         ("fraction", "Share of samples whose re-encoding is shorter (the study's count), with "
          "95% Wilson intervals and the per-model logistic fit.",
@@ -51,6 +61,7 @@ def build_figures(analysis, temperatures=(2.0, 0.8)) -> list[tuple[str, str, obj
          "per-token figures.", figures.token_rate(g)),
         ("survival", "Share of completions still canonical after each number of tokens: once a "
          "completion diverges it leaves the curve.", figures.first_divergence(analysis.samples)),
+        *canonical,
     ]
 
 
@@ -94,6 +105,26 @@ def summary_table(groups: pl.DataFrame) -> str:
                   f"{r['n_merged']} / {r['n_lengthened']} / {r['n_resegmented']}",
                   _ci(r, "centre_of_gravity", ".0f"), _f(r["median_position"], ".0f"),
                   _e("; ".join(notes))]
+        cls = " class=few" if r["few_samples"] else ""
+        rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return ("<table class=summary><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table>")
+
+
+def comparison_table(comparison: pl.DataFrame) -> str:
+    """Canonical modes vs free generation as an HTML table (the comparison frame's rows)."""
+    head = ["model", "temperature", "mode", "n", "non-canonical", "mean compression",
+            "chars / token", "distinct-2", "repetition-4", "NLL / token", "NLL / char",
+            "prompts paired", "Δ NLL / token vs off", "Δ chars / token vs off"]
+    rows = []
+    for r in comparison.iter_rows(named=True):
+        cells = [_e(r["model"]), _e(_f(r["temperature"], "g")), _e(r["canonical"]),
+                 str(r["n"]) + (" ⚠" if r["few_samples"] else ""),
+                 _ci(r, "fraction_noncanonical", ".1%"), _ci(r, "mean_compression", ".3%"),
+                 *(_ci(r, c, ".3f") for c in ("chars_per_token", "distinct_2", "repetition_4",
+                                              "nll_token", "nll_char")),
+                 _e(_f(r["paired_prompts"], "d")),
+                 _ci(r, "diff_nll_token", "+.3f"), _ci(r, "diff_chars_per_token", "+.3f")]
         cls = " class=few" if r["few_samples"] else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ("<table class=summary><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
@@ -231,11 +262,22 @@ def render_html(analysis, *, temperatures=(2.0, 0.8), title: str = "tmcli report
     from plotly.offline import get_plotlyjs
 
     figs = build_figures(analysis, temperatures)
-    sections = []
+    sections, canonical = [], ""
     for anchor, caption, fig in figs:
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{anchor}",
                           config=PLOT_CONFIG, default_width="100%")
-        sections.append(f"<div class=figure><p class=caption>{_e(caption)}</p>{div}</div>")
+        block = f"<div class=figure><p class=caption>{_e(caption)}</p>{div}</div>"
+        if anchor == "canonical":  # its own section, after the figures
+            canonical = block
+        else:
+            sections.append(block)
+    if canonical:
+        canonical = (
+            "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
+            "free generation (off) at the same model and temperature. Δ: mean over prompts run "
+            "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
+            "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
+            f"{comparison_table(analysis.comparison)}{canonical}")
     warn = warnings(analysis, temperatures)
     banner = ("<div class=banner><b>⚠ Read with care</b><ul>"
               + "".join(f"<li>{_e(w)}</li>" for w in warn) + "</ul></div>") if warn else ""
@@ -244,7 +286,8 @@ def render_html(analysis, *, temperatures=(2.0, 0.8), title: str = "tmcli report
         examples = "<p>No non-canonical completion in this input.</p>"
     inputs = ", ".join(map(str, analysis.meta.get("inputs", [])))
     nav = "".join(f'<a href="#{a}">{a}</a>' for a in
-                  ["summary", "figures", "examples", "metadata"])
+                  ["summary", "figures", *(["canonical"] if canonical else []), "examples",
+                   "metadata"])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -261,7 +304,7 @@ def render_html(analysis, *, temperatures=(2.0, 0.8), title: str = "tmcli report
 samples for means, rates and the centre of gravity).</p>
 {summary_table(analysis.groups)}
 <h3>Sigmoid fits of the share compressed</h3>{fits_table(analysis.fits)}
-<h2 id=figures>Figures</h2>{''.join(sections)}
+<h2 id=figures>Figures</h2>{''.join(sections)}{canonical}
 <h2 id=examples>Most non-canonical completions</h2>{examples}
 <h2 id=metadata>Run metadata</h2>{metadata_table(analysis)}
 </body></html>

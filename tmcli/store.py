@@ -48,13 +48,18 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     import pyarrow.parquet as pq
 
     from tmcli.analysis import SAMPLE_SCHEMA, Analysis, default_group_by
-    from tmcli.summary import sigmoid_fits, summarise
+    from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
 
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as exc:
         raise TmcliError(f"cannot read {path} as parquet ({exc})",
                          hint="give a file written by `tmcli analyze --output x.parquet`") from None
+    from tmcli.quality import QUALITY_COLUMNS
+
+    for name in QUALITY_COLUMNS:  # files written before these columns existed: all null
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
     missing = [c for c in SAMPLE_SCHEMA if c not in table.column_names]
     if missing:
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",
@@ -80,7 +85,8 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     meta.setdefault("inputs", [str(path)])
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
                     window=window, method=str(extra.get("window_method") or "aligned"),
-                    examples=list(extra.get("examples") or []), meta=meta)
+                    examples=list(extra.get("examples") or []), meta=meta,
+                    comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
 def load_analysis(path: str | Path, *, n_resamples: int = 2000,

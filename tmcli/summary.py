@@ -69,7 +69,35 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["n_boundary_merges"] = int(df["boundary_merge"].sum())
     out["n_not_byte_exact"] = int((~df["byte_exact"]).sum())
     out["invalid_bytes"] = int(df["invalid_bytes"].sum())
+    out.update(quality_summary(df, n_resamples, seed))
     out["few_samples"] = n < FEW_SAMPLES
+    return out
+
+
+QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")
+PAIRED = ("nll_token", "chars_per_token")
+
+
+def _null_ci(out: dict, name: str) -> None:
+    out[name] = out[name + "_lo"] = out[name + "_hi"] = None
+
+
+def quality_summary(df: pl.DataFrame, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean and bootstrap CI of each text-quality proxy over the samples that have it.
+
+    ``<metric>_n`` counts those samples; the mean and its bounds are null when none has it
+    (e.g. NLLs from records that carry none). ``n_chars`` is the group's total characters.
+    """
+    out: dict = {}
+    if "n_chars" in df.columns:
+        out["n_chars"] = int(df["n_chars"].sum()) if df["n_chars"].null_count() < df.height else None
+    for name in QUALITY_MEANS:
+        values = df[name].drop_nulls().to_numpy() if name in df.columns else np.array([])
+        out[name + "_n"] = len(values)
+        if len(values):
+            out[name], out[name + "_lo"], out[name + "_hi"] = stats.mean_ci(values, n_resamples, seed)
+        else:
+            _null_ci(out, name)
     return out
 
 
@@ -81,7 +109,96 @@ def summarise(samples: pl.DataFrame, keys: list[str], window: int,
         row = dict(zip(keys, key))
         row.update(summarise_group(df, window, n_resamples, seed))
         rows.append(row)
-    return pl.DataFrame(rows, infer_schema_length=None)
+    out = pl.DataFrame(rows, infer_schema_length=None)
+    # a proxy no group has (no NLL in any record) would otherwise be a column of type Null
+    casts = [pl.col(c).cast(pl.Float64) for name in QUALITY_MEANS
+             for c in (name, name + "_lo", name + "_hi") if c in out.columns]
+    if "n_chars" in out.columns:
+        casts.append(pl.col("n_chars").cast(pl.Int64))
+    return out.with_columns(casts)
+
+
+def _comparison_schema() -> dict:
+    schema = {"model": pl.String, "temperature": pl.Float64, "canonical": pl.String,
+              "n": pl.Int64, "n_noncanonical": pl.Int64}
+    for name in ("fraction_noncanonical", "mean_compression", *QUALITY_MEANS):
+        schema.update({name: pl.Float64, name + "_lo": pl.Float64, name + "_hi": pl.Float64})
+    for name in QUALITY_MEANS:
+        schema[name + "_n"] = pl.Int64
+    schema["paired_prompts"] = pl.Int64
+    for name in PAIRED:
+        schema.update({f"diff_{name}": pl.Float64, f"diff_{name}_lo": pl.Float64,
+                       f"diff_{name}_hi": pl.Float64, f"diff_{name}_n": pl.Int64})
+    schema["few_samples"] = pl.Boolean
+    return schema
+
+
+def _per_prompt(df: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Mean of ``name`` per prompt_index (several samples of one prompt count as one)."""
+    return (df.filter(pl.col("prompt_index").is_not_null() & pl.col(name).is_not_null())
+            .group_by("prompt_index").agg(pl.col(name).mean()))
+
+
+def paired_difference(mode: pl.DataFrame, base: pl.DataFrame, name: str,
+                      n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Mean over shared prompts of (mode − base) for ``name``, bootstrap CI over prompts.
+
+    Samples are paired by prompt_index (the same prompt and row seed in every mode); a prompt
+    with several samples in a mode contributes the mean of them. ``diff_<name>_n`` counts the
+    prompts paired.
+    """
+    joined = _per_prompt(mode, name).join(_per_prompt(base, name), on="prompt_index",
+                                          suffix="_base").sort("prompt_index")
+    d = (joined[name] - joined[name + "_base"]).to_numpy()
+    out = {f"diff_{name}_n": len(d)}
+    if len(d):
+        m, lo, hi = stats.mean_ci(d, n_resamples, seed)
+        out.update({f"diff_{name}": m, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})
+    else:
+        _null_ci(out, f"diff_{name}")
+    return out
+
+
+def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: int = 0,
+                         baseline: str = "off") -> pl.DataFrame:
+    """Canonical modes vs free generation, per (model, temperature) run in ``baseline`` and at
+    least one other mode: one row per mode, baseline first, then the others sorted.
+
+    Each row: n, non-canonical share (Wilson CI), mean compression and the text-quality proxies
+    (bootstrap CIs), and for the non-baseline modes the paired difference vs the baseline of
+    nll_token and chars_per_token over shared prompts (`paired_difference`). Empty (with its
+    columns) when the samples hold one canonical mode, or no (model, temperature) has both.
+    """
+    schema = _comparison_schema()
+    if "canonical" not in samples.columns or samples["canonical"].n_unique() < 2:
+        return pl.DataFrame(schema=schema)
+    rows = []
+    keys = ["model", "temperature"]
+    for (model, temp), df in samples.sort(keys, nulls_last=True).group_by(keys,
+                                                                          maintain_order=True):
+        modes = set(df["canonical"].to_list())
+        if baseline not in modes or len(modes) < 2:
+            continue
+        base = df.filter(pl.col("canonical") == baseline)
+        shared_base = set(base["prompt_index"].drop_nulls().to_list())
+        for mode in [baseline, *sorted(modes - {baseline})]:
+            g = base if mode == baseline else df.filter(pl.col("canonical") == mode)
+            n, k = g.height, int(g["noncanonical"].sum())
+            row = {"model": model, "temperature": temp, "canonical": mode, "n": n,
+                   "n_noncanonical": k, "fraction_noncanonical": k / n}
+            row["fraction_noncanonical_lo"], row["fraction_noncanonical_hi"] = stats.wilson(k, n)
+            (row["mean_compression"], row["mean_compression_lo"],
+             row["mean_compression_hi"]) = stats.mean_ci(g["compression"].to_numpy(),
+                                                          n_resamples, seed)
+            row.update(quality_summary(g, n_resamples, seed))
+            if mode != baseline:
+                row["paired_prompts"] = len(shared_base
+                                            & set(g["prompt_index"].drop_nulls().to_list()))
+                for name in PAIRED:
+                    row.update(paired_difference(g, base, name, n_resamples, seed))
+            row["few_samples"] = n < FEW_SAMPLES
+            rows.append(row)
+    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
 
 
 def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:

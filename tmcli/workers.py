@@ -29,8 +29,14 @@ def _encoder(spec: str, window: int, context: bool) -> Reencoder:
 
 def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
                   method: str) -> list[dict]:
-    """Worker entry point: metrics for samples of one tokenizer."""
-    return _encoder(spec, window, context).measure(samples, method=method)
+    """Worker entry point: metrics for samples of one tokenizer, text-quality proxies included."""
+    from tmcli.quality import text_metrics
+
+    enc = _encoder(spec, window, context)
+    out = enc.measure(samples, method=method)
+    for m, s in zip(out, samples):
+        m.update(text_metrics(enc.vocab.spell(s.token_ids), len(s.token_ids)))
+    return out
 
 
 def _fork_pool(jobs: int):

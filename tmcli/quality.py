@@ -1,0 +1,54 @@
+"""Cheap text-quality proxies of one completion, from its exact text.
+
+Used to compare canonical generation modes with free generation: a mode that forces canonical
+tokens should not make the text worse. The text is the completion's exact bytes (each id's
+vocabulary spelling, special tokens spell nothing) decoded as UTF-8 with replacement, so it is
+the text the model wrote, with no tokenizer decoder clean-up. Words are whitespace-separated.
+
+- ``n_chars``: characters of that text; ``chars_per_token``: n_chars / generated ids.
+- ``distinct_2``: unique word bigrams / word bigrams (1 = no bigram repeats); null with fewer
+  than 2 words (no bigram).
+- ``repetition_4``: 1 − unique word 4-grams / word 4-grams (0 = no 4-gram repeats); null with
+  fewer than 4 words (no 4-gram).
+"""
+
+from __future__ import annotations
+
+QUALITY_COLUMNS = ("n_chars", "chars_per_token", "distinct_2", "repetition_4", "nll_token",
+                   "nll_char")
+
+
+def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
+    return list(zip(*(words[k:] for k in range(n))))
+
+
+def distinct_n(words: list[str], n: int) -> float | None:
+    """Unique word n-grams / word n-grams; None when there is no n-gram."""
+    grams = _ngrams(words, n)
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def repetition_n(words: list[str], n: int) -> float | None:
+    """1 − unique word n-grams / word n-grams; None when there is no n-gram."""
+    d = distinct_n(words, n)
+    return None if d is None else 1.0 - d
+
+
+def text_metrics(data: bytes, n_tokens: int) -> dict:
+    """The per-sample proxies of one completion's exact bytes, generated as ``n_tokens`` ids."""
+    text = data.decode("utf-8", errors="replace")
+    words = text.split()
+    return {
+        "n_chars": len(text),
+        "chars_per_token": len(text) / n_tokens if n_tokens else None,
+        "distinct_2": distinct_n(words, 2),
+        "repetition_4": repetition_n(words, 4),
+    }
+
+
+def record_float(value) -> float | None:
+    """A finite number from a record field (an NLL), else None (absent, null, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
