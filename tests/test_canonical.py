@@ -170,3 +170,29 @@ def test_nll_is_scored_on_canonical_ids(smol):
     logp = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
     direct = -logp[torch.arange(len(canonical)), torch.tensor(canonical)].sum()
     assert abs(a - float(direct)) < 1e-3 * len(canonical)
+
+
+def test_cli_score_filters_resumes_and_names_bad_lines(hot, tmp_path):
+    from typer.testing import CliRunner
+
+    from tmcli.cli import app
+
+    runner = CliRunner()
+    src, recs = hot["constrain"]
+    out = tmp_path / "scored.jsonl"
+    res = runner.invoke(app, ["score", str(src), "-o", str(out), "--temperatures", "2"])
+    assert res.exit_code == 0, res.output
+    scored = _records(out)
+    assert sorted(r["id"] for r in scored) == sorted(r["id"] for r in recs)  # nothing lost
+    hot2 = [r for r in scored if r["temperature"] == 2.0]
+    assert len(hot2) == 4 and all(r["nll_tokens"] == 48 and r["nll_token"] > 0 for r in hot2)
+    v = vocab_for("smollm2-135m")
+    chars = [len(v.spell(r["token_ids"]).decode("utf-8", errors="replace")) for r in hot2]
+    assert all(abs(r["nll_token"] * 48 - r["nll_char"] * c) < 1e-3 for r, c in zip(hot2, chars))
+    assert not any("nll_token" in r for r in scored if r["temperature"] != 2.0)
+    res = runner.invoke(app, ["score", str(src), "-o", str(out), "--temperatures", "2"])
+    assert res.exit_code == 0 and len(_records(out)) == 8  # resumed: nothing added
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(src.read_text().splitlines()[0] + "\n{not json\n")
+    res = runner.invoke(app, ["score", str(bad), "-o", str(tmp_path / "x.jsonl")])
+    assert res.exit_code == 2 and "bad.jsonl:2" in res.output and "Traceback" not in res.output

@@ -129,8 +129,11 @@ def test_fraction_figure_plots_the_measured_fractions_and_fit(analysis):
     smol = analysis.groups.filter(pl.col("model") == "smollm2-135m").sort("temperature")
     assert list(points["smollm2-135m"].y) == smol["fraction_compressed"].to_list()
     fit = analysis.fits.filter(pl.col("model") == "smollm2-135m").row(0, named=True)
-    curve = next(t for t in fig.data if t.name == "smollm2-135m fit")
+    curve = next(t for t in fig.data if t.name == "smollm2-135m compressed fit")
     assert np.allclose(curve.y, stats.sigmoid(curve.x, fit["midpoint"], fit["slope"]))
+    assert list(points["smollm2-135m non-canonical"].y) == smol["fraction_noncanonical"].to_list()
+    curve = next(t for t in fig.data if t.name == "smollm2-135m non-canonical fit")
+    assert np.allclose(curve.y, stats.sigmoid(curve.x, fit["nc_midpoint"], fit["nc_slope"]))
     zoom = figures.fraction_compressed(analysis.groups, analysis.fits, max_temperature=0.8)
     assert max(max(t.x) for t in zoom.data if t.mode == "markers") == 0.8
 

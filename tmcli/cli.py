@@ -375,6 +375,9 @@ def score(
                                         "to; rerunning resumes it.")],
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Score with this model (default: each record's own model).")] = None,
+    temperatures: Annotated[Optional[str], typer.Option(
+        "--temperatures", "-t", help="Score only records at these temperatures (0,1,2 or "
+        "0:2:0.2); the rest are copied through unscored.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32, bfloat16, "
                                        "float16.")] = "auto",
@@ -382,10 +385,13 @@ def score(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
+    from tmcli.generation import parse_temperatures
     from tmcli.scoring import score as run_score
 
-    summary = run_command(run_score, input, output, model=model, device=device, dtype=dtype,
-                          threads=threads)
+    temps = run_command(parse_temperatures, temperatures) if temperatures else None
+    summary = run_command(run_score, input, output, model=model, temperatures=temps,
+                          device=device, dtype=dtype, threads=threads)
     if not quiet:
-        typer.echo(f"{summary.written} records scored, {summary.skipped} already done -> "
+        copied = f", {summary.passed} copied unscored" if summary.passed else ""
+        typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "
                    f"{summary.output} ({summary.tokens} tokens in {summary.seconds:.1f} s)", err=True)

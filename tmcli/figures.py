@@ -126,20 +126,33 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
                                   "95% CI %{customdata[2]:.1%} – %{customdata[3]:.1%}",
                                   "%{customdata[1]} of n=%{customdata[0]} samples"])))
         _hollow(fig, df["temperature"], y, df["few_samples"], i, label)
+        nc = df["fraction_noncanonical"]
+        fig.add_trace(go.Scatter(
+            x=df["temperature"], y=nc, mode="markers", name=f"{label} non-canonical",
+            legendgroup=label, marker=dict(color=_colour(i), size=8, symbol="diamond-open"),
+            error_y=dict(type="data", symmetric=False, array=df["fraction_noncanonical_hi"] - nc,
+                         arrayminus=nc - df["fraction_noncanonical_lo"], color=_colour(i, 0.4)),
+            customdata=df.select("n", "n_noncanonical").to_numpy(),
+            hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "non-canonical %{y:.1%}",
+                                  "%{customdata[1]} of n=%{customdata[0]} samples"])))
         key = (df["model"][0], df["canonical"][0] if "canonical" in df.columns else None)
         fit = fit_of.get(key) or fit_of.get((key[0], None))
-        if fit and fit["midpoint"] is not None:
-            t = np.linspace(0, float(df["temperature"].max()), 200)
+        t = np.linspace(0, float(df["temperature"].max()), 200)
+        for prefix, dash, what in (("", "dash", "compressed"), ("nc_", "dot", "non-canonical")):
+            if not fit or fit.get(prefix + "midpoint") is None:
+                continue
+            mid, slope = fit[prefix + "midpoint"], fit[prefix + "slope"]
             fig.add_trace(go.Scatter(
-                x=t, y=stats.sigmoid(t, fit["midpoint"], fit["slope"]), mode="lines",
-                line=dict(color=_colour(i), dash="dash", width=1.5), legendgroup=label,
-                name=f"{label} fit", showlegend=False,
-                hovertemplate=_hover([f"<b>{label}</b> sigmoid fit",
-                                      f"midpoint T={fit['midpoint']:.2f}, slope {fit['slope']:.2f}",
+                x=t, y=stats.sigmoid(t, mid, slope), mode="lines",
+                line=dict(color=_colour(i), dash=dash, width=1.5), legendgroup=label,
+                name=f"{label} {what} fit", showlegend=False,
+                hovertemplate=_hover([f"<b>{label}</b> sigmoid fit ({what})",
+                                      f"midpoint T={mid:.2f}, slope {slope:.2f}",
                                       "T=%{x:.2f}: %{y:.1%}"])))
     zoom = f", T ≤ {max_temperature:g}" if max_temperature is not None else ""
-    fig.update_layout(title=f"Fraction of samples compressed{zoom} (dashed: sigmoid fit)",
-                      xaxis_title="temperature", yaxis_title="samples with compression > 0",
+    fig.update_layout(title=f"Samples compressed (●, dashed fit) and non-canonical (◇, dotted "
+                            f"fit){zoom}",
+                      xaxis_title="temperature", yaxis_title="share of samples",
                       yaxis_tickformat=".0%", **LAYOUT)
     shown = groups if max_temperature is None else groups.filter(
         pl.col("temperature") <= max_temperature + 1e-9)

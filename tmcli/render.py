@@ -65,15 +65,18 @@ def groups_table(analysis) -> Table:
 
 
 def fits_table(analysis) -> Table | None:
-    fits = analysis.fits.filter(analysis.fits["midpoint"].is_not_null())
+    fits = analysis.fits.filter(analysis.fits["midpoint"].is_not_null()
+                                | analysis.fits["nc_midpoint"].is_not_null())
     if fits.height == 0:
         return None
-    table = Table(title="Fraction compressed vs temperature: logistic fit", title_justify="left")
-    for name in ("model", "canonical", "temperatures", "midpoint T", "slope", "rmse"):
+    table = Table(title="Share of samples compressed / non-canonical vs temperature: logistic fits",
+                  title_justify="left")
+    for name in ("model", "canonical", "temperatures", "compr. midpoint T", "slope", "rmse",
+                 "non-can. midpoint T", "slope", "rmse"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for row in fits.iter_rows(named=True):
         table.add_row(row["model"], str(row["canonical"] or "–"), str(row["n_temperatures"]),
-                      _num(row["midpoint"]), _num(row["slope"]), _num(row["rmse"]))
+                      *(_num(row.get(p + k)) for p in ("", "nc_") for k in ("midpoint", "slope", "rmse")))
     return table
 
 

@@ -137,14 +137,16 @@ def fits_table(fits: pl.DataFrame) -> str:
     rows = []
     for r in fits.iter_rows(named=True):
         label = r["model"] + (f" (canonical {r['canonical']})" if r.get("canonical") else "")
-        if r["midpoint"] is None:
-            cells = [label, str(r["n_temperatures"]), "no fit (all 0, all 1, or too few points)",
-                     "", ""]
-        else:
-            cells = [label, str(r["n_temperatures"]), f"{r['midpoint']:.2f}",
-                     f"{r['slope']:.2f}", f"{r['rmse']:.3f}"]
+        cells = [label, str(r["n_temperatures"])]
+        for prefix in ("", "nc_"):
+            if r.get(prefix + "midpoint") is None:
+                cells += ["no fit (all 0, all 1, or too few points)", "", ""]
+            else:
+                cells += [f"{r[prefix + 'midpoint']:.2f}", f"{r[prefix + 'slope']:.2f}",
+                          f"{r[prefix + 'rmse']:.3f}"]
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    head = ["model", "temperatures", "midpoint T", "slope", "RMSE"]
+    head = ["model", "temperatures", "compressed: midpoint T", "slope", "RMSE",
+            "non-canonical: midpoint T", "slope", "RMSE"]
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>"
             "<tbody>" + "".join(rows) + "</tbody></table>")
 

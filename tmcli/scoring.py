@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ class ScoreSummary:
     output: str
     written: int = 0
     skipped: int = 0
+    passed: int = 0  # copied through unscored (not at the requested temperatures)
     tokens: int = 0
     seconds: float = 0.0
 
@@ -114,9 +115,13 @@ def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
 
 
 def score(input: str, output: str | os.PathLike, *, model: str | None = None,
-          device: str = "auto", dtype: str = "auto", threads: int | None = None,
-          batch: int = 64, progress: Callable[[int], None] | None = None) -> ScoreSummary:
-    """Add ``nll_token``/``nll_char`` to each record of ``input`` and append it to ``output``."""
+          temperatures: Sequence[float] | None = None, device: str = "auto",
+          dtype: str = "auto", threads: int | None = None, batch: int = 64,
+          progress: Callable[[int], None] | None = None) -> ScoreSummary:
+    """Add ``nll_token``/``nll_char`` to each record of ``input`` and append it to ``output``.
+
+    With ``temperatures``, only records at those temperatures are scored; the others are copied
+    through unchanged, so the output still holds every record."""
     from tmcli.loading import load_model
     from tmcli.records import RecordWriter, existing_ids, repair_tail
     from tmcli.reencode import Reencoder
@@ -130,11 +135,19 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
     done = existing_ids(out)
     summary = ScoreSummary(str(out))
     todo: dict[str, list[dict]] = {}
+    passed: list[dict] = []
+    wanted = None if temperatures is None else {float(t) for t in temperatures}
     for _line, obj in records:
         if obj["id"] in done:
             summary.skipped += 1
+        elif wanted is not None and obj.get("temperature") not in wanted:
+            passed.append(obj)
         else:
             todo.setdefault(model or obj["model"], []).append(obj)
+    if passed:
+        with RecordWriter(out) as writer:
+            writer.write(passed)
+        summary.passed = len(passed)
     if not todo:
         return summary
     import torch

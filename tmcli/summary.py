@@ -202,22 +202,25 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
 
 
 def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:
-    """Per model (and canonical mode): logistic fit of the fraction compressed vs temperature."""
+    """Per model (and canonical mode): logistic fits vs temperature of the fraction compressed
+    (the study's, ``midpoint``/``slope``/``rmse``) and of the fraction non-canonical (``nc_``
+    columns), which stays a sigmoid where lengthening re-encodings make the former fall again."""
     schema = {"model": pl.String, "canonical": pl.String, "n_temperatures": pl.Int64,
               "midpoint": pl.Float64, "slope": pl.Float64, "rmse": pl.Float64,
-              "converged": pl.Boolean}
+              "converged": pl.Boolean, "nc_midpoint": pl.Float64, "nc_slope": pl.Float64,
+              "nc_rmse": pl.Float64, "nc_converged": pl.Boolean}
     if "temperature" not in groups.columns or "model" not in groups.columns:
         return pl.DataFrame(schema=schema)
     by = ["model", "canonical"] if "canonical" in groups.columns else ["model"]
     rows = []
     for key, df in groups.filter(pl.col("temperature").is_not_null()).group_by(
             by, maintain_order=True):
-        fit = stats.sigmoid_fit(df["temperature"].to_numpy(), df["n_compressed"].to_numpy(),
-                                df["n"].to_numpy())
         row = {"model": key[0], "canonical": key[1] if len(key) > 1 else None,
-               "n_temperatures": df.height, "midpoint": None, "slope": None, "rmse": None,
-               "converged": None}
-        if fit:
-            row.update(fit)
+               "n_temperatures": df.height}
+        for prefix, count in (("", "n_compressed"), ("nc_", "n_noncanonical")):
+            fit = stats.sigmoid_fit(df["temperature"].to_numpy(), df[count].to_numpy(),
+                                    df["n"].to_numpy())
+            for name in ("midpoint", "slope", "rmse", "converged"):
+                row[prefix + name] = fit[name] if fit else None
         rows.append(row)
     return pl.DataFrame(rows, schema=schema)
