@@ -313,3 +313,18 @@ def test_user_errors_are_one_line_and_exit_2(cache, tmp_path, extra, message):
     if "unknown model" in message:
         assert "smollm2-135m, gemma3-270m" in lines[0]
     assert not (tmp_path / "o.jsonl").exists() or (tmp_path / "o.jsonl").read_text() == ""
+
+
+def test_progress_off_a_terminal_is_plain_lines(capsys):
+    from tmcli.cli import _LineProgress
+
+    p = _LineProgress(every=0)
+    p.start(200)
+    p.describe("smollm2-135m")
+    p.advance(50)
+    err = capsys.readouterr().err
+    assert err.startswith("smollm2-135m: 50/200 tokens (25%), ") and "min left" in err
+    quiet = _LineProgress(every=3600)
+    quiet.start(200)
+    quiet.advance(50)
+    assert capsys.readouterr().err == ""

@@ -298,6 +298,43 @@ class _Progress:
             self.bar.stop()
 
 
+class _LineProgress:
+    """Off a terminal (a log file, CI, nohup): one plain line on stderr at most every
+    ``every`` seconds, so a long run shows how far it is and how long it has left."""
+
+    bars = False  # no Rich bars (model conversion) either
+
+    def __init__(self, every: float = 60.0):
+        self.every = every
+        self.total = self.done = 0
+        self.what = ""
+
+    def start(self, total: int) -> None:
+        import time
+
+        self.total, self.done = total, 0
+        self.started = self.last = time.monotonic()
+
+    def describe(self, text: str) -> None:
+        self.what = text
+
+    def advance(self, tokens: int) -> None:
+        import time
+
+        self.done += tokens
+        now = time.monotonic()
+        if now - self.last < self.every or not self.total:
+            return
+        self.last = now
+        rate = self.done / (now - self.started)
+        left = (self.total - self.done) / rate if rate else float("inf")
+        typer.echo(f"{self.what}: {self.done:,}/{self.total:,} tokens "
+                   f"({100 * self.done / self.total:.0f}%), {rate:,.0f} tok/s, "
+                   f"~{left / 60:.0f} min left", err=True)
+
+    def stop(self) -> None: ...
+
+
 @app.command()
 def generate(
     prompts: Annotated[str, typer.Option("--prompts", "-p", help="Prompt file: one prompt per line, "
@@ -346,6 +383,7 @@ def generate(
 
     models = model or ["smollm2-135m"]
     bar = _Progress(enabled=not quiet and sys.stderr.isatty())
+    lines = _LineProgress() if not quiet and not bar.enabled else None
 
     def run():
         temps = parse_temperatures(temperatures)
@@ -356,7 +394,7 @@ def generate(
                             device=device, dtype=dtype, threads=threads, batch_size=batch_size,
                             trust_remote_code=trust_remote_code, engine=engine,
                             canonical=canonical, retokenize_every=retokenize_every,
-                            progress=bar if bar.enabled else None)
+                            progress=bar if bar.enabled else lines)
 
     try:
         summary = run_command(run)

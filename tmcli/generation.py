@@ -287,7 +287,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         raise TmcliError(f"--retokenize-every must be positive, got {retokenize_every}")
     if engine not in ("auto", "transformers"):
         raise TmcliError(f"unknown engine '{engine}'", hint="use auto or transformers")
-    show_bars = progress is not None
+    show_bars = progress is not None and getattr(progress, "bars", True)
     progress = progress or _NoProgress()
     out = Path(output)
     repair_tail(out)
