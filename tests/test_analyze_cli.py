@@ -71,6 +71,15 @@ def test_analyze_json_known_numbers(outputs):
     assert g2["few_samples"] is True
 
 
+def test_centre_of_noncanonical_tokens(outputs):
+    # sample 3 (T=2) spells " together" in 9 tokens: positions 0-8, i.e. 4-token windows 0, 1
+    # and a quarter of window 2; centres 1.5, 5.5, 9.5 weighted by rates 1, 1, 0.25
+    r = run("analyze", outputs, "--json", "--window", "4")
+    g2 = json.loads(r.stdout)["groups"][1]
+    assert g2["window_noncanonical_rate"][:4] == [1.0, 1.0, 0.25, 0.0]
+    assert g2["centre_noncanonical"] == pytest.approx((1.5 + 5.5 + 0.25 * 9.5) / 2.25)
+
+
 def test_analyze_table_and_stdin(outputs):
     r = run("analyze", "-", input=open(outputs, encoding="utf-8").read())
     assert r.exit_code == 0, r.output

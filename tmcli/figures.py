@@ -317,7 +317,21 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
             x=df["temperature"], y=df["median_position"], mode="lines", legendgroup=label,
             name=f"{label}: median position", line=dict(color=_colour(i), dash="dot", width=1.5),
             hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "median position %{y:.0f}"])))
-    fig.update_layout(title="Centre of gravity of compression (dotted: median token position)",
+        if "centre_noncanonical" in df.columns:
+            y = df["centre_noncanonical"]
+            fig.add_trace(go.Scatter(
+                x=df["temperature"], y=y, mode="lines+markers", legendgroup=label,
+                name=f"{label}: non-canonical tokens", line=dict(color=_colour(i), dash="dash"),
+                marker=dict(size=7, symbol="diamond-open"),
+                error_y=dict(type="data", symmetric=False, color=_colour(i, 0.4),
+                             array=(df["centre_noncanonical_hi"] - y).fill_nan(None),
+                             arrayminus=(y - df["centre_noncanonical_lo"]).fill_nan(None)),
+                customdata=df.select("n", "centre_noncanonical_lo", "centre_noncanonical_hi").to_numpy(),
+                hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "centre of non-canonical "
+                                      "tokens %{y:.0f}", "95% CI %{customdata[1]:.0f} – "
+                                      "%{customdata[2]:.0f}", "n=%{customdata[0]} samples"])))
+    fig.update_layout(title="Centre of gravity of compression (●), of non-canonical tokens (◇, "
+                            "dashed); dotted: median token position",
                       xaxis_title="temperature", yaxis_title="token position", **LAYOUT)
     return _warn(fig, groups, "no point where a group has no net compression "
                               "(no interval where most resamples have none)")

@@ -60,6 +60,14 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["centre_of_gravity_lo"] = wb["cog_lo"]
     out["centre_of_gravity_hi"] = wb["cog_hi"]
     out["median_position"] = stats.median_position(df["n_tokens"].to_numpy())
+    # Where the non-canonical tokens sit: the same centre, weighted by the tokens in differing
+    # spans instead of the net saving, so it stays defined when lengthening cancels merging.
+    nc = stats.window_bootstrap(_matrix(df["window_noncanonical"]).astype(float), tokens, window,
+                                min(n_resamples, 1000), seed)
+    out["window_noncanonical_rate"] = nc["window_mean"].tolist()
+    out["centre_noncanonical"] = nc["cog"]
+    out["centre_noncanonical_lo"] = nc["cog_lo"]
+    out["centre_noncanonical_hi"] = nc["cog_hi"]
     if "study_window_compression" in df.columns and df["study_window_compression"].null_count() < n:
         sw = df["study_window_compression"].drop_nulls()
         out["study_window_mean"] = np.nanmean(_matrix(sw), axis=0).tolist()
