@@ -204,8 +204,9 @@ def decode_canonical(decoder, oracle: Oracle, prompt_ids: Sequence[Sequence[int]
         logits = decoder.step(torch.tensor(feed, dtype=torch.long, device=device))
     out = []
     for row in state:
-        seq = row.seq[:N]
-        out.append((seq, row.reason, row.stats.to_dict()))
+        if not row.done:  # still being rewritten after max_steps (never seen in practice)
+            row.reason = "step_limit"
+        out.append((row.seq[:N], row.reason, row.stats.to_dict()))
     return out
 
 
