@@ -88,6 +88,17 @@ def _warn(fig: go.Figure, groups: pl.DataFrame, extra: str = "") -> go.Figure:
     return fig
 
 
+def _legend_right(fig: go.Figure, most_above: int = 4) -> go.Figure:
+    """With more than ``most_above`` legend entries a horizontal legend runs into the title:
+    stack it on the right instead."""
+    shown = sum(1 for t in fig.data if t.showlegend is not False and t.name)
+    if shown > most_above:
+        fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1,
+                                      yanchor="top"),
+                          margin=dict(r=330, t=70), width=1250)
+    return fig
+
+
 def _legend_above(fig: go.Figure, px: int = 34) -> go.Figure:
     """Lift the legend ``px`` pixels above the top plot, clear of subplot titles."""
     m = fig.layout.margin
@@ -156,7 +167,7 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
                       yaxis_tickformat=".0%", **LAYOUT)
     shown = groups if max_temperature is None else groups.filter(
         pl.col("temperature") <= max_temperature + 1e-9)
-    return _warn(fig, shown)
+    return _legend_right(_warn(fig, shown))
 
 
 def _line_with_band(fig, df, x, col: str, label: str, i: int, hover: list[str], fmt: str,
@@ -333,8 +344,8 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
     fig.update_layout(title="Centre of gravity of compression (●), of non-canonical tokens (◇, "
                             "dashed); dotted: median token position",
                       xaxis_title="temperature", yaxis_title="token position", **LAYOUT)
-    return _warn(fig, groups, "no point where a group has no net compression "
-                              "(no interval where most resamples have none)")
+    return _legend_right(_warn(fig, groups, "no point where a group has no net compression "
+                              "(no interval where most resamples have none)"))
 
 
 KINDS = (("merged", "merged (shorter when re-encoded)"),
