@@ -71,22 +71,27 @@ class Oracle:
                ) -> list[bool]:
         """Whether each sequence is canonical (ignoring segments that start before
         ``skip_before``), or, unless ``strict``, becomes so up to its end after some probe."""
+        return self.check(fulls, strict, skip_before)[0]
+
+    def check(self, fulls: list[list[int]], strict: Sequence[bool], skip_before: Sequence[int]
+              ) -> tuple[list[bool], list[list[int]]]:
+        """`viable`, and the canonical form of each sequence as it stands (for rewriting)."""
         canon = self.canonical(fulls)
         ok = [self._first_difference(f, c, s) is None for f, c, s in zip(fulls, canon, skip_before)]
         todo = [i for i, good in enumerate(ok) if not good and not strict[i]]
         for probe in self.probe_ids:
             if not todo:
                 break
-            canon = self.canonical([fulls[i] + probe for i in todo])
+            probed = self.canonical([fulls[i] + probe for i in todo])
             still = []
-            for i, c in zip(todo, canon):
+            for i, c in zip(todo, probed):
                 seg = self._first_difference(fulls[i] + probe, c, skip_before[i])
                 if seg is None or seg[0] >= len(fulls[i]):
                     ok[i] = True
                 else:
                     still.append(i)
             todo = still
-        return ok
+        return ok, canon
 
     def rewrite(self, full: list[int], canon: list[int], skip_before: int):
         """(position in ``full``, replacement ids) for the first difference, else None."""
@@ -132,10 +137,19 @@ def decode_canonical(decoder, oracle: Oracle, prompt_ids: Sequence[Sequence[int]
     until the first masked or rewritten token at T>0) the output is that of ``off``."""
     import torch
 
-    from tmcli.generation import RowNoise, prefill_rows
-
     if mode not in ("constrain", "retokenize"):
         raise ValueError(f"mode must be constrain or retokenize, not {mode!r}")
+    with torch.inference_mode():
+        return _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mode,
+                                 max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step)
+
+
+def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mode,
+                      max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step):
+    import torch
+
+    from tmcli.generation import RowNoise, prefill_rows, race_scores
+
     N = max_new_tokens
     device = decoder.device if hasattr(decoder, "device") else "cpu"
     logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
@@ -157,11 +171,8 @@ def decode_canonical(decoder, oracle: Oracle, prompt_ids: Sequence[Sequence[int]
                 lg.index_fill_(1, eos, float("-inf"))
             orig = [alive[i] for i in choosing]
             t = temps[orig]
-            greedy = t == 0
-            scores = torch.where(greedy[:, None], lg, lg / torch.where(greedy, 1.0, t)[:, None])
-            if not bool(greedy.all()):
-                noise = noise_source.draw(orig, lg.shape[1])
-                scores = torch.where(greedy[:, None], scores, scores - noise)
+            noise = None if bool((t == 0).all()) else noise_source.draw(orig, lg.shape[1])
+            scores = race_scores(lg, t, noise)
             tokens = scores.argmax(-1)
             if mode == "constrain":
                 tokens = _constrain(oracle, [state[r] for r in orig], scores, tokens, N)
@@ -244,13 +255,12 @@ def _retokenize(oracle: Oracle, rows: list[_Row], N: int, every: int) -> None:
         fulls = [r.prompt + r.seq for r in check]
         strict = [len(r.seq) >= N for r in check]
         skip = [len(r.prompt) for r in check]
-        ok = oracle.viable(fulls, strict, skip)
-        bad = [(r, f, s) for r, f, s, good in zip(check, fulls, skip, ok) if not good]
+        ok, canon = oracle.check(fulls, strict, skip)
+        bad = [(r, f, s, c) for r, f, s, c, good in zip(check, fulls, skip, canon, ok) if not good]
         if not bad:
             return
-        canon = oracle.canonical([f for _, f, _ in bad])
         again = []
-        for (r, full, skip_before), c in zip(bad, canon):
+        for r, full, skip_before, c in bad:
             change = oracle.rewrite(full, c, skip_before)
             if change is None:
                 continue

@@ -102,24 +102,33 @@ def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
 
 # -- sampling and the decode loop ---------------------------------------------------------------
 
-def sample(logits, temperatures, log_noise):
-    """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
+def race_scores(logits, temperatures, log_noise):
+    """The scores whose argmax is a row's sample: ``logit / T - log E`` (``log_noise``), and the
+    logits themselves for T=0 rows (``log_noise`` may be None when every row is greedy).
 
-    Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i, i.e. of
-    logit_i / T - log E_i (``log_noise``), is token i with probability p_i. Unlike inverse-CDF
-    sampling, whose cumulative sum over the whole vocabulary turns float rounding into a different
-    token now and then, a draw here only changes when two tokens' scores tie to within rounding,
-    so the rows a record shared its batch with do not change its samples."""
+    Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i is token i with
+    probability p_i, and the argmax over any subset of tokens is a draw from the distribution
+    renormalised to that subset (canonical sampling masks tokens this way)."""
     import torch
 
     greedy = temperatures == 0
     if bool(greedy.all()):
-        return logits.argmax(-1)
+        return logits
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    drawn = torch.div(logits, t[:, None]).sub_(log_noise).argmax(-1)
+    scores = torch.div(logits, t[:, None]).sub_(log_noise)
     if bool(greedy.any()):
-        drawn[greedy] = logits[greedy].argmax(-1)
-    return drawn
+        scores[greedy] = logits[greedy]
+    return scores
+
+
+def sample(logits, temperatures, log_noise):
+    """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
+
+    The argmax of `race_scores`. Unlike inverse-CDF sampling, whose cumulative sum over the whole
+    vocabulary turns float rounding into a different token now and then, a draw here only changes
+    when two tokens' scores tie to within rounding, so the rows a record shared its batch with do
+    not change its samples."""
+    return race_scores(logits, temperatures, log_noise).argmax(-1)
 
 
 class RowNoise:
@@ -354,9 +363,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                     if canonical == "off":
                         results = [(g, r, None) for g, r in decode_batch(*args, **opts)]
                     else:
-                        with torch.inference_mode():
-                            results = decode_canonical(args[0], oracle, *args[1:], mode=canonical,
-                                                       every=retokenize_every, **opts)
+                        results = decode_canonical(args[0], oracle, *args[1:], mode=canonical,
+                                                   every=retokenize_every, **opts)
                 except (RuntimeError, MemoryError) as exc:
                     if not _is_oom(exc):
                         raise
