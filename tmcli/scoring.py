@@ -78,6 +78,7 @@ def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
         k = int(np.searchsorted(ends, prompt_bytes, side="right"))  # tokens inside the prompt
         jobs.append((c, max(k, 1)))
     model = lm.model
+    inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None) or getattr(
         getattr(model.config, "text_config", None), "final_logit_softcapping", None)
@@ -98,7 +99,6 @@ def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
                 c = jobs[j][0]
                 ids[r, : len(c)] = torch.tensor(c)
                 mask[r, : len(c)] = 1
-            inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
             hidden = inner(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
             for r, j in enumerate(chunk):
                 c, k = jobs[j]
