@@ -16,28 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
+from common import generation_options  # also puts the repo on sys.path, offline
+
 MODES = ("off", "constrain", "retokenize")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--prompts", default=str(WIKITEXT if WIKITEXT.exists()
-                                             else ROOT / "sample_data" / "prompts.txt"))
-    ap.add_argument("--min-chars", type=int, default=640 if WIKITEXT.exists() else 0)
-    ap.add_argument("--n-prompts", type=int, default=8)
-    ap.add_argument("--temperatures", default="0,1,1.6,2")
-    ap.add_argument("--max-new-tokens", type=int, default=96)
-    ap.add_argument("--threads", type=int, default=None)
+    generation_options(ap, n_prompts=8, temperatures="0,1,1.6,2", max_new_tokens=96)
     args = ap.parse_args()
 
     from tmcli import generate, load_model, parse_temperatures, read_prompts

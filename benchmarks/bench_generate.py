@@ -17,29 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
+from common import generation_options  # also puts the repo on sys.path, offline
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--prompts", default=str(WIKITEXT if WIKITEXT.exists()
-                                             else ROOT / "sample_data" / "prompts.txt"))
-    ap.add_argument("--min-chars", type=int, default=640 if WIKITEXT.exists() else 0)
-    ap.add_argument("--n-prompts", type=int, default=16)
-    ap.add_argument("--temperatures", default="0:2:0.2")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    generation_options(ap, n_prompts=16, temperatures="0:2:0.2", max_new_tokens=128)
     ap.add_argument("--baseline-rows", type=int, default=11, help="0: every row")
     ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print where a decode step's time goes")
     args = ap.parse_args()
 
