@@ -35,17 +35,20 @@ def _ci(row: dict, name: str, pct: bool = True, digits: int = 3) -> str:
     return f"{main}\n[dim]{_num(lo, pct, digits)}–{_num(hi, pct, digits)}[/]"
 
 
+def _figures_table(title: str, caption: str) -> Table:
+    """The compact style of the figure tables: two-line cells (value, interval below)."""
+    return Table(title=title, title_justify="left", caption=caption, caption_justify="left",
+                 box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
+
+
 def groups_table(analysis) -> Table:
     """One row per group; every figure with its 95% interval below it."""
     keys = analysis.group_by
-    table = Table(title=f"Re-encoding by group: {analysis.samples.height} samples; percent, "
-                        "95% interval below", title_justify="left",
-                  caption="compr.: samples compressed; non-can.: samples non-canonical; mean: "
-                          "mean compression; tok. rate: tokens in differing spans; "
-                          "merged/longer/reseg.: kinds of non-canonical samples; centre: "
-                          "compression-weighted mean position vs the median position",
-                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1), collapse_padding=True)
+    table = _figures_table(
+        f"Re-encoding by group: {analysis.samples.height} samples; percent, 95% interval below",
+        "compr.: samples compressed; non-can.: samples non-canonical; mean: mean compression; "
+        "tok. rate: tokens in differing spans; merged/longer/reseg.: kinds of non-canonical "
+        "samples; centre: compression-weighted mean position vs the median position")
     for k in keys:
         table.add_column({"temperature": "T"}.get(k, k), no_wrap=k == "model")
     for name in ("n", "compr.", "non-can.", "mean", "tok. rate", "merged/\nlonger/reseg.",
@@ -85,15 +88,12 @@ def comparison_table(analysis) -> Table | None:
     comp = getattr(analysis, "comparison", None)
     if comp is None or comp.height == 0:
         return None
-    table = Table(title="Canonical vs free: per model and temperature, 95% interval below; "
-                        "Δ: paired difference vs off over shared prompts",
-                  title_justify="left",
-                  caption="non-can.: samples non-canonical (%); mean: mean compression (%); "
-                          "chars/tok: characters per generated token; dist-2: distinct word "
-                          "bigrams; rep-4: repeated word 4-grams; nll/tok, nll/char: mean NLL "
-                          "(nats) from the records; pairs: prompts in both modes",
-                  caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1), collapse_padding=True)
+    table = _figures_table(
+        "Canonical vs free: per model and temperature, 95% interval below; Δ: paired "
+        "difference vs off over shared prompts",
+        "non-can.: samples non-canonical (%); mean: mean compression (%); chars/tok: characters "
+        "per generated token; dist-2: distinct word bigrams; rep-4: repeated word 4-grams; "
+        "nll/tok, nll/char: mean NLL (nats) from the records; pairs: prompts in both modes")
     for name in ("model", "T", "mode"):
         table.add_column(name, no_wrap=name == "model")
     for name in ("n", "non-can.", "mean", "chars/tok", "dist-2", "rep-4", "nll/tok",
