@@ -210,7 +210,7 @@ def test_generate_writes_complete_seeded_records(smol, tmp_path):
     for r in recs:
         p = prompts[r["prompt_index"]]
         assert r["id"] == record_id("smollm2-135m", p, r["temperature"], 7, max_new_tokens=6,
-                                    stop_at_eos=False)
+                                    stop_at_eos=False, prompt_ids=r["prompt_token_ids"])
         assert r["model"] == "smollm2-135m" and r["tokenizer"] == "smollm2-135m"
         assert r["model_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
         assert r["prompt"] == p.text and r["prompt_token_ids"] == tok.encode(p.text).ids
@@ -328,3 +328,24 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
     quiet.start(200)
     quiet.advance(50)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("spec, special", [("smollm2-135m", "<|endoftext|>"), ("gemma3-270m", "<unk>"),
+                                           ("gemma3-270m", "<eos>")])
+def test_prompt_text_spelling_a_special_token_stays_text(cache, spec, special):
+    """WikiText spells <unk>: fed as the special id, Gemma emits lone spaces (a false finding)."""
+    from tmcli.loading import encode_prompt, load_tokenizer, prompt_tokenizer
+
+    tok = load_tokenizer(spec)
+    special_id = tok.token_to_id(special)
+    text = f"Robert {special} is an English actor"
+    ids = encode_prompt(prompt_tokenizer(spec), text)
+    assert special_id not in ids
+    bos = tok.token_to_id("<bos>")
+    body = ids[1:] if bos is not None and ids[:1] == [bos] else ids
+    assert (ids[:1] == [bos]) == (spec == "gemma3-270m")  # only the BOS the tokenizer adds itself
+    # the text round-trips: the ids spell exactly the prompt
+    assert tok.decode(body, skip_special_tokens=False) == text
+    # the shared tokenizer object is not changed by encoding prompts, nor the reverse
+    plain = load_tokenizer(spec)
+    assert not plain.encode_special_tokens and encode_prompt(prompt_tokenizer(spec), text) == ids

@@ -83,10 +83,13 @@ def parse_temperatures(spec: str) -> list[float]:
 
 
 def record_id(model: str, prompt: Prompt, temperature: float, seed: int, *, max_new_tokens: int,
-              stop_at_eos: bool, canonical: str = "off") -> str:
-    """Readable and deterministic; the digest covers the prompt text and lengths too, so a changed
-    prompt file or length never passes for work already done."""
-    key = f"{model}\0{prompt.text}\0{temperature!r}\0{seed}\0{max_new_tokens}\0{stop_at_eos}\0{canonical}"
+              stop_at_eos: bool, canonical: str = "off", prompt_ids: Sequence[int] = ()) -> str:
+    """Readable and deterministic; the digest covers the prompt text, the ids it was encoded to
+    and the lengths too, so a changed prompt file, prompt encoding or length never passes for
+    work already done."""
+    fed = ",".join(map(str, prompt_ids))
+    key = (f"{model}\0{prompt.text}\0{temperature!r}\0{seed}\0{max_new_tokens}\0{stop_at_eos}"
+           f"\0{canonical}\0{fed}")
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     mode = "" if canonical == "off" else f"{canonical}:"
     return f"{model}:T{temperature:g}:p{prompt.index}:s{seed}:{mode}{digest}"
@@ -271,7 +274,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
     ``advance(tokens)`` (the CLI passes a Rich bar on a terminal); without one, nothing is shown."""
     from tmcli import __version__
-    from tmcli.loading import load_model, load_tokenizer
+    from tmcli.loading import encode_prompt, load_model, load_tokenizer, model_prompt_tokenizer
     from tmcli.records import RecordWriter, existing_ids, repair_tail
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -305,12 +308,16 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     summary = GenerateSummary(str(out), models=models)
     mode_key = canonical if canonical != "retokenize" or retokenize_every == 1 \
         else f"{canonical}/{retokenize_every}"
+    prompt_ids: dict[str, dict[int, list[int]]] = {}
     for spec in models:
         todo[spec] = []
+        ptok = model_prompt_tokenizer(spec)
+        prompt_ids[spec] = fed = {p.index: encode_prompt(ptok, p.text) for p in prompts}
         for p in prompts:
             for t in temperatures:
                 rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens,
-                                stop_at_eos=stop_at_eos, canonical=mode_key)
+                                stop_at_eos=stop_at_eos, canonical=mode_key,
+                                prompt_ids=fed[p.index])
                 if rid in done:
                     summary.skipped += 1
                 else:
@@ -336,8 +343,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                             progress=show_bars)
             tok = load_tokenizer(lm.tokenizer)
             summary.load_seconds += time.perf_counter() - started
-            ids = {j.prompt.index: tok.encode(j.prompt.text, add_special_tokens=True).ids
-                   for j in jobs}
+            ids = prompt_ids[spec]
             size = plan_batch_size(lm, max(map(len, ids.values())) + max_new_tokens, batch_size,
                                    len(jobs))
             decoder = make_decoder(lm.model, fast=engine == "auto")

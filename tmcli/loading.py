@@ -208,6 +208,25 @@ def load_tokenizer(spec: str):
     return Tokenizer.from_file(str(cached))
 
 
+def prompt_tokenizer(spec: str):
+    """A tokenizer for encoding prompt *text*, separate from every other copy: text that spells a
+    special token ("<unk>", "<|endoftext|>") stays text, and only the specials the tokenizer adds
+    by itself (its post-processor's BOS) are added. A fresh object, so no other user of
+    `load_tokenizer` can change how prompts are encoded, nor the other way round."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(load_tokenizer(spec).to_str())
+    tok.encode_special_tokens = True
+    return tok
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """The ids fed to a model for prompt ``text`` (see `prompt_tokenizer`)."""
+    if not getattr(tokenizer, "encode_special_tokens", False):
+        raise ValueError("encode prompts with a tokenizer from prompt_tokenizer()")
+    return tokenizer.encode(text, add_special_tokens=True).ids
+
+
 def _fix_gguf_pretokenizer(text: str, path: Path) -> str:
     """Restore the digit split that transformers' GGUF converter drops for llama.cpp's
     ``smollm`` pre-tokenizer: SmolLM's own tokenizer.json splits every digit before ByteLevel."""
@@ -338,6 +357,26 @@ def _model_alias_hint() -> str:
     return "model aliases: " + ", ".join(names) + "; or give a local path, a GGUF file or a hub id"
 
 
+def _unknown_model(spec: str) -> TmcliError:
+    where = "in the local Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE") == "1" \
+        else "on the Hugging Face hub"
+    return TmcliError(f"unknown model '{spec}': not an alias, a local path, or a model {where}",
+                      hint=_model_alias_hint())
+
+
+def model_prompt_tokenizer(spec: str):
+    """`prompt_tokenizer` for model ``spec``, with the errors `load_model` would give for a
+    tokenizer-only alias or an unknown model (so they come before any work is planned)."""
+    if spec in ALIASES and not ALIASES[spec].has_model:
+        raise TmcliError(f"'{spec}' is a tokenizer alias with no model", hint=_model_alias_hint())
+    try:
+        return prompt_tokenizer(tokenizer_name(spec))
+    except TmcliError:
+        if spec not in ALIASES and resolve_source(spec).directory is None:
+            raise _unknown_model(spec) from None
+        raise
+
+
 def _from_pretrained(spec: str, trust_remote_code: bool):
     """AutoModelForCausalLM.from_pretrained with offline-friendly, one-line errors."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -358,10 +397,7 @@ def _from_pretrained(spec: str, trust_remote_code: bool):
             )
         except (OSError, ValueError, ImportError, KeyError) as exc:
             if isinstance(exc, OSError) and not Path(path).exists():
-                where = "in the local Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE") == "1" \
-                    else "on the Hugging Face hub"
-                raise TmcliError(f"unknown model '{spec}': not an alias, a local path, or a model "
-                                 f"{where}", hint=_model_alias_hint()) from None
+                raise _unknown_model(spec) from None
             text = " ".join(str(exc).split()) or type(exc).__name__
             text = text if len(text) <= 200 else text[:200] + "..."
             raise TmcliError(f"cannot load model '{spec}': {text}", hint=_model_alias_hint()) from None
