@@ -21,7 +21,8 @@ from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
 from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
 
-SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64)})
+SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
+                  "kind": pl.String})
 SAMPLE_SCHEMA = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
     "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
@@ -29,7 +30,8 @@ SAMPLE_SCHEMA = {
     "compression": pl.Float64, "noncanonical": pl.Boolean, "kind": pl.String,
     "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
     "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
-    "byte_exact": pl.Boolean, "invalid_bytes": pl.Int64, "spans": pl.List(SPAN),
+    "byte_exact": pl.Boolean, "normalized": pl.Boolean, "invalid_bytes": pl.Int64,
+    "cut_bytes": pl.Int64, "unknown_ids": pl.Int64, "spans": pl.List(SPAN),
     "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
     "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
     "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
@@ -168,11 +170,10 @@ def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
                             hint="drop the line, or pass --skip-invalid")
     for name, seq in (("token_ids", ids), ("prompt_token_ids", rec.prompt_ids or [])):
         bad = enc.invalid_id(seq)
-        if bad is not None:
+        if bad is not None:  # ids the tokenizer lacks are measured (unknown_id), not refused
             raise InvalidRecord(rec.source, rec.line,
-                                f"{name} holds id {bad}, outside the vocabulary of '{spec}' "
-                                f"({enc.vocab.size} ids)",
-                                hint="check that --tokenizer matches the model that generated it")
+                                f"{name} holds {bad}, which cannot be a token id",
+                                hint="token ids are integers from 0 to 2**31 - 1")
     return spec, enc, Sample(ids, rec.prompt_ids)
 
 
@@ -270,8 +271,9 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
             struct = pa.StructArray.from_arrays(
                 [pa.array([sp["position"] for sp in flat], pa.int64()),
                  _list_array([sp["before"] for sp in flat], pa.int64()),
-                 _list_array([sp["after"] for sp in flat], pa.int64())],
-                names=["position", "before", "after"])
+                 _list_array([sp["after"] for sp in flat], pa.int64()),
+                 pa.array([sp.get("kind") for sp in flat], pa.string())],
+                names=["position", "before", "after", "kind"])
             offsets = [0]
             for ss in spans:
                 offsets.append(offsets[-1] + len(ss))

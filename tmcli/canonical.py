@@ -38,67 +38,183 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tmcli.reencode import Reencoder
+import itertools
+
+import numpy as np
+
+from tmcli.reencode import Canonical, Reencoder
 from tmcli.vocab import Vocab
 
 CANONICAL_MODES = ("off", "retokenize", "constrain")
-PROBES = ("a", "1", ".", " a", "\n")
+# Continuations tried when a sequence is not canonical as it stands: a witness among them proves
+# it viable (one that makes it canonical up to its current end). One character of each class the
+# pre-tokenizers distinguish (letters of several scripts, digits, punctuation, symbols, emoji,
+# whitespace), alone and after a space: byte-level BPE may or may not merge a space with what
+# follows (SmolLM2 keeps "Ġ" apart from a 4-byte character).
+_PROBE_CHARS = ("a", "é", "Ω", "б", "ب", "中", "ㄱ", "𝔸", "1", "١", "二", ".", "!", "«", "、", "©",
+                "😀", "♽", "_", "'")
+PROBES = (*_PROBE_CHARS, *(" " + c for c in _PROBE_CHARS), "\n", "\t", " ", "\u3000", "\r\n")
 MAX_REJECTIONS = 256  # candidates tried per row and step before giving up on that step
 
 
 class Oracle:
-    """Canonicality checks for one tokenizer, batched (one re-encoding call per round)."""
+    """Canonicality checks for one tokenizer, batched (one re-encoding call per round).
+
+    A sequence is viable when nothing can be wrong with it for good: no id the tokenizer lacks,
+    no invalid UTF-8 inside the text (no text encodes to either), and its ids are canonical as
+    they stand or become so, up to their current end, after some continuation. An incomplete
+    character at the very end is viable only if some completion of it keeps the ids canonical
+    up to there. Viability is proven by a witness (a continuation or completion that works);
+    where none of those tried works the token is masked, which can only make the output more
+    conservative, never non-canonical.
+    """
 
     def __init__(self, vocab: Vocab):
         self.vocab = vocab
         self.reencoder = Reencoder(vocab)
         self.probe_ids = [vocab.encode_texts([p])[0] for p in PROBES]
+        # ids that can never be part of a canonical sequence: the tokenizer lacks them
+        self.banned_ids = [i for i in range(vocab.size) if not vocab.known[i]]
 
     def canonical(self, fulls: list[list[int]]) -> list[list[int]]:
         return self.reencoder.canonical(fulls)[0]
 
-    def _first_difference(self, full: list[int], c: list[int], skip_before: int):
-        """The first differing segment that does not start before ``skip_before``, else None."""
-        if full == c:
-            return None
-        segments, _ = self.reencoder.segments(full, c)
-        for seg in segments:
-            if seg[0] >= skip_before:
-                return seg
-        return None
+    @staticmethod
+    def _first_difference(form: Canonical, skip_before: int):
+        """The first difference (a_start, a_end, b_start | None) that does not start before
+        ``skip_before``: a differing segment, or kept non-canonical tokens (b_start None)."""
+        best = None
+        for a0, a1, b0, _b1 in form.segments():
+            if a0 >= skip_before:
+                best = (a0, a1, b0)
+                break
+        for i0, i1, _kind in form.flagged:
+            if i0 >= skip_before and (best is None or i0 < best[0]):
+                best = (i0, i1, None)
+                break
+        return best
 
     def viable(self, fulls: list[list[int]], strict: Sequence[bool], skip_before: Sequence[int]
                ) -> list[bool]:
-        """Whether each sequence is canonical (ignoring segments that start before
+        """Whether each sequence is canonical (ignoring differences that start before
         ``skip_before``), or, unless ``strict``, becomes so up to its end after some probe."""
         return self.check(fulls, strict, skip_before)[0]
 
     def check(self, fulls: list[list[int]], strict: Sequence[bool], skip_before: Sequence[int]
               ) -> tuple[list[bool], list[list[int]]]:
         """`viable`, and the canonical form of each sequence as it stands (for rewriting)."""
-        canon = self.canonical(fulls)
-        ok = [self._first_difference(f, c, s) is None for f, c, s in zip(fulls, canon, skip_before)]
-        todo = [i for i, good in enumerate(ok) if not good and not strict[i]]
-        for probe in self.probe_ids:
+        forms = self.reencoder.canonical_forms(fulls)
+        ok = [False] * len(fulls)
+        todo, cut = [], []
+        for i, (form, skip) in enumerate(zip(forms, skip_before)):
+            first = self._first_difference(form, skip)
+            if first is not None and first[2] is None:
+                continue  # an unknown id or invalid UTF-8: no continuation repairs it
+            if form.cut_bytes:
+                cut.append(i)
+            elif first is None:
+                ok[i] = True
+            elif not strict[i]:
+                todo.append(i)
+        self._probe(fulls, skip_before, ok, todo, [[p] for p in self.probe_ids])
+        for i in cut:
+            ok[i] = self._completable(fulls[i], forms[i], skip_before[i])
+        return ok, [f.canon.tolist() for f in forms]
+
+    def _probe(self, fulls, skip_before, ok, todo, continuations) -> None:
+        """Mark ``ok`` the sequences of ``todo`` that some continuation (a list of id lists
+        appended in turn) makes canonical up to their current end."""
+        for cont in continuations:
             if not todo:
-                break
-            probed = self.canonical([fulls[i] + probe for i in todo])
+                return
+            tail = [t for part in cont for t in part]
+            forms = self.reencoder.canonical_forms([fulls[i] + tail for i in todo])
             still = []
-            for i, c in zip(todo, probed):
-                seg = self._first_difference(fulls[i] + probe, c, skip_before[i])
-                if seg is None or seg[0] >= len(fulls[i]):
+            for i, form in zip(todo, forms):
+                first = self._first_difference(form, skip_before[i])
+                if first is None or first[0] >= len(fulls[i]):
                     ok[i] = True
                 else:
                     still.append(i)
             todo = still
-        return ok, canon
+
+    def _completable(self, full: list[int], form: Canonical, skip_before: int) -> bool:
+        """Whether some completion of the character cut at the end (as single-byte tokens),
+        alone or followed by a probe, leaves the ids canonical up to their current end: a
+        witness proves it; without one the token is masked (conservative)."""
+        vocab = self.vocab
+        spelled = b"".join(vocab.token_bytes[i] if 0 <= i < vocab.size else b"" for i in full[-8:])
+        need = _missing_bytes(spelled)
+        if not need:
+            return False
+        tails = []
+        for rest in _completions(spelled, need):
+            ids = [vocab.byte_ids[b] for b in rest]
+            if None not in ids:
+                tails.append(ids)
+        start, size = 0, 64  # a witness is almost always among the first 64
+        while start < len(tails):
+            if self._any_witness(full, skip_before, [[t] for t in tails[start : start + size]]):
+                return True
+            start, size = start + size, COMPLETION_BATCH
+        for tail in tails[:8]:  # a completed character may need what follows (lookahead)
+            if self._any_witness(full, skip_before, [[tail, p] for p in self.probe_ids]):
+                return True
+        return False
+
+    def _any_witness(self, full: list[int], skip_before: int, continuations) -> bool:
+        """Whether one of ``continuations`` (lists of id lists) makes ``full`` canonical up to
+        its end (one batched re-encoding)."""
+        tails = [[t for part in cont for t in part] for cont in continuations]
+        forms = self.reencoder.canonical_forms([full + tail for tail in tails])
+        for form in forms:
+            first = self._first_difference(form, skip_before)
+            if first is None or first[0] >= len(full):
+                return True
+        return False
 
     def rewrite(self, full: list[int], canon: list[int], skip_before: int):
-        """(position in ``full``, replacement ids) for the first difference, else None."""
-        seg = self._first_difference(full, canon, skip_before)
-        if seg is None:
+        """(position in ``full``, replacement ids) for the first difference, else None. Kept
+        non-canonical tokens (unknown ids, invalid UTF-8) have no canonical form: they are
+        dropped, and the text after them continues from its canonical ids."""
+        form = self.reencoder.canonical_forms([full])[0]
+        first = self._first_difference(form, skip_before)
+        if first is None:
             return None
-        return seg[0], canon[seg[2]:]
+        a0, a1, b0 = first
+        if b0 is None:  # the canonical form keeps them in place: skip over them
+            b0 = int(np.searchsorted(form.ends_b, form.ends_a[a1 - 1], side="right"))
+        return a0, form.canon[b0:].tolist()
+
+
+COMPLETION_BATCH = 512  # completions of a cut character re-encoded per batch
+
+
+def _missing_bytes(data: bytes) -> int:
+    """How many bytes the incomplete UTF-8 character at the end of ``data`` lacks (0 if none)."""
+    for k in range(1, min(4, len(data)) + 1):
+        lead = data[-k]
+        if lead < 0x80:
+            return 0
+        if lead >= 0xC0:
+            size = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+            return size - k if size > k else 0
+    return 0
+
+
+def _completions(data: bytes, need: int):
+    """Byte strings that complete the character cut at the end of ``data``: every valid value
+    of the first two missing bytes (the last of three missing bytes fixed), so at most 4,096."""
+    lead_at = max(i for i in range(len(data)) if not 0x80 <= data[i] < 0xC0)
+    prefix = data[lead_at:]
+    free = min(need, 2)
+    for combo in itertools.product(range(0x80, 0xC0), repeat=free):
+        rest = bytes(combo) + bytes([0x80] * (need - free))
+        try:
+            (prefix + rest).decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        yield rest
 
 
 @dataclass

@@ -43,7 +43,7 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     frac("fraction_noncanonical", int(df["noncanonical"].sum()))
     kinds = df["kind"].value_counts()
     counts = dict(zip(kinds["kind"].to_list(), kinds["count"].to_list()))
-    for kind in ("merged", "lengthened", "resegmented"):
+    for kind in ("merged", "lengthened", "resegmented", "invalid_utf8", "unknown_id"):
         frac(f"fraction_{kind}", int(counts.get(kind, 0)))
     rate, rlo, rhi = stats.ratio_ci(df["noncanonical_tokens"].to_numpy(),
                                     df["n_tokens"].to_numpy(), n_resamples, seed)
@@ -69,14 +69,23 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["centre_noncanonical_lo"] = nc["cog_lo"]
     out["centre_noncanonical_hi"] = nc["cog_hi"]
     if "study_window_compression" in df.columns and df["study_window_compression"].null_count() < n:
-        sw = df["study_window_compression"].drop_nulls()
-        out["study_window_mean"] = np.nanmean(_matrix(sw), axis=0).tolist()
-        out["study_mean_compression"] = float(df["study_compression"].drop_nulls().mean())
+        from tmcli.study import study_summary
+
+        study = df.filter(pl.col("study_window_compression").is_not_null())
+        lists = [part["study_window_compression"].to_list()
+                 for _k, part in study.group_by("model", maintain_order=True)]
+        out.update(study_summary(lists, min(n_resamples, 1000), seed))
+        sc = study["study_compression"].to_numpy()
+        out["study_mean_compression"] = float(sc.mean())
+        frac("study_fraction_compressed", int((sc > 0).sum()))
     fd = df["first_divergence"].drop_nulls()
     out["median_first_divergence"] = float(fd.median()) if fd.len() else math.nan
     out["n_boundary_merges"] = int(df["boundary_merge"].sum())
     out["n_not_byte_exact"] = int((~df["byte_exact"]).sum())
     out["invalid_bytes"] = int(df["invalid_bytes"].sum())
+    for name in ("cut_bytes", "unknown_ids"):
+        out[name] = int(df[name].sum()) if name in df.columns else 0
+    out["n_normalized"] = int(df["normalized"].sum()) if "normalized" in df.columns else 0
     out.update(quality_summary(df, n_resamples, seed))
     out["few_samples"] = n < FEW_SAMPLES
     return out

@@ -3,8 +3,12 @@
 Decoding through a tokenizer's decoder loses information (U+FFFD for split multi-byte characters,
 the SentencePiece decoder strips the leading space of the first token). tmcli instead reads every
 token's exact bytes from the vocabulary and re-encodes those bytes with a copy of the tokenizer
-whose prefix-space and post-processing steps are switched off, so a completion can be re-encoded
-out of context without a spurious "▁" and text never becomes special tokens.
+whose prefix-space step is switched off, so a completion can be re-encoded out of context without
+a spurious "▁" and text never becomes special tokens.
+
+The canonical encoder is the tokenizer itself (its own normaliser, pre-tokenizer, added tokens and
+model), in a private copy: setting ``encode_special_tokens`` on it can never change how another
+part of tmcli (prompt encoding) uses the tokenizer, and nothing of the tokenizer is re-implemented.
 """
 
 from __future__ import annotations
@@ -67,19 +71,26 @@ class Vocab:
     known: np.ndarray  # bool per id: id exists in the vocabulary
     byte_ids: list[int | None]  # id that spells exactly one raw byte (byte fallback tokens)
     unk_id: int | None
-    encoder: object = field(repr=False)  # tokenizers.Tokenizer, neutral copy
-    original: object = field(repr=False)  # tokenizers.Tokenizer as loaded
-    word_cache: object = field(default=None, repr=False)  # WordCache, when the tokenizer allows
+    encoder: object = field(repr=False)  # tokenizers.Tokenizer, a private neutral copy
+    original: object = field(repr=False)  # tokenizers.Tokenizer as loaded (never modified)
+    rewrites: bool = False  # a normaliser may change the text (compare spellings of differences)
 
     @property
     def size(self) -> int:
         return len(self.token_bytes)
 
     def spell(self, ids) -> bytes:
-        return b"".join(map(self.token_bytes.__getitem__, ids))
+        """The exact bytes ``ids`` spell (specials and ids the tokenizer lacks spell nothing)."""
+        try:
+            return b"".join(map(self.token_bytes.__getitem__, ids))
+        except (IndexError, TypeError):
+            size, table = self.size, self.token_bytes
+            return b"".join(table[i] if 0 <= i < size else b"" for i in ids)
 
     def piece(self, token_id: int) -> str:
         """A readable form of one token for display (bytes decoded with replacement)."""
+        if not 0 <= token_id < self.size or not self.known[token_id]:
+            return f"<unknown id {int(token_id)}>"
         if self.special[token_id]:
             return self.original.id_to_token(int(token_id)) or f"<{token_id}>"
         return self.token_bytes[token_id].decode("utf-8", errors="backslashreplace")
@@ -99,12 +110,22 @@ class Vocab:
         return table
 
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """The tokenizer's own canonical ids of each text (specials never parsed from text)."""
         if not texts:
             return []
-        if self.word_cache is not None:
-            return self.word_cache.encode(texts)
-        encs = self.encoder.encode_batch_fast(texts, add_special_tokens=False)
-        return [e.ids for e in encs]
+        return [e.ids for e in self.encoder.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def study_tokenizer(self):
+        """A private copy of the tokenizer as loaded, for the study script's own arithmetic
+        (it parses special-token strings and adds the tokenizer's specials, as transformers'
+        ``tokenizer(text)`` does)."""
+        tok = getattr(self, "_study", None)
+        if tok is None:
+            from tokenizers import Tokenizer
+
+            tok = self._study = Tokenizer.from_str(self.original.to_str())
+            tok.encode_special_tokens = False
+        return tok
 
 
 def build_vocab(tokenizer) -> Vocab:
@@ -174,11 +195,8 @@ def build_vocab(tokenizer) -> Vocab:
     lengths[special] = 1
 
     neutral = _neutralise(spec)
-    # Rebuilding a 262k-token tokenizer takes seconds: only do it when something had to change.
-    encoder = tokenizer if neutral is None else Tokenizer.from_str(orjson.dumps(neutral).decode())
+    encoder = Tokenizer.from_str(orjson.dumps(neutral or spec).decode())  # a private copy
     encoder.encode_special_tokens = True  # text spelling "<|endoftext|>" stays text
-    from tmcli.wordcache import make_word_cache
-
     return Vocab(
         family="byte-level" if byte_level else "sentencepiece",
         token_bytes=token_bytes,
@@ -189,7 +207,7 @@ def build_vocab(tokenizer) -> Vocab:
         unk_id=unk_id,
         encoder=encoder,
         original=tokenizer,
-        word_cache=make_word_cache(neutral or spec, encoder),
+        rewrites=spec.get("normalizer") is not None,
     )
 
 
