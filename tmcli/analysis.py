@@ -17,6 +17,7 @@ import polars as pl
 from tmcli import __version__
 from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.quality import record_float
+from tmcli.readers.openai import token_ids_from_logprobs
 from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
 from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
@@ -134,35 +135,11 @@ class TokenizerPool:
         return enc
 
 
-def _token_ids_from_logprobs(rec: Record, enc: Reencoder, spec: str) -> list[int]:
-    """Map OpenAI-style logprob tokens (bytes, strings, 'token_id:N', 'bytes:\\x..') to ids."""
-    table = enc.vocab.bytes_to_id()
-    ids = []
-    for k, tok in enumerate(rec.logprob_tokens or []):
-        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit():
-            ids.append(int(tok[9:]))
-            continue
-        if isinstance(tok, str) and tok.startswith("bytes:"):
-            data = tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
-        elif isinstance(tok, str):
-            data = tok.encode("utf-8")
-        elif isinstance(tok, (bytes, bytearray)):
-            data = bytes(tok)
-        else:
-            data = None
-        idx = table.get(data) if data is not None else None
-        if idx is None:
-            raise InvalidRecord(rec.source, rec.line,
-                                f"logprob token {k} ({tok!r}) is not a token of '{spec}'",
-                                hint="pass the tokenizer that produced it with --tokenizer")
-        ids.append(idx)
-    return ids
-
-
 def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     spec = pool.spec_for(rec)
     enc = pool.encoder(spec)
-    ids = rec.token_ids if rec.token_ids is not None else _token_ids_from_logprobs(rec, enc, spec)
+    ids = (rec.token_ids if rec.token_ids is not None
+           else token_ids_from_logprobs(rec, enc.vocab, spec))
     if not ids:
         raise InvalidRecord(rec.source, rec.line, "empty completion (no generated ids)",
                             hint="drop the line, or pass --skip-invalid")
@@ -383,10 +360,11 @@ def default_group_by(samples: pl.DataFrame) -> list[str]:
     return keys
 
 
-def analyze_file(path: str, *, ids_field: str | None = None, skip_invalid: bool = False,
-                 **kwargs) -> Analysis:
-    """`analyze_records` over a JSONL file (``-`` for stdin) in any supported format."""
+def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
+                 skip_invalid: bool = False, **kwargs) -> Analysis:
+    """`analyze_records` over a file (``-`` for stdin) in any supported format."""
     errors: list = []
-    records = read_records(path, ids_field=ids_field, skip_invalid=skip_invalid, errors=errors)
+    records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                           skip_invalid=skip_invalid, errors=errors)
     return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
                            meta={"inputs": [path]}, **kwargs)

@@ -97,9 +97,9 @@ def _groups(group_by: str | None) -> list[str] | None:
 def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
               group_by, **kwargs):
     from tmcli.analysis import analyze_file, parse_tokenizer_option
-    from tmcli.store import PARQUET_SUFFIXES, read_parquet
+    from tmcli.store import is_stored_analysis, read_parquet
 
-    if str(input).lower().endswith(PARQUET_SUFFIXES):  # a stored analysis: no re-encoding
+    if is_stored_analysis(input):  # no re-encoding
         return read_parquet(input, group_by=_groups(group_by),
                             **{k: v for k, v in kwargs.items() if k == "n_resamples"})
     return analyze_file(
