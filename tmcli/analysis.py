@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from tmcli import __version__
+from tmcli.causes import sample_causes
 from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.quality import record_float
 from tmcli.readers.openai import token_ids_from_logprobs
@@ -31,6 +32,7 @@ SAMPLE_SCHEMA = {
     "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
     "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
     "byte_exact": pl.Boolean, "invalid_bytes": pl.Int64, "spans": pl.List(SPAN),
+    "causes": pl.List(pl.String),  # tmcli.causes: one per span, in span order
     "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
     "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
     "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
@@ -187,6 +189,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
         nonlocal counter
         rows = []
         for (rec, spec, smp), m in zip(batch, metrics):
+            m["causes"] = sample_causes(pool.encoder(spec).vocab, m)
             rows.append(_row(rec, spec, m))
             if n_examples and examples is not None and m["noncanonical"]:
                 counter += 1
@@ -260,7 +263,8 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
             if all(v is None for v in values):
                 cols[name] = pl.Series(name, values, dtype=dtype)
             else:
-                inner = pa.float64() if dtype.inner == pl.Float64 else pa.int64()
+                inner = (pa.float64() if dtype.inner == pl.Float64
+                         else pa.string() if dtype.inner == pl.String else pa.int64())
                 arr = _list_array(values, inner)
                 if any(v is None for v in values):
                     import pyarrow.compute as pc
@@ -280,12 +284,13 @@ def _example(item, pool: TokenizerPool) -> dict:
     g = list(smp.token_ids)
     segments = []
     pos = 0
-    for span in m["spans"]:
+    for span, cause in zip(m["spans"], m["causes"]):
         p, before, after = span["position"], span["before"], span["after"]
         if p > pos:
             segments.append({"generated": [vocab.piece(t) for t in g[pos:p]], "differs": False})
         segments.append({"generated": [vocab.piece(t) for t in before],
-                         "canonical": [vocab.piece(t) for t in after], "differs": True})
+                         "canonical": [vocab.piece(t) for t in after], "differs": True,
+                         "cause": cause})
         pos = p + len(before)
     if pos < len(g):
         segments.append({"generated": [vocab.piece(t) for t in g[pos:]], "differs": False})

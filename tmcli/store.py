@@ -59,6 +59,8 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     for name in QUALITY_COLUMNS:  # files written before these columns existed: all null
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    if "causes" not in table.column_names:  # written before span causes existed
+        table = table.append_column("causes", pa.nulls(table.num_rows, pa.list_(pa.string())))
     missing = [c for c in SAMPLE_SCHEMA if c not in table.column_names]
     if missing:
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from tmcli import stats
+from tmcli.causes import cause_counts
 
 FEW_SAMPLES = 30  # below this a group's figures get a visible warning
 
@@ -78,6 +79,7 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["n_not_byte_exact"] = int((~df["byte_exact"]).sum())
     out["invalid_bytes"] = int(df["invalid_bytes"].sum())
     out.update(quality_summary(df, n_resamples, seed))
+    out.update(cause_counts(df))  # spans per cause (tmcli.causes)
     out["few_samples"] = n < FEW_SAMPLES
     return out
 
