@@ -91,7 +91,15 @@ def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: lis
         batch.clear()
         return out
 
-    for rec in records:
+    records = iter(records)
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            break
+        except InvalidRecord:  # show what was read before the bad line, then stop there
+            yield from flush()
+            raise
         try:
             spec, _enc, smp = _prepare(rec, pool)
             batch.append((rec, spec, smp))
