@@ -83,16 +83,16 @@ def main() -> None:
         tok = reencoder_for(spec).vocab.original
         check_ids(spec, items[0][1], items[0][0])  # tables built once, outside the timing
 
-        def one(batch):
+        def one(batch, spec=spec):
             for p, g in batch:
                 check_ids(spec, g, p)
 
-        def grouped(batch):
+        def grouped(batch, spec=spec):
             for k in range(0, len(batch), args.group):
                 part = batch[k : k + args.group]
                 check_ids_batch(spec, [g for _p, g in part], [p for p, _g in part])
 
-        def naive(batch):
+        def naive(batch, tok=tok):
             for _p, g in batch:
                 text = tok.decode(g, skip_special_tokens=False)
                 _ = tok.encode(text, add_special_tokens=False).ids != g

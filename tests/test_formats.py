@@ -185,7 +185,8 @@ def test_compressed_inputs(tmp_path, pair):
 
 
 def test_truncated_gzip_is_one_line(tmp_path):
-    body = b"".join(orjson.dumps({"model": "gpt2", "token_ids": [1, 2]}) + b"\n" for _ in range(500))
+    line = orjson.dumps({"model": "gpt2", "token_ids": [1, 2]}) + b"\n"
+    body = line * 500
     data = gzip.compress(body)
     (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
     r = run("analyze", tmp_path / "cut.jsonl.gz")
@@ -200,7 +201,8 @@ def test_over_long_line_is_skipped_unread(tmp_path, monkeypatch):
     body = good + b"\n" + b"x" * 3_000_000 + b"\n" + good + b"\n"
     (tmp_path / "long.jsonl.gz").write_bytes(gzip.compress(body))
     r = run("analyze", tmp_path / "long.jsonl.gz")
-    assert r.exit_code == 2 and "long.jsonl.gz:2: line is longer than the 1000 bytes limit" in r.output
+    assert r.exit_code == 2
+    assert "long.jsonl.gz:2: line is longer than the 1000 bytes limit" in r.output
     r = run("analyze", tmp_path / "long.jsonl.gz", "--skip-invalid", "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)

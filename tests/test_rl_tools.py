@@ -158,19 +158,22 @@ def test_filter_parquet_in_parquet_out(tmp_path):
                       "response": [CANONICAL, MERGED, CANONICAL]})
     table = table.replace_schema_metadata({b"source": b"rollouts step 7"})
     pq.write_table(table, tmp_path / "r.parquet", compression="zstd")
-    r = run("filter", tmp_path / "r.parquet", "--ids-field", "response", "-o", tmp_path / "k.parquet")
+    r = run("filter", tmp_path / "r.parquet", "--ids-field", "response",
+            "-o", tmp_path / "k.parquet")
     assert r.exit_code == 0, r.output
     out = pq.read_table(tmp_path / "k.parquet")
     assert out.schema.equals(pq.read_schema(tmp_path / "r.parquet"), check_metadata=True)
     assert out.to_pylist() == [table.to_pylist()[0], table.to_pylist()[2]]
-    assert pq.ParquetFile(tmp_path / "k.parquet").metadata.row_group(0).column(0).compression == "ZSTD"
+    meta = pq.ParquetFile(tmp_path / "k.parquet").metadata
+    assert meta.row_group(0).column(0).compression == "ZSTD"
     r = run("filter", tmp_path / "r.parquet", "--ids-field", "response", "-o", tmp_path / "k.jsonl")
     assert r.exit_code == 2 and "name the output .parquet" in r.output
 
 
 def test_filter_invalid_lines(tmp_path):
     src = tmp_path / "in.jsonl"
-    src.write_bytes(orjson.dumps(rec(0, CANONICAL)) + b"\n{nope\n" + orjson.dumps(rec(1, MERGED)) + b"\n")
+    src.write_bytes(orjson.dumps(rec(0, CANONICAL)) + b"\n{nope\n"
+                    + orjson.dumps(rec(1, MERGED)) + b"\n")
     out = tmp_path / "k.jsonl"
     r = run("filter", src, "-o", out)
     assert r.exit_code == 2 and "in.jsonl:2: malformed JSON" in r.output and not out.exists()
@@ -194,7 +197,8 @@ def mixed(tmp_path):
 def test_check_on_mismatch(mixed):
     r = run("check", mixed, "--on-mismatch", "error")
     assert r.exit_code == 1
-    assert f"FAIL  {mixed}:2: sample 1 is non-canonical from token 0 (1 span(s): merged)" in r.stdout
+    expected = f"FAIL  {mixed}:2: sample 1 is non-canonical from token 0 (1 span(s): merged)"
+    assert expected in r.stdout
     r = run("check", mixed, "--on-mismatch", "warn")
     assert r.exit_code == 0 and "WARN  " in r.stdout and "1 non-canonical sample(s)" in r.stdout
     r = run("check", mixed, "--on-mismatch", "warn", "--max-fraction-noncanonical", "0.2")

@@ -54,7 +54,8 @@ class _Tables:
         self.text = {int(i): tok.content for i, tok in decoder.items()}
         self.marked = {i for i, text in self.text.items() if text.strip()}
         self.marked.update(int(i) for i in vocab.special.nonzero()[0])
-        words = sorted({t for t in self.text.values() if len(t.strip()) >= 2}, key=len, reverse=True)
+        words = sorted({t for t in self.text.values() if len(t.strip()) >= 2}, key=len,
+                       reverse=True)
         self.pattern = re.compile("|".join(map(re.escape, words))) if words else None
 
 

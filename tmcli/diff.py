@@ -212,7 +212,8 @@ def render(diff: dict):
         t.append(f" — {DESCRIPTIONS.get(sp['cause'], '')}\n")
         before = sp["context_before"]
         n_prompt = sp["context_before_in_prompt"]
-        shown = SEP.join(before[:n_prompt]) + (" ‖ " if n_prompt else "") + SEP.join(before[n_prompt:])
+        shown = (SEP.join(before[:n_prompt]) + (" ‖ " if n_prompt else "")
+                 + SEP.join(before[n_prompt:]))
         _row(t, "before", ("…" if sp["more_before"] else "") + shown, "dim")
         _row(t, "generated", SEP.join(sp["generated_tokens"]), "red")
         _row(t, "canonical", SEP.join(sp["canonical_tokens"]), "green")

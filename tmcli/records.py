@@ -27,7 +27,8 @@ from tmcli.readers import Fields, Record, parse_object
 from tmcli.readers.table import iter_rows, table_kind
 
 __all__ = ["MAX_LINE_BYTES", "Input", "Record", "RecordWriter", "existing_ids", "input_format",
-           "is_records_input", "iter_lines", "iter_objects", "open_input", "parse_line", "read_records", "repair_tail"]
+           "is_records_input", "iter_lines", "iter_objects", "open_input", "parse_line",
+           "read_records", "repair_tail"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"

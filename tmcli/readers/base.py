@@ -77,6 +77,15 @@ def record_id(obj: dict, line: int) -> str:
     return str(obj.get("id", obj.get("request_id", f"line{line}")))
 
 
+def per_item(obj: dict, key: str, source: str, line: int, make) -> list[Record]:
+    """One record per item of ``obj[key]`` (vLLM ``outputs``, OpenAI ``choices``): ``make(k,
+    item)`` gives (ids, prompt ids, metadata, logprob tokens); ids are ``id`` or ``id/index``."""
+    rid = record_id(obj, line)
+    items = obj[key]
+    return [Record(source, line, sub_id(rid, len(items), item, k), *make(k, item))
+            for k, item in enumerate(items)]
+
+
 def sub_id(rid: str, count: int, item: dict, k: int) -> str:
     """One id per completion: the response id alone, or ``id/index`` when it holds several."""
     return rid if count == 1 else f"{rid}/{item.get('index', k) if isinstance(item, dict) else k}"

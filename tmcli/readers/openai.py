@@ -11,7 +11,7 @@ give ``logprobs.tokens``. vLLM's ``return_tokens_as_token_ids`` writes each toke
 from __future__ import annotations
 
 from tmcli.errors import InvalidRecord
-from tmcli.readers.base import Fields, Record, prompt_ids, record_id, sub_id
+from tmcli.readers.base import Fields, Record, per_item, prompt_ids
 from tmcli.readers.vllm_server import choice_meta
 
 NAME = "openai"
@@ -52,15 +52,9 @@ def _tokens(choice, source: str, line: int, k: int) -> list:
 
 
 def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
-    rid = record_id(obj, line)
     prompt = prompt_ids(obj, fields, source, line)
-    choices = obj["choices"]
-    recs = []
-    for k, ch in enumerate(choices):
-        tokens = _tokens(ch, source, line, k)
-        recs.append(Record(source, line, sub_id(rid, len(choices), ch, k), None, prompt,
-                           choice_meta(obj, ch, fields), logprob_tokens=tokens))
-    return recs
+    return per_item(obj, "choices", source, line, lambda k, ch: (
+        None, prompt, choice_meta(obj, ch, fields), _tokens(ch, source, line, k)))
 
 
 def _is_number(text: str) -> bool:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tmcli.errors import InvalidRecord
-from tmcli.readers.base import Fields, Record, id_list, meta_of, prompt_ids, record_id, sub_id
+from tmcli.readers.base import Fields, Record, id_list, meta_of, per_item, prompt_ids
 
 NAME = "vllm-offline"
 
@@ -14,18 +14,17 @@ def matches(obj: dict, fields: Fields) -> bool:
 
 
 def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
-    rid = record_id(obj, line)
     prompt = prompt_ids(obj, fields, source, line)
-    outputs = obj["outputs"]
-    recs = []
-    for k, out in enumerate(outputs):
+
+    def make(k: int, out) -> tuple:
         if not isinstance(out, dict) or "token_ids" not in out:
             raise InvalidRecord(source, line, f"outputs[{k}] has no 'token_ids'")
-        ids = id_list(out["token_ids"], source, line, f"outputs[{k}].token_ids")
         meta = meta_of(obj, fields.prompt_name)
         if "text" in out:
             meta["completion"] = out["text"]
         if out.get("finish_reason") is not None:
             meta["finish_reason"] = out["finish_reason"]
-        recs.append(Record(source, line, sub_id(rid, len(outputs), out, k), ids, prompt, meta))
-    return recs
+        ids = id_list(out["token_ids"], source, line, f"outputs[{k}].token_ids")
+        return ids, prompt, meta, None
+
+    return per_item(obj, "outputs", source, line, make)

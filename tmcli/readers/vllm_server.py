@@ -8,7 +8,7 @@ when the request did not ask for them; such a response is read by the logprobs r
 
 from __future__ import annotations
 
-from tmcli.readers.base import Fields, Record, id_list, meta_of, prompt_ids, record_id, sub_id
+from tmcli.readers.base import Fields, Record, id_list, meta_of, per_item, prompt_ids
 
 NAME = "vllm-server"
 
@@ -33,16 +33,14 @@ def choice_meta(obj: dict, choice: dict, fields: Fields) -> dict:
 
 
 def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
-    rid = record_id(obj, line)
     top_prompt = prompt_ids(obj, fields, source, line) if fields.prompt_name in obj else None
-    choices = obj["choices"]
-    recs = []
-    for k, ch in enumerate(choices):
-        ids = id_list(ch["token_ids"], source, line, f"choices[{k}].token_ids")
+    name = fields.prompt_name
+
+    def make(k: int, ch: dict) -> tuple:
         prompt = top_prompt
-        if isinstance(ch.get(fields.prompt_name), list):  # completions: per choice
-            prompt = id_list(ch[fields.prompt_name], source, line,
-                             f"choices[{k}].{fields.prompt_name}")
-        recs.append(Record(source, line, sub_id(rid, len(choices), ch, k), ids, prompt,
-                           choice_meta(obj, ch, fields)))
-    return recs
+        if isinstance(ch.get(name), list):  # completions: per choice
+            prompt = id_list(ch[name], source, line, f"choices[{k}].{name}")
+        ids = id_list(ch["token_ids"], source, line, f"choices[{k}].token_ids")
+        return ids, prompt, choice_meta(obj, ch, fields), None
+
+    return per_item(obj, "choices", source, line, make)
