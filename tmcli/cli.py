@@ -76,7 +76,7 @@ def run_command(fn, *args, **kwargs):
 
 
 # -- shared options -----------------------------------------------------------------------------
-InputArg = Annotated[str, typer.Argument(help="Outputs JSONL (tmcli, vLLM or OpenAI format); - for stdin.")]
+InputArg = Annotated[str, typer.Argument(help="Outputs: JSONL (.gz/.zst too) from tmcli, vLLM, an OpenAI-compatible server or SGLang, or a Parquet/Arrow table; - for stdin.")]
 TokenizerOpt = Annotated[
     Optional[list[str]],
     typer.Option("--tokenizer", "-t", help="Tokenizer for all records (alias, path, tokenizer.json, "
