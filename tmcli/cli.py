@@ -488,7 +488,7 @@ def diff(
                                  record_id=record_id, limit=limit, context=context_tokens,
                                  in_context=in_context, skip_invalid=skip_invalid, stats=stats):
             if json_out:
-                typer.echo(orjson.dumps(item).decode())
+                typer.echo(orjson.dumps(item, default=str).decode())
             else:
                 console.print(render(item))
 
