@@ -208,6 +208,13 @@ def test_check_on_mismatch(mixed):
     assert data["passed"] is False and [m["id"] for m in data["mismatches"]] == ["1"]
     r = run("check", mixed, "--on-mismatch", "error", "--format", "github")
     assert r.stdout.startswith(f"::error file={mixed},line=2,title=tmcli non-canonical::")
+    import xml.etree.ElementTree as ET
+
+    suite = ET.fromstring(run("check", mixed, "--on-mismatch", "error", "-f", "junit").stdout)
+    assert (suite.get("tests"), suite.get("failures")) == ("1", "1")
+    assert suite.find("testcase").get("name") == "canonical[1]"
+    suite = ET.fromstring(run("check", mixed, "--on-mismatch", "warn", "-f", "junit").stdout)
+    assert suite.get("failures") == "0" and "sample 1" in suite.find("testcase/system-out").text
     r = run("check", mixed, "--on-mismatch", "drop")
     assert r.exit_code == 2 and "tmcli filter --keep canonical" in r.output
 

@@ -166,8 +166,10 @@ def render(result: CheckResult, fmt: str) -> str:
         for m in result.mismatches[:MAX_LISTED]:
             case = ET.SubElement(suite, "testcase", classname="tmcli.check",
                                  name=f"canonical[{m.id}]")
-            tag = "failure" if result.on_mismatch == "error" else "system-out"
-            ET.SubElement(case, tag, message=_mismatch_text(m)).text = _mismatch_text(m)
+            if result.on_mismatch == "error":
+                ET.SubElement(case, "failure", message=_mismatch_text(m))
+            else:
+                ET.SubElement(case, "system-out").text = _mismatch_text(m)
         if result.mismatches:
             suite.set("tests", str(len(suite)))
             suite.set("failures", str(sum(c.find("failure") is not None for c in suite)))

@@ -470,8 +470,12 @@ def diff(
     in_context: Annotated[bool, typer.Option("--in-context/--no-in-context", help="Re-encode the completion after its prompt ids (default) or alone.")] = True,
     skip_invalid: SkipOpt = False,
 ) -> None:
-    """Show each difference of each non-canonical sample: position, generated vs canonical tokens,
-    context and cause. Colours on a terminal only; exit 0 whether or not samples differ."""
+    """Show each difference of each non-canonical sample, with its context and cause.
+
+    Per span: its position, the generated and the canonical tokens (whitespace and bytes shown
+    unambiguously), --context tokens either side. Colours on a terminal only; exit 0 whether or
+    not samples differ.
+    """
     import orjson
 
     from tmcli.analysis import parse_tokenizer_option
