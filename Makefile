@@ -81,6 +81,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_analyze.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_canonical.py
+	$(BIN)/python benchmarks/bench_check_ids.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis

@@ -209,6 +209,13 @@ def test_bad_inputs_fail_with_a_fix(analysis, tmp_path):
         load_analysis(tmp_path / "x.txt")
     bad = tmp_path / "other.parquet"
     pl.DataFrame({"a": [1]}).write_parquet(bad)
+    # a Parquet file without tmcli's metadata is a table of records (issue 14), not an analysis
+    with pytest.raises(TmcliError, match="other.parquet:1: no token ids found"):
+        load_analysis(bad)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": [1]}).replace_schema_metadata({b"tmcli": b"{}"}), bad)
     with pytest.raises(TmcliError, match="lacks the per-sample column"):
         load_analysis(bad)
     good = write_parquet(analysis, tmp_path / "s.parquet")

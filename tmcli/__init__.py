@@ -28,6 +28,12 @@ __all__ = [
     "read_prompts",
     "load_model",
     "parse_temperatures",
+    "check_ids",
+    "check_ids_batch",
+    "IdsCheck",
+    "diff_records",
+    "filter_file",
+    "span_cause",
 ]
 
 _LAZY = {
@@ -49,6 +55,12 @@ _LAZY = {
     "read_prompts": "tmcli.prompts",
     "load_model": "tmcli.loading",
     "parse_temperatures": "tmcli.generation",
+    "check_ids": "tmcli.verify",
+    "check_ids_batch": "tmcli.verify",
+    "IdsCheck": "tmcli.verify",
+    "diff_records": "tmcli.diff",
+    "filter_file": "tmcli.filter",
+    "span_cause": "tmcli.causes",
 }
 
 

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from tmcli import __version__
+from tmcli.causes import sample_causes
 from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.quality import record_float
+from tmcli.readers.openai import token_ids_from_logprobs
 from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
 from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
@@ -32,6 +34,7 @@ SAMPLE_SCHEMA = {
     "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
     "byte_exact": pl.Boolean, "normalized": pl.Boolean, "invalid_bytes": pl.Int64,
     "cut_bytes": pl.Int64, "unknown_ids": pl.Int64, "spans": pl.List(SPAN),
+    "causes": pl.List(pl.String),  # tmcli.causes: one per span, in span order
     "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
     "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
     "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
@@ -136,35 +139,11 @@ class TokenizerPool:
         return enc
 
 
-def _token_ids_from_logprobs(rec: Record, enc: Reencoder, spec: str) -> list[int]:
-    """Map OpenAI-style logprob tokens (bytes, strings, 'token_id:N', 'bytes:\\x..') to ids."""
-    table = enc.vocab.bytes_to_id()
-    ids = []
-    for k, tok in enumerate(rec.logprob_tokens or []):
-        if isinstance(tok, str) and tok.startswith("token_id:") and tok[9:].isdigit():
-            ids.append(int(tok[9:]))
-            continue
-        if isinstance(tok, str) and tok.startswith("bytes:"):
-            data = tok[6:].encode("latin-1").decode("unicode_escape").encode("latin-1")
-        elif isinstance(tok, str):
-            data = tok.encode("utf-8")
-        elif isinstance(tok, (bytes, bytearray)):
-            data = bytes(tok)
-        else:
-            data = None
-        idx = table.get(data) if data is not None else None
-        if idx is None:
-            raise InvalidRecord(rec.source, rec.line,
-                                f"logprob token {k} ({tok!r}) is not a token of '{spec}'",
-                                hint="pass the tokenizer that produced it with --tokenizer")
-        ids.append(idx)
-    return ids
-
-
 def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     spec = pool.spec_for(rec)
     enc = pool.encoder(spec)
-    ids = rec.token_ids if rec.token_ids is not None else _token_ids_from_logprobs(rec, enc, spec)
+    ids = (rec.token_ids if rec.token_ids is not None
+           else token_ids_from_logprobs(rec, enc.vocab, spec))
     if not ids:
         raise InvalidRecord(rec.source, rec.line, "empty completion (no generated ids)",
                             hint="drop the line, or pass --skip-invalid")
@@ -211,6 +190,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
         nonlocal counter
         rows = []
         for (rec, spec, smp), m in zip(batch, metrics):
+            m["causes"] = sample_causes(pool.encoder(spec).vocab, m)
             rows.append(_row(rec, spec, m))
             if n_examples and examples is not None and m["noncanonical"]:
                 counter += 1
@@ -285,7 +265,8 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
             if all(v is None for v in values):
                 cols[name] = pl.Series(name, values, dtype=dtype)
             else:
-                inner = pa.float64() if dtype.inner == pl.Float64 else pa.int64()
+                inner = (pa.float64() if dtype.inner == pl.Float64
+                         else pa.string() if dtype.inner == pl.String else pa.int64())
                 arr = _list_array(values, inner)
                 if any(v is None for v in values):
                     import pyarrow.compute as pc
@@ -305,12 +286,13 @@ def _example(item, pool: TokenizerPool) -> dict:
     g = list(smp.token_ids)
     segments = []
     pos = 0
-    for span in m["spans"]:
+    for span, cause in zip(m["spans"], m["causes"]):
         p, before, after = span["position"], span["before"], span["after"]
         if p > pos:
             segments.append({"generated": [vocab.piece(t) for t in g[pos:p]], "differs": False})
         segments.append({"generated": [vocab.piece(t) for t in before],
-                         "canonical": [vocab.piece(t) for t in after], "differs": True})
+                         "canonical": [vocab.piece(t) for t in after], "differs": True,
+                         "cause": cause})
         pos = p + len(before)
     if pos < len(g):
         segments.append({"generated": [vocab.piece(t) for t in g[pos:]], "differs": False})
@@ -385,10 +367,11 @@ def default_group_by(samples: pl.DataFrame) -> list[str]:
     return keys
 
 
-def analyze_file(path: str, *, ids_field: str | None = None, skip_invalid: bool = False,
-                 **kwargs) -> Analysis:
-    """`analyze_records` over a JSONL file (``-`` for stdin) in any supported format."""
+def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
+                 skip_invalid: bool = False, **kwargs) -> Analysis:
+    """`analyze_records` over a file (``-`` for stdin) in any supported format."""
     errors: list = []
-    records = read_records(path, ids_field=ids_field, skip_invalid=skip_invalid, errors=errors)
+    records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                           skip_invalid=skip_invalid, errors=errors)
     return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
                            meta={"inputs": [path]}, **kwargs)

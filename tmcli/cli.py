@@ -76,13 +76,14 @@ def run_command(fn, *args, **kwargs):
 
 
 # -- shared options -----------------------------------------------------------------------------
-InputArg = Annotated[str, typer.Argument(help="Outputs JSONL (tmcli, vLLM or OpenAI format); - for stdin.")]
+InputArg = Annotated[str, typer.Argument(help="Outputs: JSONL (.gz/.zst too) from tmcli, vLLM, an OpenAI-compatible server or SGLang, or a Parquet/Arrow table; - for stdin.")]
 TokenizerOpt = Annotated[
     Optional[list[str]],
     typer.Option("--tokenizer", "-t", help="Tokenizer for all records (alias, path, tokenizer.json, "
                  "GGUF, hub id), or NAME=SPEC per record name. Default: each record's own field."),
 ]
-IdsFieldOpt = Annotated[Optional[str], typer.Option("--ids-field", help="Name of the generated-ids field in custom JSONL.")]
+IdsFieldOpt = Annotated[Optional[str], typer.Option("--ids-field", help="Name of the generated-ids field (JSONL) or column (Parquet/Arrow); default token_ids.")]
+PromptIdsFieldOpt = Annotated[Optional[str], typer.Option("--prompt-ids-field", help="Name of the prompt-ids field or column; default prompt_token_ids.")]
 WindowOpt = Annotated[int, typer.Option("--window", "-w", min=1, help="Window size in tokens.")]
 MethodOpt = Annotated[str, typer.Option("--window-method", help="aligned (windows sum to the whole) or study (each window re-encoded alone, as the study did).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip invalid lines (and report how many) instead of stopping.")]
@@ -95,15 +96,16 @@ def _groups(group_by: str | None) -> list[str] | None:
 
 
 def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
-              group_by, **kwargs):
+              group_by, prompt_ids_field=None, **kwargs):
     from tmcli.analysis import analyze_file, parse_tokenizer_option
-    from tmcli.store import PARQUET_SUFFIXES, read_parquet
+    from tmcli.store import is_stored_analysis, read_parquet
 
-    if str(input).lower().endswith(PARQUET_SUFFIXES):  # a stored analysis: no re-encoding
+    if is_stored_analysis(input):  # no re-encoding
         return read_parquet(input, group_by=_groups(group_by),
                             **{k: v for k, v in kwargs.items() if k == "n_resamples"})
     return analyze_file(
-        input, tokenizer=parse_tokenizer_option(tokenizer), ids_field=ids_field, window=window,
+        input, tokenizer=parse_tokenizer_option(tokenizer), ids_field=ids_field,
+        prompt_ids_field=prompt_ids_field, window=window,
         method=window_method, skip_invalid=skip_invalid, context=context,
         group_by=_groups(group_by), **kwargs,
     )
@@ -114,6 +116,7 @@ def analyze(
     input: InputArg,
     tokenizer: TokenizerOpt = None,
     ids_field: IdsFieldOpt = None,
+    prompt_ids_field: PromptIdsFieldOpt = None,
     window: WindowOpt = 64,
     window_method: MethodOpt = "aligned",
     context: ContextOpt = True,
@@ -132,7 +135,8 @@ def analyze(
     if output and not output.lower().endswith(PARQUET_SUFFIXES):
         fail(f"cannot write samples as '{output}'; name the file .parquet")
     result = run_command(_analysis, input, tokenizer, ids_field, window, window_method,
-                         skip_invalid, context, group_by, n_resamples=resamples)
+                         skip_invalid, context, group_by, n_resamples=resamples,
+                         prompt_ids_field=prompt_ids_field)
     if output:
         run_command(write_parquet, result, output)
         render.stderr.print(f"wrote {output} ({result.samples.height} samples)")
@@ -153,8 +157,10 @@ def check(
     per_group: Annotated[bool, typer.Option("--per-group", help="Apply thresholds to every group, not the whole input.")] = False,
     use_upper: Annotated[bool, typer.Option("--ci-upper", help="Compare the upper 95% bound instead of the estimate.")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, json, github or junit.")] = "text",
+    on_mismatch: Annotated[Optional[str], typer.Option("--on-mismatch", help="List every non-canonical sample: error (and fail the check) or warn (report only). To drop them: tmcli filter --keep canonical.")] = None,
     tokenizer: TokenizerOpt = None,
     ids_field: IdsFieldOpt = None,
+    prompt_ids_field: PromptIdsFieldOpt = None,
     window: Annotated[Optional[int], typer.Option("--window", "-w", min=1, help="Window size in tokens (JSONL input; default 64).")] = None,
     context: Annotated[Optional[bool], typer.Option("--context/--no-context", help="Re-encode after the prompt ids (JSONL input; default) or alone.")] = None,
     group_by: GroupOpt = None,
@@ -162,7 +168,10 @@ def check(
 ) -> None:
     """Gate CI on thresholds: exit 0 when all hold, 1 when one fails, 2 on bad usage or input.
 
-    INPUT is raw outputs (.jsonl, - for stdin) or an `analyze --output` file (.parquet).
+    INPUT is raw outputs (.jsonl[.gz|.zst], a Parquet/Arrow table, - for stdin) or an
+    `analyze --output` file (.parquet). Per sample, a pipeline can gate (--on-mismatch error:
+    list every non-canonical sample and fail), log (--on-mismatch warn: list them, exit by the
+    thresholds alone) or drop (`tmcli filter --keep canonical`).
     """
     from tmcli.analysis import parse_tokenizer_option
     from tmcli.check import FORMATS, render, run_check
@@ -176,13 +185,17 @@ def check(
         "max_fraction_compressed": max_fraction_compressed,
         "max_fraction_noncanonical": max_fraction_noncanonical,
     }
-    if all(v is None for v in thresholds.values()):
-        fail("no threshold given; pass e.g. --max-noncanonical-rate 0.01")
+    if all(v is None for v in thresholds.values()) and on_mismatch is None:
+        fail("no threshold given; pass e.g. --max-noncanonical-rate 0.01 or --on-mismatch error")
+    if on_mismatch is not None and on_mismatch not in ("error", "warn"):
+        fail(f"unknown --on-mismatch '{on_mismatch}'; use error or warn (to drop such samples: "
+             "tmcli filter --keep canonical)")
     result = run_command(load_analysis, input, n_resamples=1000, group_by=_groups(group_by),
                          tokenizer=run_command(parse_tokenizer_option, tokenizer),
-                         ids_field=ids_field, window=window, context=context,
-                         skip_invalid=skip_invalid)
-    verdict = run_command(run_check, result, thresholds, per_group=per_group, use_upper=use_upper)
+                         ids_field=ids_field, prompt_ids_field=prompt_ids_field, window=window,
+                         context=context, skip_invalid=skip_invalid)
+    verdict = run_command(run_check, result, thresholds, per_group=per_group, use_upper=use_upper,
+                          on_mismatch=on_mismatch)
     typer.echo(render(verdict, fmt))
     raise typer.Exit(verdict.exit_code)
 
@@ -232,6 +245,8 @@ def report(
         "--window", metavar="N", help="JSONL only: window size in tokens (default 64).")] = None,
     skip_invalid: Annotated[bool, typer.Option(
         "--skip-invalid", help="JSONL only: skip unusable records instead of stopping.")] = False,
+    ids_field: IdsFieldOpt = None,
+    prompt_ids_field: PromptIdsFieldOpt = None,
     png_dir: Annotated[Optional[str], typer.Option(
         "--png-dir", metavar="DIR", help="Also write every figure as a PNG here (needs Chromium).")] = None,
 ) -> None:
@@ -245,7 +260,8 @@ def report(
         run_command(check_path, html)  # before the analysis, not after it
     analysis = run_command(load_analysis, source,
                            tokenizer=run_command(parse_tokenizer_option, tokenizer),
-                           window=window, skip_invalid=skip_invalid or None)
+                           window=window, skip_invalid=skip_invalid or None,
+                           ids_field=ids_field, prompt_ids_field=prompt_ids_field)
     if png_dir is not None:
         from tmcli.export import export_png
 
@@ -437,3 +453,82 @@ def score(
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
         typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "
                    f"{summary.output} ({summary.tokens} tokens in {summary.seconds:.1f} s)", err=True)
+
+
+# -- diff and filter (RL rollouts and serving logs) ---------------------------------------------
+
+@app.command()
+def diff(
+    input: InputArg,
+    record_id: Annotated[Optional[str], typer.Option("--id", help="Show only the sample(s) with this id (canonical or not); n > 1 completions are ID/INDEX.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most N samples, then stop reading.")] = 10,
+    context_tokens: Annotated[int, typer.Option("--context", "-k", min=0, help="Tokens of context shown either side of a span.")] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per sample (JSONL).")] = False,
+    tokenizer: TokenizerOpt = None,
+    ids_field: IdsFieldOpt = None,
+    prompt_ids_field: PromptIdsFieldOpt = None,
+    in_context: Annotated[bool, typer.Option("--in-context/--no-in-context", help="Re-encode the completion after its prompt ids (default) or alone.")] = True,
+    skip_invalid: SkipOpt = False,
+) -> None:
+    """Show each difference of each non-canonical sample, with its context and cause.
+
+    Per span: its position, the generated and the canonical tokens (whitespace and bytes shown
+    unambiguously), --context tokens either side. Colours on a terminal only; exit 0 whether or
+    not samples differ.
+    """
+    import orjson
+
+    from tmcli.analysis import parse_tokenizer_option
+    from tmcli.diff import diff_records, plain, render
+
+    stats: dict = {}
+
+    def run():
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+        for item in diff_records(input, tokenizer=parse_tokenizer_option(tokenizer),
+                                 ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                                 record_id=record_id, limit=limit, context=context_tokens,
+                                 in_context=in_context, skip_invalid=skip_invalid, stats=stats):
+            if json_out:
+                typer.echo(orjson.dumps(item, default=str).decode())
+            else:
+                console.print(render(item))
+
+    run_command(run)
+    where = (f"showed the first {stats['shown']}; stopped reading (--limit {limit})"
+             if stats.get("stopped") else f"showed {stats.get('shown', 0)}")
+    skipped = f", {stats['skipped']} invalid line(s) skipped" if stats.get("skipped") else ""
+    typer.echo(f"{stats.get('noncanonical', 0)} of {stats.get('samples', 0)} sample(s) read are "
+               f"non-canonical ({where}{skipped}) in {plain(input)}", err=True)
+
+
+@app.command(name="filter")
+def filter_(
+    input: InputArg,
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the kept records (same format as the input: .jsonl[.gz|.zst], .parquet, .arrow); - for stdout.")],
+    keep: Annotated[str, typer.Option("--keep", help="canonical (drop mismatching samples, as an RL pipeline would) or noncanonical.")] = "canonical",
+    tokenizer: TokenizerOpt = None,
+    ids_field: IdsFieldOpt = None,
+    prompt_ids_field: PromptIdsFieldOpt = None,
+    context: ContextOpt = True,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid lines (and count them) instead of stopping.")] = False,
+) -> None:
+    """Write the canonical (or non-canonical) input records unchanged, in input order.
+
+    A line with several completions (n > 1) is kept by --keep canonical only when all are
+    canonical, by --keep noncanonical when any is not. Prints how many were kept and dropped.
+    """
+    from tmcli.analysis import parse_tokenizer_option
+    from tmcli.filter import filter_file
+
+    if keep not in ("canonical", "noncanonical"):
+        fail(f"unknown --keep '{keep}'; use canonical or noncanonical")
+    summary = run_command(filter_file, input, output, keep=keep,
+                          tokenizer=run_command(parse_tokenizer_option, tokenizer),
+                          ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                          skip_invalid=skip_invalid, context=context)
+    invalid = f", {summary.invalid} invalid dropped" if summary.invalid else ""
+    typer.echo(f"kept {summary.kept} {keep} record(s), dropped {summary.dropped}{invalid} -> "
+               f"{summary.output}", err=True)

@@ -1,13 +1,14 @@
-"""Records I/O: reading completions from JSONL in several formats, and appending them safely.
+"""Records I/O: the single door for input, and appending records safely.
 
-Formats read (detected per line):
-- tmcli's own records: ``token_ids`` (+ ``prompt_token_ids``, ``model``, ``tokenizer``, ``temperature``...)
-- vLLM offline outputs: ``prompt_token_ids`` and ``outputs[].token_ids`` (one sample per output)
-- OpenAI-compatible responses with logprobs: ``choices[].logprobs`` (token bytes or strings; mapped
-  back to ids through the tokenizer by the caller, see `analysis.py`)
-- any JSONL whose ids field is named with ``ids_field``.
+Reading: `read_records(path)` streams `Record`s from any supported input. The file level is
+here: JSONL read line by line with a bounded buffer (a line over `MAX_LINE_BYTES` is reported as
+file:line without being read whole), gzip/zstd compression detected by magic bytes (so the
+``.jsonl.gz`` / ``.jsonl.zst`` suffixes and piped compressed data both work) and decompressed as
+a stream, and Parquet/Arrow tables read a batch of rows at a time. Each JSON object (line or
+row) goes to `tmcli.readers`, which detects its format (tmcli, vLLM offline, vLLM server
+``return_token_ids``, OpenAI logprobs, SGLang, or a field named with ``ids_field``).
 
-Files are streamed line by line (``-`` is stdin), so memory does not grow with the input.
+``-`` is stdin (JSONL, compressed or not), so memory does not grow with the input.
 """
 
 from __future__ import annotations
@@ -15,159 +16,242 @@ from __future__ import annotations
 import io
 import os
 import sys
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
 
 from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.readers import Fields, Record, parse_object
+from tmcli.readers.table import iter_rows, table_kind
+
+__all__ = ["MAX_LINE_BYTES", "Input", "Record", "RecordWriter", "existing_ids", "input_format",
+           "is_records_input", "iter_lines", "iter_objects", "open_input", "parse_line",
+           "read_records", "repair_tail"]
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BOM = b"\xef\xbb\xbf"
+_SKIP_CHUNK = 1 << 20
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow-file",
+                  ".feather": "arrow-file", ".ipc": "arrow-file", ".arrows": "arrow-stream"}
 
 
-@dataclass
-class Record:
-    """One completion read from a file, before re-encoding."""
+class _Prefixed(io.RawIOBase):
+    """``head`` (bytes already read to sniff the format) followed by the rest of ``stream``;
+    closing it closes ``stream`` unless that is stdin."""
 
-    source: str
-    line: int
-    id: str
-    token_ids: list[int] | None
-    prompt_ids: list[int] | None
-    meta: dict = field(default_factory=dict)
-    # OpenAI-style logprob tokens (bytes or strings) still to be mapped to ids
-    logprob_tokens: list | None = None
+    def __init__(self, head: bytes, stream):
+        self._head, self._stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._stream.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self._stream is not sys.stdin.buffer:
+            self._stream.close()
+        super().close()
 
 
-def _open(path: str):
-    if path == "-":
-        return sys.stdin.buffer, "<stdin>"
+def _file(path: str):
     p = Path(path)
     if not p.exists():
         raise TmcliError(f"no such file: {path}", hint="check the path, or use - for stdin")
     if p.is_dir():
-        raise TmcliError(f"{path} is a directory", hint="give a JSONL file")
-    return open(p, "rb"), path
-
-
-def iter_lines(path: str) -> Iterator[tuple[str, int, bytes]]:
-    """(source, line number, raw line) for each non-blank line; BOM and CRLF tolerated."""
-    fh, source = _open(path)
+        raise TmcliError(f"{path} is a directory", hint="give a JSONL, Parquet or Arrow file")
     try:
-        for number, raw in enumerate(fh, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        return open(p, "rb")
+    except OSError as exc:
+        raise TmcliError(f"cannot read {path} ({exc.strerror or exc})",
+                         hint="check the file's permissions") from None
+
+
+def input_format(path: str) -> str:
+    """'jsonl' (plain or compressed), 'parquet', 'arrow-file' or 'arrow-stream': by the file's
+    magic bytes, else its suffix."""
+    if path == "-":
+        return "jsonl"
+    with _file(path) as fh:
+        kind = table_kind(fh.read(8))
+    return kind or TABLE_SUFFIXES.get(Path(path).suffix.lower()) or "jsonl"
+
+
+def is_records_input(path: str) -> bool:
+    """Whether ``path`` names input the readers take: stdin, a JSONL name (compressed or not), a
+    table name, or a file whose magic bytes say gzip, zstd, Parquet or Arrow."""
+    name = Path(path).name.lower()
+    for ext in (".gz", ".zst", ".zstd"):
+        name = name.removesuffix(ext)
+    if path == "-" or Path(name).suffix in JSONL_SUFFIXES or Path(name).suffix in TABLE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    return bool(table_kind(head)) or head.startswith((GZIP_MAGIC, ZSTD_MAGIC))
+
+
+class Input:
+    """An opened input: ``stream`` yields its decompressed bytes; ``compression`` is 'gzip',
+    'zstd' or None (told by magic bytes, so a piped or misnamed file is read right)."""
+
+    def __init__(self, path: str):
+        if path == "-":
+            raw, self.source = sys.stdin.buffer, "<stdin>"
+        else:
+            raw, self.source = _file(path), path
+        head = b""
+        while len(head) < 4:  # a pipe may hand over fewer bytes per read
+            more = raw.read(4 - len(head))
+            if not more:
+                break
+            head += more
+        self._raw = io.BufferedReader(_Prefixed(head, raw), buffer_size=1 << 16)
+        self.compression = None
+        self.stream = self._raw
+        if head.startswith(GZIP_MAGIC):
+            import gzip
+
+            self.compression, self.stream = "gzip", gzip.GzipFile(fileobj=self._raw, mode="rb")
+        elif head.startswith(ZSTD_MAGIC):
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(self._raw, read_across_frames=True)
+            self.compression, self.stream = "zstd", io.BufferedReader(reader, 1 << 20)
+        elif table_kind(head):
+            self.close()
+            raise TmcliError(f"{self.source} is a Parquet/Arrow table",
+                             hint="give it as a file path, not on stdin")
+
+    def close(self) -> None:
+        if self.stream is not self._raw:
+            self.stream.close()
+        self._raw.close()
+
+
+def open_input(path: str) -> Input:
+    """The input ``path`` (``-`` for stdin) opened for reading, decompressed as it streams."""
+    return Input(path)
+
+
+def _read_error(handle: Input, exc: Exception) -> TmcliError:
+    what = f"corrupt or truncated {handle.compression} data" if handle.compression else "read error"
+    return TmcliError(f"{handle.source}: {what} ({exc})",
+                      hint="check that the file is complete (a download or copy cut short?)")
+
+
+def _decode_errors() -> tuple:
+    errors: tuple = (OSError, EOFError, zlib.error)
+    if "zstandard" in sys.modules:
+        errors += (sys.modules["zstandard"].ZstdError,)
+    return errors
+
+
+def _limit_text(limit: int) -> str:
+    return f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit} bytes"
+
+
+def iter_lines(path: str, *, keep_ends: bool = False,
+               errors: list | None = None) -> Iterator[tuple[str, int, bytes]]:
+    """(source, line number, line) for each non-blank line; BOM and CRLF tolerated.
+
+    Lines are stripped, or kept byte for byte with ``keep_ends`` (for `tmcli filter`). No line
+    is read past ``MAX_LINE_BYTES``: an over-long line raises `InvalidRecord`, or, when an
+    ``errors`` list is given (``--skip-invalid``), is recorded there and skipped unread.
+    """
+    handle = open_input(path)
+    fh, source = handle.stream, handle.source
+    limit = MAX_LINE_BYTES
+    number = 0
+    try:
+        while True:
+            try:
+                raw = fh.readline(limit + 1)
+            except _decode_errors() as exc:
+                raise _read_error(handle, exc) from None
+            if not raw:
+                break
+            number += 1
+            if len(raw) - raw.endswith(b"\n") > limit:
+                exc = InvalidRecord(source, number, f"line is longer than the "
+                                    f"{_limit_text(limit)} limit",
+                                    hint="write one completion per line (JSONL), not one JSON "
+                                    "document")
+                if errors is None:
+                    raise exc
+                errors.append(exc)
+                while not raw.endswith(b"\n"):
+                    try:
+                        raw = fh.readline(_SKIP_CHUNK)
+                    except _decode_errors() as err:
+                        raise _read_error(handle, err) from None
+                    if not raw:
+                        break
+                continue
+            if number == 1 and raw.startswith(BOM):
                 raw = raw[3:]
-            if len(raw) > MAX_LINE_BYTES:
-                raise InvalidRecord(
-                    source, number,
-                    f"line is {len(raw) / 2**20:.0f} MiB, over the {MAX_LINE_BYTES // 2**20} MiB limit",
-                    hint="write one completion per line (JSONL), not one JSON document",
-                )
-            raw = raw.strip()
-            if raw:
-                yield source, number, raw
+            stripped = raw.strip()
+            if stripped:
+                yield source, number, raw if keep_ends else stripped
     finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
+        handle.close()
 
 
-def _ids(value, source: str, line: int, name: str) -> list[int]:
-    if not isinstance(value, list):
-        raise InvalidRecord(source, line, f"'{name}' must be a list of integer token ids")
-    if set(map(type, value)) - {int}:  # bool is not an id, and floats are not either
-        v = next(v for v in value if type(v) is not int)
-        raise InvalidRecord(source, line, f"'{name}' holds {v!r}, not an integer token id",
-                            hint="token ids must be integers")
-    return value
-
-
-def _meta(obj: dict) -> dict:
-    skip = {"token_ids", "prompt_token_ids", "outputs", "choices"}
-    return {k: v for k, v in obj.items() if k not in skip}
-
-
-def parse_line(source: str, line: int, raw: bytes, ids_field: str | None = None) -> list[Record]:
-    """The records in one JSONL line (a vLLM or OpenAI line can hold several completions)."""
+def _json(source: str, line: int, raw: bytes):
     try:
-        obj = orjson.loads(raw)
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         hint = "each line must be one JSON object"
         if raw[:1] == b"[" and line == 1:
             hint = "this looks like a JSON array; write one object per line (JSONL)"
         raise InvalidRecord(source, line, f"malformed JSON ({exc.args[0].split(':')[0]})",
                             hint=hint) from None
-    if not isinstance(obj, dict):
-        raise InvalidRecord(source, line, "expected a JSON object", hint="one object per line")
-    rid = str(obj.get("id", obj.get("request_id", f"line{line}")))
-    prompt = obj.get("prompt_token_ids")
-    prompt = _ids(prompt, source, line, "prompt_token_ids") if prompt is not None else None
-    if ids_field:
-        if ids_field not in obj:
-            raise InvalidRecord(source, line, f"no '{ids_field}' field",
-                                hint="check --ids-field against the file's field names")
-        ids = _ids(obj[ids_field], source, line, ids_field)
-        return [Record(source, line, rid, ids, prompt, _meta(obj))]
-    if "token_ids" in obj:
-        ids = _ids(obj["token_ids"], source, line, "token_ids")
-        return [Record(source, line, rid, ids, prompt, _meta(obj))]
-    if isinstance(obj.get("outputs"), list):  # vLLM RequestOutput
-        recs = []
-        for k, out in enumerate(obj["outputs"]):
-            if not isinstance(out, dict) or "token_ids" not in out:
-                raise InvalidRecord(source, line, f"outputs[{k}] has no 'token_ids'")
-            ids = _ids(out["token_ids"], source, line, f"outputs[{k}].token_ids")
-            meta = _meta(obj)
-            if "text" in out:
-                meta["completion"] = out["text"]
-            sid = rid if len(obj["outputs"]) == 1 else f"{rid}/{out.get('index', k)}"
-            recs.append(Record(source, line, sid, ids, prompt, meta))
-        return recs
-    if isinstance(obj.get("choices"), list):  # OpenAI-compatible response
-        recs = []
-        for k, ch in enumerate(obj["choices"]):
-            tokens = _logprob_tokens(ch, source, line, k)
-            meta = _meta(obj)
-            text = ch.get("text") or (ch.get("message") or {}).get("content")
-            if text is not None:
-                meta["completion"] = text
-            sid = rid if len(obj["choices"]) == 1 else f"{rid}/{ch.get('index', k)}"
-            recs.append(Record(source, line, sid, None, prompt, meta, logprob_tokens=tokens))
-        return recs
-    raise InvalidRecord(
-        source, line, "no token ids found (looked for 'token_ids', 'outputs[].token_ids', "
-        "'choices[].logprobs')",
-        hint="name the ids field with --ids-field",
-    )
 
 
-def _logprob_tokens(choice: dict, source: str, line: int, k: int) -> list:
-    lp = choice.get("logprobs") if isinstance(choice, dict) else None
-    if not isinstance(lp, dict):
-        raise InvalidRecord(source, line, f"choices[{k}] has no logprobs",
-                            hint="request the completion with logprobs enabled")
-    if isinstance(lp.get("content"), list):  # chat completions: token + bytes
-        out = []
-        for item in lp["content"]:
-            b = item.get("bytes")
-            out.append(bytes(b) if isinstance(b, list) else item.get("token"))
-        return out
-    if isinstance(lp.get("tokens"), list):  # legacy completions: token strings
-        return list(lp["tokens"])
-    raise InvalidRecord(source, line, f"choices[{k}].logprobs has neither 'content' nor 'tokens'")
+def parse_line(source: str, line: int, raw: bytes, ids_field: str | None = None,
+               prompt_ids_field: str | None = None) -> list[Record]:
+    """The records in one JSONL line (a vLLM, OpenAI or SGLang line can hold several)."""
+    return parse_object(_json(source, line, raw), source, line, Fields(ids_field, prompt_ids_field))
 
 
-def read_records(path: str, *, ids_field: str | None = None,
+def iter_objects(path: str, *, errors: list | None = None) -> Iterator[tuple[str, int, object]]:
+    """(source, line or 1-based row, JSON value or raw line bytes) of every line or table row;
+    over-long lines go to ``errors`` when given (see `iter_lines`)."""
+    kind = input_format(path)
+    if kind == "jsonl":
+        yield from iter_lines(path, errors=errors)
+    else:
+        for row, obj in iter_rows(path, kind):
+            yield path, row, obj
+
+
+def read_records(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
                  skip_invalid: bool = False, errors: list | None = None) -> Iterator[Record]:
     """Stream records from ``path``; invalid lines raise, or are skipped into ``errors``."""
-    for source, line, raw in iter_lines(path):
+    errors = [] if errors is None else errors
+    fields = Fields(ids_field, prompt_ids_field)
+    for source, line, item in iter_objects(path, errors=errors if skip_invalid else None):
         try:
-            yield from parse_line(source, line, raw, ids_field)
+            obj = _json(source, line, item) if isinstance(item, bytes) else item
+            yield from parse_object(obj, source, line, fields)
         except InvalidRecord as exc:
             if not skip_invalid:
                 raise
-            if errors is not None:
-                errors.append(exc)
+            errors.append(exc)
 
 
 # -- writing ------------------------------------------------------------------------------------

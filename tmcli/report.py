@@ -15,6 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from tmcli import __version__, figures
+from tmcli.causes import DESCRIPTIONS
 from tmcli.errors import TmcliError
 from tmcli.summary import FEW_SAMPLES
 
@@ -212,11 +213,14 @@ def example_html(k: int, ex: dict) -> str:
         if seg.get("differs"):
             text.append(f"<mark>{_e(''.join(gen))}</mark>")
             can = seg.get("canonical", [])
+            cause = seg.get("cause")
+            label = (f"<span class=cause title=\"{_e(DESCRIPTIONS.get(cause, ''))}\">"
+                     f"{_e(cause)}</span>" if cause else "")
             toks.append("<span class=diff><span class=gen>"
                         + "".join(map(_tok, gen))
                         + "</span><span class=can>"
                         + "".join(map(_tok, can))
-                        + "</span></span>")
+                        + f"</span>{label}</span>")
         else:
             text.append(_e("".join(gen)))
             toks.append("".join(map(_tok, gen)))
@@ -256,6 +260,7 @@ tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}
 .diff{display:inline-flex;flex-direction:column;vertical-align:middle;margin:0 2px;line-height:1.6}
 .gen .t,.gen-key{background:#ffebe9;border-color:#ff8182}
 .can .t,.can-key{background:#dafbe1;border-color:#4ac26b}.gen-key,.can-key{padding:0 4px}
+.cause{font-size:11px;color:#57606a;text-align:center}
 """
 
 

@@ -17,7 +17,6 @@ from tmcli.errors import TmcliError
 
 META_KEY = b"tmcli"
 PARQUET_SUFFIXES = (".parquet", ".pq")
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 def write_parquet(analysis, path: str | Path) -> Path:
@@ -60,6 +59,8 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     for name in QUALITY_COLUMNS:  # files written before these columns existed: all null
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    if "causes" not in table.column_names:  # written before span causes existed
+        table = table.append_column("causes", pa.nulls(table.num_rows, pa.list_(pa.string())))
     missing = [c for c in SAMPLE_SCHEMA if c not in table.column_names]
     if missing:
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",
@@ -89,6 +90,21 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
                     comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
+def is_stored_analysis(path: str | Path) -> bool:
+    """Whether ``path`` is an `analyze --output` file (Parquet with tmcli's metadata), as opposed
+    to a table of records (rollouts, dataset dumps) that is still to be measured."""
+    text = str(path)
+    if text == "-" or not text.lower().endswith(PARQUET_SUFFIXES) or not Path(text).is_file():
+        return False
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return META_KEY in (pq.read_schema(text).metadata or {})
+    except (OSError, pa.ArrowException):
+        return True  # let read_parquet report what is wrong with it
+
+
 def load_analysis(path: str | Path, *, n_resamples: int = 2000,
                   group_by: list[str] | None = None, **analyze_kwargs):
     """An `Analysis` from raw outputs (.jsonl, analysed now) or a stored analysis (.parquet).
@@ -96,20 +112,23 @@ def load_analysis(path: str | Path, *, n_resamples: int = 2000,
     ``analyze_kwargs`` (tokenizer, window, skip_invalid...) apply to JSONL input only; a parquet
     file was measured already, with its own settings.
     """
+    from tmcli.records import is_records_input
+
     text = str(path)
     suffix = Path(text).suffix.lower()
-    if suffix in PARQUET_SUFFIXES:
-        if not Path(text).is_file():
-            raise TmcliError(f"no such file: {text}", hint="check the path")
+    if suffix in PARQUET_SUFFIXES and not Path(text).is_file():
+        raise TmcliError(f"no such file: {text}", hint="check the path")
+    if is_stored_analysis(text):
         given = {k for k, v in analyze_kwargs.items() if v is not None}
         if given:
             raise TmcliError(f"{', '.join(sorted(given))} cannot apply to a stored analysis",
                              hint="pass them to `tmcli analyze`, or give the raw .jsonl outputs")
         return read_parquet(text, n_resamples=n_resamples, group_by=group_by)
-    if text == "-" or suffix in JSONL_SUFFIXES:
+    if is_records_input(text):
         from tmcli.analysis import analyze_file
 
         kwargs = {k: v for k, v in analyze_kwargs.items() if v is not None}
         return analyze_file(text, n_resamples=n_resamples, group_by=group_by, **kwargs)
     raise TmcliError(f"cannot tell what {text} holds from its suffix '{suffix or '(none)'}'",
-                     hint="give raw outputs as .jsonl or an `analyze --output` file as .parquet")
+                     hint="give raw outputs as .jsonl (.gz, .zst), a Parquet/Arrow table of "
+                     "records, or an `analyze --output` file as .parquet")
