@@ -214,10 +214,6 @@ def nearest_temperatures(available, wanted) -> list[tuple[float, float]]:
     return out
 
 
-def _window_x(n_windows: int, window: int) -> np.ndarray:
-    return stats.window_centres(n_windows, window)
-
-
 def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
                    temperatures=(2.0, 0.8), n_resamples: int = 1000) -> go.Figure:
     """Figure 3: mean compression by window position at chosen temperatures.
@@ -243,8 +239,8 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
                 continue
             g = row.row(0, named=True)
             m = np.array(g["window_mean"], dtype=float)
-            x = _window_x(len(m), window)
-            starts = (x - (window - 1) / 2).astype(int)
+            x = np.array(g["window_centre"], dtype=float)  # where each window's tokens are
+            starts = np.arange(len(m)) * window
             col = 1 if label == "all models" else 2
             _band(fig, x, g["window_lo"], g["window_hi"], _colour(i, 0.18), label, row=r, col=col)
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
@@ -264,7 +260,8 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
             _hollow(fig, x, m, few, i, label, size=7, row=r, col=col)
             shown.add(label)
     fig.update_yaxes(tickformat=".2%")
-    fig.update_xaxes(title_text="token position (window centre)", row=len(picks) or 1)
+    fig.update_xaxes(title_text="token position (centre of each window's tokens)",
+                     row=len(picks) or 1)
     layout = dict(LAYOUT, height=340 * max(len(picks), 1) + 120)
     fig.update_layout(title=f"Mean compression by position ({window}-token windows)", **layout)
     notes = [f"T={w:g} was not run; showing nearest T={g:g}" for w, g in picks if abs(w - g) > 1e-9]
