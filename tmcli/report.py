@@ -25,11 +25,29 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True,
 N_OPEN_EXAMPLES = 3
 
 
-def build_figures(analysis, temperatures=(2.0, 0.8)) -> list[tuple[str, str, object]]:
-    """(anchor id, caption, figure) for every figure of the report, in reading order."""
+STUDY_TEMPERATURES = (2.0, 0.8)  # the study's by-position figure
+MOST_POSITION_TEMPERATURES = 4
+
+
+def default_temperatures(groups: pl.DataFrame) -> tuple[float, ...]:
+    """The by-position figure's temperatures when none are asked for: every temperature run
+    (highest first), or with more than four, the runs nearest to the study's 2.0 and 0.8."""
+    if "temperature" not in groups.columns:
+        return ()
+    run = sorted({float(t) for t in groups["temperature"].drop_nulls()}, reverse=True)
+    if len(run) <= MOST_POSITION_TEMPERATURES:
+        return tuple(run)
+    return tuple(got for _w, got in figures.nearest_temperatures(run, STUDY_TEMPERATURES))
+
+
+def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
+    """(anchor id, caption, figure) for every figure of the report, in reading order.
+
+    ``temperatures``: those of the by-position figure (None: `default_temperatures`)."""
     g, window = analysis.groups, analysis.window
     if "temperature" not in g.columns:
         return []
+    temperatures = temperatures or default_temperatures(g)
     comparison = getattr(analysis, "comparison", None)
     canonical = []
     if comparison is not None and comparison.filter(
@@ -140,7 +158,7 @@ def fits_table(fits: pl.DataFrame) -> str:
         cells = [label, str(r["n_temperatures"])]
         for prefix in ("", "nc_"):
             if r.get(prefix + "midpoint") is None:
-                cells += ["no fit (all 0, all 1, or too few points)", "", ""]
+                cells += [f"no fit: {r.get(prefix + 'reason') or 'too few points'}", "", ""]
             else:
                 cells += [f"{r[prefix + 'midpoint']:.2f}", f"{r[prefix + 'slope']:.2f}",
                           f"{r[prefix + 'rmse']:.3f}"]
@@ -151,8 +169,10 @@ def fits_table(fits: pl.DataFrame) -> str:
             "<tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def warnings(analysis, temperatures) -> list[str]:
-    """Plain-text caveats shown in a banner at the top (escaped when rendered)."""
+def warnings(analysis, temperatures=None) -> list[str]:
+    """Plain-text caveats shown in a banner at the top (escaped when rendered).
+
+    ``temperatures``: those the user asked for (None: the defaults, which are always run)."""
     g = analysis.groups
     out = []
     few = g.filter(pl.col("few_samples"))
@@ -160,9 +180,18 @@ def warnings(analysis, temperatures) -> list[str]:
         out.append(f"{few.height} of {g.height} group(s) have fewer than {FEW_SAMPLES} samples; "
                    "their figures are drawn hollow and their intervals are wide.")
     if "temperature" in g.columns:
-        for want, got in figures.nearest_temperatures(g["temperature"].to_list(), temperatures):
+        run = sorted({float(t) for t in g["temperature"].drop_nulls()})
+        for want, got in figures.nearest_temperatures(run, temperatures or ()):
             if abs(want - got) > 1e-9:
-                out.append(f"Temperature {want:g} was not run; position figures show T={got:g}.")
+                out.append(f"No run at T={want:g} (--temperatures): the position figures show "
+                           f"the nearest, T={got:g}. Runs are at T="
+                           f"{', '.join(f'{t:g}' for t in run)}; pass some of those.")
+        widest = max((len(w) for w in g["window_mean"].to_list() if w), default=0) \
+            if "window_mean" in g.columns else 0
+        if widest == 1:
+            out.append(f"Every completion fits in one {analysis.window}-token window, so the "
+                       "position figures cannot tell early from late; use a smaller --window "
+                       "or longer completions.")
         if g["temperature"].null_count():
             out.append("Some samples have no temperature; they are in the table, not the figures.")
     else:
@@ -259,7 +288,7 @@ tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}
 """
 
 
-def render_html(analysis, *, temperatures=(2.0, 0.8), title: str = "tmcli report") -> str:
+def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> str:
     """The whole report as one HTML string (plotly.js included once, nothing fetched)."""
     from plotly.offline import get_plotlyjs
 
@@ -336,7 +365,7 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
-def write_report(analysis, path: str | Path, *, temperatures=(2.0, 0.8)) -> Path:
+def write_report(analysis, path: str | Path, *, temperatures=None) -> Path:
     """Write the HTML report to ``path`` (.html)."""
     path = check_path(path)
     text = render_html(analysis, temperatures=temperatures)
