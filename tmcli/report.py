@@ -89,11 +89,12 @@ def _f(value, fmt: str = ".2%") -> str:
     return format(value, fmt)
 
 
-def _ci(row: dict, col: str, fmt: str = ".2%") -> str:
+def _ci(row: dict, col: str, fmt: str = ".2%", after: str = "") -> str:
+    """The estimate (then ``after``), and its interval in brackets."""
     lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return f"{_f(row.get(col), fmt)}"
-    return (f"{_f(row.get(col), fmt)} <span class=ci>[{_f(lo, fmt)}, {_f(hi, fmt)}]</span>")
+        return f"{_f(row.get(col), fmt)}{after}"
+    return (f"{_f(row.get(col), fmt)}{after} <span class=ci>[{_f(lo, fmt)}, {_f(hi, fmt)}]</span>")
 
 
 def _e(value) -> str:
@@ -101,32 +102,41 @@ def _e(value) -> str:
 
 
 def summary_table(groups: pl.DataFrame) -> str:
-    """The groups as an HTML table: every figure with its interval and count."""
+    """The groups as an HTML table: every figure with its interval below it and its count; notes
+    (few samples, boundary merges, samples not byte-exact) listed under the table, so that it
+    fits a 900-px window."""
     keys = [k for k in ("model", "canonical", "temperature") if k in groups.columns]
-    head = [*keys, "n", "compressed", "non-canonical", "mean compression", "token rate",
-            "merged / lengthened / re-seg.", "centre of gravity", "median pos.", "notes"]
-    rows = []
+    head = [{"temperature": "T"}.get(k, k) for k in keys] + [
+        "n", "compressed", "non-canonical", "mean compression", "token rate",
+        "merged / longer / re-seg.", "centre of gravity / median pos."]
+    rows, notes = [], []
     for r in groups.iter_rows(named=True):
-        notes = []
-        if r["few_samples"]:
-            notes.append(f"⚠ fewer than {FEW_SAMPLES} samples")
-        if r.get("n_boundary_merges"):
-            notes.append(f"{r['n_boundary_merges']} merge(s) across the prompt boundary")
-        if r.get("n_not_byte_exact"):
-            notes.append(f"{r['n_not_byte_exact']} not byte-exact")
         cells = [_e(_f(r[k], "g") if isinstance(r[k], float) or r[k] is None else r[k])
                  for k in keys]
-        cells += [str(r["n"]),
+        row_notes = []
+        if r["few_samples"]:
+            row_notes.append(f"fewer than {FEW_SAMPLES} samples")
+        if r.get("n_boundary_merges"):
+            row_notes.append(f"{r['n_boundary_merges']} merge(s) across the prompt boundary")
+        if r.get("n_not_byte_exact"):
+            row_notes.append(f"{r['n_not_byte_exact']} not byte-exact")
+        if row_notes:
+            notes.append(" ".join(str(r[k]) if not isinstance(r[k], float) else f"T={r[k]:g}"
+                                  for k in keys) + ": " + "; ".join(row_notes))
+        cells += [str(r["n"]) + (" ⚠" if r["few_samples"] else ""),
                   f"{r['n_compressed']} · {_ci(r, 'fraction_compressed', '.1%')}",
                   _ci(r, "fraction_noncanonical", ".1%"), _ci(r, "mean_compression", ".3%"),
                   _ci(r, "token_rate", ".2%"),
                   f"{r['n_merged']} / {r['n_lengthened']} / {r['n_resegmented']}",
-                  _ci(r, "centre_of_gravity", ".0f"), _f(r["median_position"], ".0f"),
-                  _e("; ".join(notes))]
+                  _ci(r, "centre_of_gravity", ".0f",
+                      after=f" / {_f(r['median_position'], '.0f')}")]
         cls = " class=few" if r["few_samples"] else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ("<table class=summary><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table>")
+    listed = ("<ul class=notes>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+              if notes else "")
+    return ("<div class=wide><table class=summary><thead><tr>"
+            + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>" + listed)
 
 
 def comparison_table(comparison: pl.DataFrame) -> str:
@@ -274,6 +284,7 @@ h1{margin:28px 0 4px}h2{margin-top:40px;border-bottom:1px solid #d0d7de;padding-
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #d0d7de;
  padding:4px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}
 tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}
+.summary .ci{display:block}.wide{overflow-x:auto}.notes{font-size:13px;color:#57606a;margin:4px 0}
 .caption{color:#57606a;margin:4px 0}.figure{margin:10px 0 30px}
 .example{border:1px solid #d0d7de;border-radius:6px;margin:10px 0;padding:6px 12px}
 .example summary{cursor:pointer;font-weight:600}.prompt{color:#57606a;margin:6px 0;font-size:13px}
