@@ -32,11 +32,13 @@ $(STAMP): pyproject.toml Makefile
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "make browser: installing chromium for the report's browser tests ($${SUDO:+sudo }apt-get install chromium; without it they are skipped)" >&2; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "warning: could not install chromium; browser tests will be skipped" >&2
 
+# One line per test (its name and result as it runs), the slowest five at the end.
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -v --durations=5
 
 demo: install
 	mkdir -p $(DEMO)

@@ -63,12 +63,12 @@ def cached_snapshot(repo_id: str, *, model: bool = False) -> Path | None:
 def probe(repo_id: str) -> str:
     """One look at the hub, within `PROBE_SECONDS`: "exists", "missing", "gated" or
     "unreachable" (no answer in time, or no connection)."""
+    from huggingface_hub import HfApi  # imported here: the deadline is for the network alone
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
     result = ["unreachable"]
 
     def ask():
-        from huggingface_hub import HfApi
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
         try:
             HfApi().model_info(repo_id, timeout=PROBE_SECONDS)
             result[0] = "exists"
