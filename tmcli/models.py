@@ -131,6 +131,12 @@ class Status:
     where: str | None  # the folder of its first module, if installed
     source: str | None  # "environment" or "tmcli cache"
 
+    def to_json(self) -> dict:
+        a = self.alias
+        return {"name": a.name, "description": a.description, "model": a.has_model,
+                "licence": a.licence, "packages": list(a.packages), "size": a.size,
+                "installed": self.installed, "source": self.source, "path": self.where}
+
 
 def status(name: str) -> Status:
     """Whether every wheel of alias ``name`` is here, and where its files are."""
