@@ -59,7 +59,7 @@ def test_centre_is_never_past_the_last_token(rows, window):
 def test_flat_data_gives_no_fit_and_says_why():
     fit = stats.sigmoid_fit([0.0, 1.0, 2.0], [4, 4, 4], [8, 8, 8])
     assert fit["midpoint"] is None and fit["slope"] is None and fit["converged"] is None
-    assert fit["reason"].startswith("no trend with temperature")
+    assert fit["reason"].startswith("a sigmoid fits no better than a flat line")
     rising = stats.sigmoid_fit([0.0, 1.0, 2.0], [1, 4, 7], [8, 8, 8])
     assert rising["reason"] is None and rising["midpoint"] == pytest.approx(1.0, abs=1e-4)
 
@@ -100,4 +100,4 @@ def test_analyze_json_demo_like_run(demo_like):
         assert g["centre_of_gravity"] == 23.5 and g["median_position"] == 23.0
     (fit,) = data["sigmoid_fits"]
     assert fit["midpoint"] is None and fit["converged"] is None
-    assert fit["reason"].startswith("no trend with temperature")
+    assert fit["reason"].startswith("a sigmoid fits no better than a flat line")

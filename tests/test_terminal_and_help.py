@@ -95,7 +95,7 @@ def test_fits_table_says_why_there_is_no_fit(outputs, tmp_path):
             fh.write(orjson.dumps(r) + b"\n")
     text = _run("analyze", flat, "--resamples", "200", columns=80)
     assert max(len(line) for line in text.splitlines()) <= 80
-    note = f"{LONG}, share compressed: no fit: no trend with temperature"
+    note = f"{LONG}, share compressed: no fit: a sigmoid fits no better than a flat line"
     assert note in " ".join(text.split())  # the note may wrap; its words stay in order
 
 

@@ -198,8 +198,8 @@ def sigmoid_fit(temps, k, n) -> dict:
     flat = -(k * np.log(p) + (n - k) * np.log1p(-p)).sum()
     p_value = float(chi2.sf(max(2 * (flat - res.fun), 0.0), df=1))
     if not np.isfinite(res.fun) or p_value >= 0.05 or abs(b) < 1e-9:
-        return {**NO_FIT, "reason": f"no trend with temperature (a flat line fits as well, "
-                                    f"p={p_value:.2g})"}
+        return {**NO_FIT, "reason": f"a sigmoid fits no better than a flat line "
+                                    f"(likelihood-ratio p={p_value:.2g})"}
     mid = -a / b
     lo, hi = float(t.min()), float(t.max())
     if not lo - (hi - lo) <= mid <= hi + (hi - lo):
