@@ -33,18 +33,21 @@ $(STAMP): pyproject.toml Makefile
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "make browser: installing chromium for the report's browser tests ($${SUDO:+sudo }apt-get install chromium; without it they are skipped)" >&2; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "warning: could not install chromium; browser tests will be skipped" >&2
 
+# One line per test (its name and result as it runs), the slowest five at the end.
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -v --durations=5
 
 demo: install
 	mkdir -p $(DEMO)
 	$(BIN)/tmcli generate --model smollm2-135m --prompts sample_data/prompts.txt \
 	  --temperatures 0,1,2 --max-new-tokens 48 --n-prompts 8 -o $(DEMO)/outputs.jsonl
-	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --output $(DEMO)/samples.parquet
-	$(BIN)/tmcli report $(DEMO)/outputs.jsonl --html $(DEMO)/report.html
+	# 48 tokens fit in one 64-token window; 16-token windows give the position figures 3 points
+	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --window 16 --output $(DEMO)/samples.parquet
+	$(BIN)/tmcli report $(DEMO)/samples.parquet --html $(DEMO)/report.html
 	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
 	@echo "demo done: open $(DEMO)/report.html"
 

@@ -232,7 +232,8 @@ def test_cli_writes_html(outputs, tmp_path):
     res = CliRunner().invoke(app, ["report", str(outputs), "--html", str(out),
                                    "--temperatures", "1.9,0.8"])
     assert res.exit_code == 0, res.output
-    assert "Temperature 1.9 was not run; position figures show T=2" in res.output
+    assert "No run at T=1.9 (--temperatures): the position figures show the nearest, T=2." \
+        in res.output
     assert out.stat().st_size > 1_000_000  # plotly.js is inside
 
 

@@ -35,8 +35,11 @@ def test_sigmoid_fit_recovers_known_parameters():
     fit = stats.sigmoid_fit(temps, k, n)
     assert fit["midpoint"] == pytest.approx(1.1, abs=0.01)
     assert fit["slope"] == pytest.approx(4.0, rel=0.02)
-    assert stats.sigmoid_fit(temps, np.zeros(len(temps)), n) is None  # nothing to fit
-    assert stats.sigmoid_fit([0.0, 1.0], [1, 5], [10, 10]) is None  # too few temperatures
+    assert fit["reason"] is None
+    # no fit: a reason instead of numbers
+    assert stats.sigmoid_fit(temps, np.zeros(len(temps)), n)["reason"] == "every share is 0"
+    few = stats.sigmoid_fit([0.0, 1.0], [1, 5], [10, 10])
+    assert few["midpoint"] is None and few["reason"] == "2 temperature(s); a fit needs 3"
 
 
 def test_centre_of_gravity_known_profile():

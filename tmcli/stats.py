@@ -67,48 +67,72 @@ def ratio_ci(num, den, n_resamples: int = 2000, seed: int = 0) -> tuple[float, f
     return (r, lo, hi)
 
 
-def window_centres(n_windows: int, window: int) -> np.ndarray:
-    return np.arange(n_windows) * window + (window - 1) / 2
+def window_centres(tokens: np.ndarray, window: int) -> np.ndarray:
+    """Where each window's tokens are: the mean position of the tokens it holds, over the rows.
+
+    tokens: (samples × windows) tokens per window. Window w of a sample holds positions
+    w·window … w·window + t − 1, so a short last window sits at the centre of its own tokens,
+    never past the last one (48 tokens in a 64-token window: 23.5, not 31.5). A window no sample
+    reaches keeps its nominal centre (it carries no weight anyway).
+    """
+    t = np.asarray(tokens, dtype=float)
+    total = t.sum(axis=0)
+    offset = (t * (t - 1) / 2).sum(axis=0)
+    starts = np.arange(t.shape[1]) * window
+    return np.where(total > 0, starts + offset / np.maximum(total, 1), starts + (window - 1) / 2)
+
+
+def _weighted_centre(m: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Mean of ``centres`` weighted by the positive part of ``m`` (last axis: windows); NaN where
+    the windows have no net positive total. A window whose re-encoding is longer on balance has
+    no compression to place, and a negative weight could push the "mean" outside the tokens."""
+    total = m.sum(axis=-1)
+    w = np.clip(m, 0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (w * centres).sum(axis=-1) / w.sum(axis=-1)
+    return np.where(total > 0, out, np.nan)
 
 
 def centre_of_gravity(delta: np.ndarray, tokens: np.ndarray, window: int) -> float:
     """Compression-weighted mean position from window means (the study's method).
 
     delta, tokens: (samples × windows) saved tokens and tokens per window. The window mean is the
-    ratio of sums, so short last windows are weighted by what they hold. NaN when the group has
-    no net compression (the weights would not be a distribution).
+    ratio of sums, so short last windows are weighted by what they hold, and each window is placed
+    where its tokens are (`window_centres`). NaN when the group has no net compression (the
+    weights would not be a distribution).
     """
     m = delta.sum(axis=0) / np.maximum(tokens.sum(axis=0), 1)
-    total = m.sum()
-    if not total > 0:
-        return math.nan
-    return float((window_centres(len(m), window) * m).sum() / total)
+    return float(_weighted_centre(m, window_centres(tokens, window)))
 
 
 def window_bootstrap(delta: np.ndarray, tokens: np.ndarray, window: int,
                      n_resamples: int = 1000, seed: int = 0) -> dict:
     """Per-window mean compression and the centre of gravity, with bootstrap intervals.
 
-    Resamples whole samples (rows), in chunks so memory stays bounded for large groups.
+    Resamples whole samples (rows), in chunks so memory stays bounded for large groups; each
+    resample places its windows where its own tokens are.
     """
     nw = delta.shape[1]
     means = delta.sum(axis=0) / np.maximum(tokens.sum(axis=0), 1)
     point = centre_of_gravity(delta, tokens, window)
     out = {"window_mean": means, "window_lo": np.full(nw, np.nan),
-           "window_hi": np.full(nw, np.nan), "cog": point, "cog_lo": math.nan, "cog_hi": math.nan}
+           "window_hi": np.full(nw, np.nan), "window_centre": window_centres(tokens, window),
+           "cog": point, "cog_lo": math.nan, "cog_hi": math.nan}
     n = len(delta)
     if n < 2:
         return out
     rng = np.random.default_rng(seed)
-    centres = window_centres(nw, window)
+    half = tokens * (tokens - 1) / 2
+    starts = np.arange(nw) * window
     wm, cogs = [], []
     for start in range(0, n_resamples, 50):
         idx = rng.integers(0, n, size=(min(50, n_resamples - start), n))
-        m = delta[idx].sum(axis=1) / np.maximum(tokens[idx].sum(axis=1), 1)
+        t = tokens[idx].sum(axis=1)
+        m = delta[idx].sum(axis=1) / np.maximum(t, 1)
         wm.append(m)
-        tot = m.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cogs.append(np.where(tot > 0, (m * centres).sum(axis=1) / tot, np.nan))
+        centres = np.where(t > 0, starts + half[idx].sum(axis=1) / np.maximum(t, 1),
+                           starts + (window - 1) / 2)
+        cogs.append(_weighted_centre(m, centres))
     wm = np.concatenate(wm)
     out["window_lo"] = np.percentile(wm, 2.5, axis=0)
     out["window_hi"] = np.percentile(wm, 97.5, axis=0)
@@ -137,21 +161,31 @@ def median_position(n_tokens) -> float:
     return float(lo)
 
 
-def sigmoid_fit(temps, k, n) -> dict | None:
+NO_FIT = {"midpoint": None, "slope": None, "converged": None, "rmse": None}
+
+
+def sigmoid_fit(temps, k, n) -> dict:
     """Binomial logistic fit of a fraction vs temperature: p(T) = 1 / (1 + exp(-slope (T - mid))).
 
-    Returns None with fewer than 3 temperatures, or when the data cannot pin both parameters
-    (all fractions 0, or all 1).
+    Returns midpoint, slope, converged, rmse and ``reason``: None for a fit; otherwise why the
+    data cannot determine one, with the other values None. The data cannot when there are fewer
+    than 3 temperatures, when every share is 0 (or 1), when a flat line explains the shares as
+    well as a sigmoid (likelihood-ratio test, p >= 0.05: a flat line has no midpoint, and the
+    optimiser would report one millions of units away), or when the midpoint lies further from
+    the temperatures run than their own range.
     """
     t = np.asarray(temps, dtype=float)
     k = np.asarray(k, dtype=float)
     n = np.asarray(n, dtype=float)
     keep = n > 0
     t, k, n = t[keep], k[keep], n[keep]
-    if len(np.unique(t)) < 3 or k.sum() == 0 or k.sum() == n.sum():
-        return None
+    if len(np.unique(t)) < 3:
+        return {**NO_FIT, "reason": f"{len(np.unique(t))} temperature(s); a fit needs 3"}
+    if k.sum() == 0 or k.sum() == n.sum():
+        return {**NO_FIT, "reason": f"every share is {0 if k.sum() == 0 else 1}"}
     from scipy.optimize import minimize
     from scipy.special import expit, log_expit
+    from scipy.stats import chi2
 
     def nll(params):
         a, b = params
@@ -160,15 +194,24 @@ def sigmoid_fit(temps, k, n) -> dict | None:
 
     res = minimize(nll, x0=np.array([0.0, 1.0]), method="BFGS")
     a, b = res.x
-    if not res.success and not np.isfinite(res.fun) or abs(b) < 1e-9:
-        return None
+    p = k.sum() / n.sum()  # the flat line's maximum likelihood
+    flat = -(k * np.log(p) + (n - k) * np.log1p(-p)).sum()
+    p_value = float(chi2.sf(max(2 * (flat - res.fun), 0.0), df=1))
+    if not np.isfinite(res.fun) or p_value >= 0.05 or abs(b) < 1e-9:
+        return {**NO_FIT, "reason": f"a sigmoid fits no better than a flat line "
+                                    f"(likelihood-ratio p={p_value:.2g})"}
     mid = -a / b
+    lo, hi = float(t.min()), float(t.max())
+    if not lo - (hi - lo) <= mid <= hi + (hi - lo):
+        return {**NO_FIT, "reason": f"midpoint T={mid:.3g} far outside the temperatures run "
+                                    f"({lo:g}-{hi:g})"}
     pred = expit(a + b * t)
     return {
         "midpoint": float(mid),
         "slope": float(b),
         "converged": bool(res.success),
         "rmse": float(np.sqrt(np.mean((pred - k / n) ** 2))),
+        "reason": None,
     }
 
 

@@ -116,6 +116,9 @@ def load_analysis(path: str | Path, *, n_resamples: int = 2000,
 
     text = str(path)
     suffix = Path(text).suffix.lower()
+    if text != "-" and Path(text).is_dir():
+        raise TmcliError(f"{text} is a directory", hint="give raw outputs (.jsonl, - for stdin) "
+                         "or an `analyze --output` file (.parquet)")
     if suffix in PARQUET_SUFFIXES and not Path(text).is_file():
         raise TmcliError(f"no such file: {text}", hint="check the path")
     if is_stored_analysis(text):

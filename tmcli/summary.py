@@ -57,6 +57,7 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["window_lo"] = wb["window_lo"].tolist()
     out["window_hi"] = wb["window_hi"].tolist()
     out["window_n"] = (tokens > 0).sum(axis=0).astype(int).tolist()
+    out["window_centre"] = wb["window_centre"].tolist()  # where the windows' tokens are
     out["centre_of_gravity"] = wb["cog"]
     out["centre_of_gravity_lo"] = wb["cog_lo"]
     out["centre_of_gravity_hi"] = wb["cog_hi"]
@@ -223,11 +224,13 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
 def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:
     """Per model (and canonical mode): logistic fits vs temperature of the fraction compressed
     (the study's, ``midpoint``/``slope``/``rmse``) and of the fraction non-canonical (``nc_``
-    columns), which stays a sigmoid where lengthening re-encodings make the former fall again."""
+    columns), which stays a sigmoid where lengthening re-encodings make the former fall again.
+    ``reason``/``nc_reason`` say why a fit is missing (`stats.sigmoid_fit`); null for a fit."""
     schema = {"model": pl.String, "canonical": pl.String, "n_temperatures": pl.Int64,
               "midpoint": pl.Float64, "slope": pl.Float64, "rmse": pl.Float64,
               "converged": pl.Boolean, "nc_midpoint": pl.Float64, "nc_slope": pl.Float64,
-              "nc_rmse": pl.Float64, "nc_converged": pl.Boolean}
+              "nc_rmse": pl.Float64, "nc_converged": pl.Boolean,
+              "reason": pl.String, "nc_reason": pl.String}
     if "temperature" not in groups.columns or "model" not in groups.columns:
         return pl.DataFrame(schema=schema)
     by = ["model", "canonical"] if "canonical" in groups.columns else ["model"]
@@ -239,7 +242,7 @@ def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:
         for prefix, count in (("", "n_compressed"), ("nc_", "n_noncanonical")):
             fit = stats.sigmoid_fit(df["temperature"].to_numpy(), df[count].to_numpy(),
                                     df["n"].to_numpy())
-            for name in ("midpoint", "slope", "rmse", "converged"):
-                row[prefix + name] = fit[name] if fit else None
+            for name in ("midpoint", "slope", "rmse", "converged", "reason"):
+                row[prefix + name] = fit[name]
         rows.append(row)
     return pl.DataFrame(rows, schema=schema)
