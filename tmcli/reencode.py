@@ -76,9 +76,12 @@ class Canonical:
         a, b, A, B = self.ids, self.canon, self.ends_a, self.ends_b
         if len(a) == len(b) and np.array_equal(a, b):
             return []
-        common = np.intersect1d(A, B)
-        ia = np.searchsorted(A, common, side="right") - 1  # last token ending at each boundary
-        ib = np.searchsorted(B, common, side="right") - 1
+        # common boundaries: the last token of each side ending at an offset both sides end at
+        ia = np.searchsorted(A, B, side="right") - 1
+        hit = (ia >= 0) & (A[np.maximum(ia, 0)] == B)
+        hit[:-1] &= B[1:] != B[:-1]  # several canonical tokens may end at one offset
+        ib = np.flatnonzero(hit)
+        ia = ia[hit]
         sa = np.concatenate(([0], ia[:-1] + 1))
         sb = np.concatenate(([0], ib[:-1] + 1))
         single = (ia == sa) & (ib == sb)
@@ -350,15 +353,15 @@ class Reencoder:
         win_delta = np.zeros(nw, dtype=np.float64)
         win_nc = np.zeros(nw, dtype=np.int64)
         delta_sum = nc_tokens = n_unknown = 0
-        for span in spans:
-            pos, k = span["position"], len(span["before"])
-            delta = k - len(span["after"])
-            delta_sum += delta
-            nc_tokens += k
-            n_unknown += k if span["kind"] == "unknown_id" else 0
-            q = np.arange(pos, pos + k) // W  # a span's saving is spread over the tokens it replaces
-            np.add.at(win_delta, q, delta / k)
-            np.add.at(win_nc, q, 1)
+        if spans:  # a span's saving is spread over the tokens it replaces
+            k = np.array([len(sp["before"]) for sp in spans])
+            delta = k - np.array([len(sp["after"]) for sp in spans])
+            starts = np.repeat(np.array([sp["position"] for sp in spans]), k)
+            q = (starts + np.arange(len(starts)) - np.repeat(np.cumsum(k) - k, k)) // W
+            win_delta += np.bincount(q, np.repeat(delta / k, k), minlength=nw)[:nw]
+            win_nc += np.bincount(q, minlength=nw)[:nw]
+            delta_sum, nc_tokens = int(delta.sum()), int(k.sum())
+            n_unknown = sum(len(sp["before"]) for sp in spans if sp["kind"] == "unknown_id")
         win_tokens = np.full(nw, W, dtype=np.int64)
         win_tokens[-1] = n - W * (nw - 1) if n > 0 else 0
         kinds = {s["kind"] for s in spans}
