@@ -118,7 +118,7 @@ TokenizerOpt = Annotated[
 IdsFieldOpt = Annotated[Optional[str], typer.Option("--ids-field", help="Name of the generated-ids field (JSONL) or column (Parquet/Arrow); default token_ids.")]
 PromptIdsFieldOpt = Annotated[Optional[str], typer.Option("--prompt-ids-field", help="Name of the prompt-ids field or column; default prompt_token_ids.")]
 WindowOpt = Annotated[int, typer.Option("--window", "-w", min=1, help="Window size in tokens.")]
-MethodOpt = Annotated[str, typer.Option("--window-method", metavar="aligned|study", help="aligned (windows sum to the whole) or study (each window re-encoded alone, as the study did).")]
+MethodOpt = Annotated[str, typer.Option("--window-method", metavar="aligned|study", help="aligned (windows sum to the whole) or study (adds the study script's own figures: each window re-encoded alone, its centre of gravity).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip invalid lines (and report how many) instead of stopping.")]
 ContextOpt = Annotated[bool, typer.Option("--context/--no-context", help="Re-encode the completion after its prompt ids (default) or alone.")]
 GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="Comma-separated columns (default: model,temperature[,canonical]).")]

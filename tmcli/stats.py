@@ -94,7 +94,8 @@ def _weighted_centre(m: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def centre_of_gravity(delta: np.ndarray, tokens: np.ndarray, window: int) -> float:
-    """Compression-weighted mean position from window means (the study's method).
+    """tmcli's centre of gravity: the compression-weighted mean token position of the group's
+    window means (the study's own per-sample version, in window units, is `tmcli.study`).
 
     delta, tokens: (samples × windows) saved tokens and tokens per window. The window mean is the
     ratio of sums, so short last windows are weighted by what they hold, and each window is placed
