@@ -126,7 +126,7 @@ def profile(lm, tok, prompts, temps, n, batch) -> None:
     from torch.profiler import profile as torch_profile
 
     from tmcli.decoders import make_decoder
-    from tmcli.generation import RowNoise, sample
+    from tmcli.sampler import RowNoise, sample
 
     dec = make_decoder(lm.model)
     ids = [tok.encode(p.text).ids for p in prompts]
