@@ -135,13 +135,15 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
              *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, engine: str = "auto", canonical: str = "off",
+             trust_remote_code: bool = False, engine="auto", canonical: str = "off",
              retokenize_every: int = 1, tensor_parallel_size: int = 1,
              data_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
              max_model_len: int | None = None, progress=None) -> GenerateSummary:
     """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
 
-    ``engine`` is a name from `tmcli.engines.ENGINE_CHOICES`; the scale-out options apply to vLLM.
+    ``engine`` is a name from `tmcli.engines.ENGINE_CHOICES`, or an engine already loaded
+    (`tmcli.engines.load_engine`) for the one model given, which is then reused and left open
+    (a vLLM engine takes a while to start). The scale-out options apply to vLLM.
     ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
     ``advance(tokens)``, and optionally ``note(text)`` for one-off messages (the CLI passes a Rich
     bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
@@ -173,7 +175,10 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     if canonical not in CANONICAL_MODES:
         raise TmcliError(f"unknown canonical mode '{canonical}'",
                          hint="supported: " + ", ".join(CANONICAL_MODES))
-    if engine not in ENGINE_CHOICES:
+    loaded = None if isinstance(engine, str) else engine
+    if loaded is not None and models != [loaded.spec]:
+        raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {', '.join(models)}")
+    if loaded is None and engine not in ENGINE_CHOICES:
         raise TmcliError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINE_CHOICES))
     show_bars = progress is not None and getattr(progress, "bars", True)
     progress = progress or _NoProgress()
@@ -208,6 +213,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
             for spec in models:
                 if todo[spec]:
                     longest = max(map(len, prompt_ids[spec].values())) + max_new_tokens
+                    if max_model_len and max_model_len < longest:
+                        raise TmcliError(
+                            f"--max-model-len {max_model_len} is shorter than the longest prompt "
+                            f"plus --max-new-tokens ({longest} tokens)",
+                            hint=f"use --max-model-len {longest} or more")
                     options = EngineOptions(
                         device=device, dtype=dtype, threads=threads,
                         trust_remote_code=trust_remote_code,
@@ -215,11 +225,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                         data_parallel_size=data_parallel_size,
                         gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len or longest, progress=show_bars)
-                    if needs_conversion(spec):
+                    if loaded is None and needs_conversion(spec):
                         note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
                     progress.describe(f"loading {spec}")
                     started = time.perf_counter()
-                    eng = load_engine(engine, spec, options)
+                    eng = loaded or load_engine(engine, spec, options)
                     summary.load_seconds += time.perf_counter() - started
                     try:
                         _sweep(eng, todo[spec], prompt_ids[spec], writer, summary, progress,
@@ -228,7 +238,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                                canonical=canonical, retokenize_every=retokenize_every,
                                batch_size=batch_size, version=__version__)
                     finally:
-                        eng.close()
+                        if loaded is None:
+                            eng.close()
     except KeyboardInterrupt:
         raise GenerateInterrupted(summary) from None
     return summary

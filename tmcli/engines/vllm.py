@@ -99,6 +99,7 @@ class VLLMEngine(Engine):
 
         kw = dict(model=str(self.path), skip_tokenizer_init=True, dtype=self.dtype,
                   generation_config="vllm", enable_prefix_caching=True, seed=0,
+                  use_tqdm_on_load=options.progress,
                   tensor_parallel_size=options.tensor_parallel_size,
                   trust_remote_code=options.trust_remote_code)
         if options.max_model_len:
@@ -128,7 +129,9 @@ class VLLMEngine(Engine):
 
     def _start(self, options: EngineOptions):
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        # vLLM's own log lines (its errors too) would break tmcli's one-line errors; rerun with
+        # VLLM_LOGGING_LEVEL=INFO to see them
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "CRITICAL")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
         if options.threads and self.device == "cpu":
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
@@ -165,11 +168,6 @@ class VLLMEngine(Engine):
                 "tensor_parallel_size": self.options.tensor_parallel_size}
 
     def batch_size(self, max_context: int, requested: int | None, rows: int) -> int:
-        limit = self.options.max_model_len
-        if limit and max_context > limit:
-            raise TmcliError(f"--max-model-len {limit} is shorter than the longest prompt plus "
-                             f"--max-new-tokens ({max_context} tokens)",
-                             hint=f"use --max-model-len {max_context} or more")
         return max(1, min(requested or self.rows_per_batch.get(self.device, 256), rows))
 
     def decode(self, prompt_ids, rows, temperatures, seeds, *, mode, max_new_tokens, stop_at_eos,
