@@ -284,6 +284,29 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(cache, tmp_pat
         (i, t) for i in range(6) for t in (0.0, 1.0)}
 
 
+def test_ctrl_c_saves_what_is_done_and_says_how_to_resume(cache, tmp_path):
+    out = tmp_path / "interrupted.jsonl"
+    cmd = [sys.executable, "-m", "tmcli", "generate", "--model", "smollm2-135m", "--prompts",
+           str(SAMPLE), "--temperatures", "0,1", "--n-prompts", "6", "--max-new-tokens", "12",
+           "--batch-size", "1", "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMCLI_CACHE": str(cache)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    saved = len(out.read_bytes().splitlines())
+    last = err.decode().strip().splitlines()[-1]
+    assert last == (f"Interrupted: {saved} records saved in {out} ({saved} from this run); "
+                    "rerun the same command to resume.")
+    assert "Traceback" not in err.decode()
+
+
 # -- user errors through the CLI: one line, exit 2 -------------------------------------------------
 
 @pytest.mark.parametrize("extra, message", [
@@ -321,10 +344,16 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
 
     p = _LineProgress(every=0)
     p.start(200)
-    p.describe("smollm2-135m")
+    p.note("converting smollm2-135m to a checkpoint (first use, 20-90 s)")
+    p.describe("loading smollm2-135m")
+    p.advance(0)
+    # no speed, no time left before anything was decoded (loading is not decoding)
+    assert capsys.readouterr().err == ("converting smollm2-135m to a checkpoint (first use, "
+                                       "20-90 s)\nloading smollm2-135m: 0/200 tokens (0%)\n")
+    p.describe("smollm2-135m (fused)")
     p.advance(50)
     err = capsys.readouterr().err
-    assert err.startswith("smollm2-135m: 50/200 tokens (25%), ") and "min left" in err
+    assert err.startswith("smollm2-135m (fused): 50/200 tokens (25%), ") and "min left" in err
     quiet = _LineProgress(every=3600)
     quiet.start(200)
     quiet.advance(50)

@@ -117,6 +117,23 @@ def test_vllm_constrain_at_t2_leaves_nothing_non_canonical(vllm_engine, tmp_path
 
 
 @needs_vllm
+def test_vllm_scores_like_the_model_forward(vllm_engine, smol, tmp_path):
+    """`score --engine vllm` (prompt logprobs) against the transformers forward, same records."""
+    from tmcli.scoring import score
+
+    src = tmp_path / "gen.jsonl"
+    generate("smollm2-135m", PROMPTS[:3], src, temperatures=[1.0, 2.0], max_new_tokens=24,
+             engine=vllm_engine)
+    score(str(src), tmp_path / "v.jsonl", engine=vllm_engine)
+    score(str(src), tmp_path / "t.jsonl", device="cpu")
+    v, t = _records(tmp_path / "v.jsonl"), _records(tmp_path / "t.jsonl")
+    assert v.keys() == t.keys() and len(v) == 6
+    for k in v:
+        assert v[k]["nll_tokens"] == t[k]["nll_tokens"] > 0
+        assert abs(v[k]["nll_token"] - t[k]["nll_token"]) < 1e-3, (v[k]["nll_token"], t[k]["nll_token"])
+
+
+@needs_vllm
 def test_vllm_sigkill_mid_run_then_resume(vllm_engine, cache, tmp_path):
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "tmcli", "generate", "--engine", "vllm", "--model",
@@ -187,3 +204,26 @@ def test_vllm_unsupported_model_and_out_of_memory_are_one_line(cache, tmp_path):
     _one_line_error(runner.invoke(app, base + ["--max-model-len", "8"]), "--max-model-len 8 is")
     _one_line_error(runner.invoke(app, base + ["--data-parallel-size", "2"]),
                     "--data-parallel-size")
+
+
+def test_engines_are_chosen_by_name_and_imported_lazily(cache):
+    import subprocess
+
+    from tmcli.engines import ENGINE_CHOICES, VLLM_CPU_FASTER, model_type, resolve_engine
+    from tmcli.errors import TmcliError
+
+    assert ENGINE_CHOICES == ("auto", "fused", "transformers", "vllm")
+    assert model_type("smollm2-135m") == "llama"
+    assert resolve_engine("auto", "smollm2-135m", "cpu") == "fused"
+    gemma = "vllm" if vllm_installed() and model_type("gemma3-270m") in VLLM_CPU_FASTER \
+        else "transformers"
+    assert resolve_engine("auto", "gemma3-270m", "cpu") == gemma
+    assert resolve_engine("transformers", "smollm2-135m", "cpu") == "transformers"
+    with pytest.raises(TmcliError, match="unknown engine 'tgi'"):
+        resolve_engine("tgi", "smollm2-135m", "cpu")
+    # choosing an engine, reading the CLI and planning a run import no torch, vLLM or transformers
+    code = ("import sys, tmcli.cli, tmcli.engines, tmcli.generation, tmcli.sampler; "
+            "print(sorted(m for m in ('torch', 'vllm', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "[]", out.stderr

@@ -465,6 +465,13 @@ def score(
     dtype: Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32, bfloat16, "
                                        "float16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="transformers (the model's forward) or "
+                                        "vllm (its prompt logprobs).")] = "transformers",
+    tensor_parallel_size: Annotated[int, typer.Option(
+        "--tensor-parallel-size", help="vllm: split the model over this many GPUs.")] = 1,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(
+        "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) it may "
+        "reserve.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
@@ -473,7 +480,9 @@ def score(
 
     temps = run_command(parse_temperatures, temperatures) if temperatures else None
     summary = run_command(run_score, input, output, model=model, temperatures=temps,
-                          device=device, dtype=dtype, threads=threads)
+                          device=device, dtype=dtype, threads=threads, engine=engine,
+                          tensor_parallel_size=tensor_parallel_size,
+                          gpu_memory_utilization=gpu_memory_utilization)
     if not quiet:
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
         typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "

@@ -102,6 +102,8 @@ class VLLMEngine(Engine):
                   use_tqdm_on_load=options.progress,
                   tensor_parallel_size=options.tensor_parallel_size,
                   trust_remote_code=options.trust_remote_code)
+        if self.device == "cuda" and options.tensor_parallel_size > torch.cuda.device_count():
+            kw["distributed_executor_backend"] = "ray"  # more GPUs than this node has: multi-node
         if options.max_model_len:
             kw["max_model_len"] = options.max_model_len
         if options.gpu_memory_utilization is not None:
@@ -133,9 +135,6 @@ class VLLMEngine(Engine):
         # VLLM_LOGGING_LEVEL=INFO to see them
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "CRITICAL")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-        if options.threads and self.device == "cpu":
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         kw = self._engine_kwargs(options)
         from vllm import LLM
 
@@ -209,6 +208,31 @@ class VLLMEngine(Engine):
             results.append((ids, reason, stats.get(key) if mode == "constrain" else None))
         if on_step is not None:
             on_step(sum(len(ids) for ids, *_ in results))
+        return results
+
+    def prompt_nll(self, jobs: list[tuple[list[int], int]]) -> list[tuple[float, int]]:
+        """For `tmcli score`: (total NLL in nats, tokens scored) of ``ids[k:]`` given what comes
+        before, per (ids, k), from vLLM's prompt logprobs (log-softmax of the model's raw
+        logits, as the transformers path computes them)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                                detokenize=False)
+        todo = [i for i, (ids, k) in enumerate(jobs) if len(ids) > k]
+        results: list[tuple[float, int]] = [(0.0, 0)] * len(jobs)
+        if not todo:
+            return results
+        try:
+            outs = self.llm.generate([TokensPrompt(prompt_token_ids=jobs[i][0]) for i in todo],
+                                     params, use_tqdm=False)
+        except (RuntimeError, MemoryError, ValueError) as exc:
+            raise self._error(exc) from None
+        for i, out in zip(todo, outs):
+            ids, k = jobs[i]
+            logprobs = out.prompt_logprobs
+            total = -sum(logprobs[j][ids[j]].logprob for j in range(k, len(ids)))
+            results[i] = (float(total), len(ids) - k)
         return results
 
     def _read_stats(self) -> dict[str, dict]:
