@@ -28,6 +28,8 @@ __all__ = [
     "read_prompts",
     "load_model",
     "parse_temperatures",
+    "load_engine",
+    "EngineOptions",
 ]
 
 _LAZY = {
@@ -49,6 +51,8 @@ _LAZY = {
     "read_prompts": "tmcli.prompts",
     "load_model": "tmcli.loading",
     "parse_temperatures": "tmcli.generation",
+    "load_engine": "tmcli.engines",
+    "EngineOptions": "tmcli.engines",
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -26,6 +26,7 @@ from pathlib import Path
 from tmcli.canonical import CANONICAL_MODES
 from tmcli.errors import TmcliError
 from tmcli.prompts import Prompt
+
 
 @dataclass
 class GenerateSummary:
