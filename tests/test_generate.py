@@ -136,6 +136,24 @@ def test_sampling_follows_the_temperature_distribution():
     assert torch.allclose(hot, torch.tensor([0.417, 0.323, 0.264, 0.0]), atol=0.03)
 
 
+def test_noise_stream_is_the_batch_noise_addressed_by_step():
+    """The vLLM logits processor draws a row's noise by step: a step asked for again (vLLM
+    samples and discards rows still prefilling) repeats its draw; a later step skips ahead."""
+    from tmcli.sampler import NoiseStream, RowNoise
+
+    batch = RowNoise([11, None, 12], "cpu")
+    steps = [batch.draw([0, 1, 2], 50) for _ in range(4)]
+    one = NoiseStream(11, "cpu")
+    assert torch.equal(one.draw(0, 50), steps[0][0])
+    assert torch.equal(one.draw(0, 50), steps[0][0])  # the same step again
+    assert torch.equal(one.draw(1, 50), steps[1][0])
+    assert torch.equal(one.draw(3, 50), steps[3][0])  # step 2 skipped
+    assert torch.equal(NoiseStream(12, "cpu").draw(2, 50), steps[2][2])
+    assert torch.equal(steps[0][1], torch.full((50,), 0.0))  # greedy rows: log(-log(1/e)) = 0
+    with pytest.raises(ValueError, match="gone"):
+        one.draw(1, 50)
+
+
 # -- the fused decoder against transformers on tiny random models ---------------------------------
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
@@ -254,19 +272,25 @@ def test_cli_generate_resumes_and_is_quiet_off_a_terminal(cache, tmp_path):
     assert len(recs) == 6 and len({r["id"] for r in recs}) == 6
 
 
+def start_until_records(cmd, env, out: Path, n: int, timeout: float = 120, **popen):
+    """Start ``cmd`` and return it, still running, once ``out`` holds ``n`` complete records."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= n:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still running
+    return proc
+
+
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(cache, tmp_path):
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "tmcli", "generate", "--model", "smollm2-135m", "--prompts",
            str(SAMPLE), "--temperatures", "0,1", "--n-prompts", "6", "--max-new-tokens", "12",
            "--batch-size", "1", "--quiet", "-o", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMCLI_CACHE": str(cache)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()  # still running: killed mid-run
+    proc = start_until_records(cmd, env, out, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = out.read_bytes()
@@ -290,13 +314,7 @@ def test_ctrl_c_saves_what_is_done_and_says_how_to_resume(cache, tmp_path):
            str(SAMPLE), "--temperatures", "0,1", "--n-prompts", "6", "--max-new-tokens", "12",
            "--batch-size", "1", "-o", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMCLI_CACHE": str(cache)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()
+    proc = start_until_records(cmd, env, out, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()

@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +23,11 @@ from tmcli.cli import app
 from tmcli.engines import vllm_installed
 from tmcli.generation import generate
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_generate import SAMPLE, start_until_records  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_data" / "prompts.txt"
-PROMPTS = [
+PROMPTS = [  # those of test_canonical.py: at T=2 `off` goes non-canonical on them
     "The lighthouse keeper counted the ships every evening.",
     "Rain had fallen on the valley for three days, and the river was rising fast.",
     "In 1871 the bridge was finished after nine years of work by more than four hundred men.",
@@ -141,14 +141,8 @@ def test_vllm_sigkill_mid_run_then_resume(vllm_engine, cache, tmp_path):
            "--max-new-tokens", "64", "--batch-size", "2", "--device", "cpu", "--quiet",
            "-o", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMCLI_CACHE": str(cache)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # its vLLM processes die with it
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    # a session of its own, so that its vLLM processes die with it
+    proc = start_until_records(cmd, env, out, 2, timeout=400, start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     kept = out.read_bytes().splitlines()

@@ -92,23 +92,15 @@ class NoiseStream:
             self.drawn -= 1
         if step < self.drawn:
             raise ValueError(f"noise for step {step} is gone (the stream is at {self.drawn})")
-        if self.cpu:
-            buf = np.empty(vocab, dtype=np.float32)
-            while self.drawn < step:
-                self.fill(buf)
-                self.drawn += 1
-            self.before = self._state()
+        buf = np.empty(vocab, dtype=np.float32) if self.cpu else \
+            torch.empty(vocab, device=self.device)
+        while self.drawn < step:  # skipped steps
             self.fill(buf)
-            out = torch.from_numpy(buf)
-        else:
-            out = torch.empty(vocab, device=self.device)
-            while self.drawn < step:
-                self.fill(out)
-                self.drawn += 1
-            self.before = self._state()
-            self.fill(out)
+            self.drawn += 1
+        self.before = self._state()
+        self.fill(buf)
         self.drawn += 1
-        return _to_log_noise(out)
+        return _to_log_noise(torch.from_numpy(buf) if self.cpu else buf)
 
 
 class RowNoise:
