@@ -79,17 +79,18 @@ class VLLMEngine(Engine):
         if options.data_parallel_size > 1:
             raise TmcliError(
                 "--data-parallel-size: vLLM's offline engine runs one replica per process",
-                hint="run one tmcli generate per GPU group on the same -o file with "
-                     "CUDA_VISIBLE_DEVICES set, or use --tensor-parallel-size")
+                hint="run one tmcli generate per GPU group (CUDA_VISIBLE_DEVICES=...), each on "
+                     "its own share of the prompts and its own -o file, then concatenate; or use "
+                     "--tensor-parallel-size")
         path = checkpoint_dir(spec, trust_remote_code=options.trust_remote_code,
                               progress=options.progress)
         self.spec, self.model_id, self.tokenizer = spec, model_id(spec), tokenizer_name(spec)
         self.path = path
         self.eos_ids = _eos_ids(path) if path.is_dir() else ()
         self.options = options
-        self.stats_dir = tempfile.mkdtemp(prefix="tmcli-vllm-")
         self.calls = 0
         self.llm = self._start(options)
+        self.stats_dir = tempfile.mkdtemp(prefix="tmcli-vllm-")
         import vllm
 
         self.version = vllm.__version__
