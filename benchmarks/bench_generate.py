@@ -4,11 +4,12 @@ The study's script generated one prompt at a time: ``model.generate(ids, do_samp
 temperature=T, min_new_tokens=N, max_new_tokens=N)`` per (prompt, temperature). That loop runs
 here (pure temperature sampling, top_k=0, as tmcli does) on a spread of the rows tmcli generates
 (one-at-a-time throughput does not depend on how many rows there are, so a subset measures it),
-before and after the engines, so a change in machine load shows. Then every engine (fused,
-transformers, vLLM) in every dtype generates all rows (prompts x temperatures); loading is
-excluded (printed apart). Printed per engine and dtype: tok/s, the ratios to the loop and to vLLM
-in the same dtype, the share of non-canonical completions (`tmcli analyze`), and how many greedy
-rows equal the fused engine's float32 rows.
+before and after the engines. Every engine (fused, transformers, vLLM) in every dtype is loaded
+first (loading is excluded, printed apart), then they take turns on the same halves of the rows
+(prompts x temperatures): engine A on half 1, B on half 1, ..., A on half 2, B on half 2, so a
+change in machine load shows in all of them. Printed per engine and dtype: tok/s, the ratios to
+the loop and to vLLM in the same dtype, the share of non-canonical completions (`tmcli
+analyze`), and how many greedy rows equal the first engine's.
 
     python benchmarks/bench_generate.py                  # wikitext prompts if ../shared is there
     python benchmarks/bench_generate.py --n-prompts 8 --max-new-tokens 64 --dtypes float32
@@ -79,31 +80,39 @@ def main() -> None:
     loop = list(study_loop(lm, tok, base_rows[:half], N))
     print(f"study loop (first half): {loop[0] / loop[1]:.1f} tok/s", flush=True)
     engines = [e for e in args.engines.split(",") if e != "vllm" or vllm_installed()]
-    results = {}
+    loaded, results = {}, {}
+    for dtype in args.dtypes.split(","):
+        for name in engines:
+            started = time.perf_counter()
+            try:
+                loaded[name, dtype] = load_engine(name, args.model, EngineOptions(
+                    device="cpu", dtype=dtype, threads=args.threads,
+                    max_model_len=max(lengths) + N + 8))
+            except Exception as exc:  # noqa: BLE001 - print and go on with the others
+                print(f"{name} {dtype}: not run ({exc})", flush=True)
+                continue
+            print(f"  loaded {name} {dtype} in {time.perf_counter() - started:.0f} s", flush=True)
+    stats = {key: [0, 0.0] for key in loaded}
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype in args.dtypes.split(","):
-            for name in engines:
-                out = Path(tmp) / f"{name}-{dtype}.jsonl"
-                started = time.perf_counter()
-                try:
-                    eng = load_engine(name, args.model, EngineOptions(
-                        device="cpu", dtype=dtype, threads=args.threads,
-                        max_model_len=max(lengths) + N + 8))
-                except Exception as exc:  # noqa: BLE001 - print and go on with the others
-                    print(f"{name} {dtype}: not run ({exc})", flush=True)
-                    continue
-                load = time.perf_counter() - started
-                try:
-                    s = generate(args.model, prompts, out, temperatures=temps, max_new_tokens=N,
-                                 engine=eng, batch_size=args.batch_size)
-                finally:
-                    eng.close()
-                recs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-                noncanon = analyze_file(str(out)).samples["noncanonical"].mean()
-                results[name, dtype] = (s.tokens_per_second, load, noncanon, recs)
-                print(f"  {name:<12} {dtype:<9} {s.tokens_per_second:8.1f} tok/s  (load "
-                      f"{load:.0f} s, batch {recs[0]['batch_size']})", flush=True)
-        tokens, seconds = study_loop(lm, tok, base_rows[half:], N)
+        try:
+            for half in (prompts[0::2], prompts[1::2]):
+                for key, eng in loaded.items():
+                    s = generate(args.model, half, Path(tmp) / f"{key[0]}-{key[1]}.jsonl",
+                                 temperatures=temps, max_new_tokens=N, engine=eng,
+                                 batch_size=args.batch_size)
+                    stats[key][0] += s.new_tokens
+                    stats[key][1] += s.seconds
+                    print(f"  {key[0]:<12} {key[1]:<9} {s.tokens_per_second:8.1f} tok/s on "
+                          f"{len(half)} prompts", flush=True)
+        finally:
+            for eng in loaded.values():
+                eng.close()
+        for key in loaded:
+            out = Path(tmp) / f"{key[0]}-{key[1]}.jsonl"
+            recs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+            noncanon = analyze_file(str(out)).samples["noncanonical"].mean()
+            results[key] = (stats[key][0] / stats[key][1], 0.0, noncanon, recs)
+    tokens, seconds = study_loop(lm, tok, base_rows[half:], N)
     loop[0] += tokens
     loop[1] += seconds
     base = loop[0] / loop[1]
