@@ -95,15 +95,15 @@ def main() -> None:
     stats = {key: [0, 0.0] for key in loaded}
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            for half in (prompts[0::2], prompts[1::2]):
+            for part in (prompts[0::2], prompts[1::2]):
                 for key, eng in loaded.items():
-                    s = generate(args.model, half, Path(tmp) / f"{key[0]}-{key[1]}.jsonl",
+                    s = generate(args.model, part, Path(tmp) / f"{key[0]}-{key[1]}.jsonl",
                                  temperatures=temps, max_new_tokens=N, engine=eng,
                                  batch_size=args.batch_size)
                     stats[key][0] += s.new_tokens
                     stats[key][1] += s.seconds
                     print(f"  {key[0]:<12} {key[1]:<9} {s.tokens_per_second:8.1f} tok/s on "
-                          f"{len(half)} prompts", flush=True)
+                          f"{len(part)} prompts", flush=True)
         finally:
             for eng in loaded.values():
                 eng.close()
