@@ -136,6 +136,8 @@ class VLLMEngine(Engine):
         # VLLM_LOGGING_LEVEL=INFO to see them
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "CRITICAL")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+        # its worker processes warn about deprecated torch names on every start
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
         kw = self._engine_kwargs(options)
         from vllm import LLM
 
