@@ -198,6 +198,8 @@ def test_vllm_unsupported_model_and_out_of_memory_are_one_line(cache, tmp_path):
     _one_line_error(runner.invoke(app, base + ["--max-model-len", "8"]), "--max-model-len 8 is")
     _one_line_error(runner.invoke(app, base + ["--data-parallel-size", "2"]),
                     "--data-parallel-size")
+    _one_line_error(runner.invoke(app, base + ["--canonical", "retokenize"]),
+                    "--canonical retokenize is not supported on --engine vllm")
 
 
 def test_engines_are_chosen_by_name_and_imported_lazily(cache):

@@ -150,7 +150,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
     `GenerateInterrupted`, which carries the summary of what was saved."""
     from tmcli import __version__
-    from tmcli.engines import ENGINE_CHOICES, EngineOptions, load_engine
+    from tmcli.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
     from tmcli.loading import encode_prompt, load_tokenizer, model_prompt_tokenizer, \
         needs_conversion
     from tmcli.records import RecordWriter, existing_ids, repair_tail
@@ -226,6 +226,12 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                         data_parallel_size=data_parallel_size,
                         gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len or longest, progress=show_bars)
+                    name = loaded.name if loaded is not None else \
+                        resolve_engine(engine, spec, device)
+                    if canonical == "retokenize" and name == "vllm":
+                        raise TmcliError("--canonical retokenize is not supported on --engine vllm",
+                                         hint="use --canonical constrain, or --engine fused or "
+                                              "transformers")
                     if loaded is None and needs_conversion(spec):
                         note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
                     progress.describe(f"loading {spec}")

@@ -179,9 +179,8 @@ class VLLMEngine(Engine):
 
         from tmcli.engines.vllm_sampler import KEY
 
-        if mode == "retokenize":
-            raise TmcliError("--canonical retokenize is not supported on --engine vllm",
-                             hint="use --canonical constrain, or --engine fused/transformers")
+        if mode == "retokenize":  # generate() says so before starting vLLM
+            raise TmcliError("--canonical retokenize is not supported on --engine vllm")
         eos = list(self.eos_ids)
         keys, params = [], []
         for t, s in zip(temperatures, seeds):
