@@ -5,7 +5,7 @@ temperature=T, min_new_tokens=N, max_new_tokens=N)`` per (prompt, temperature). 
 here (pure temperature sampling, top_k=0, as tmcli does) on a spread of the rows tmcli generates
 (one-at-a-time throughput does not depend on how many rows there are, so a subset measures it),
 before and after the engines. Every engine (fused, transformers, vLLM) in every dtype is loaded
-first (loading is excluded, printed apart), then they take turns on the same halves of the rows
+first (loading and a short warm-up run are excluded), then they take turns on the same halves of the rows
 (prompts x temperatures): engine A on half 1, B on half 1, ..., A on half 2, B on half 2, so a
 change in machine load shows in all of them. Printed per engine and dtype: tok/s, the ratios to
 the loop and to vLLM in the same dtype, the share of non-canonical completions (`tmcli
@@ -92,6 +92,9 @@ def main() -> None:
                 print(f"{name} {dtype}: not run ({exc})", flush=True)
                 continue
             print(f"  loaded {name} {dtype} in {time.perf_counter() - started:.0f} s", flush=True)
+            with tempfile.TemporaryDirectory() as scratch:  # one-time costs out of the timing
+                generate(args.model, prompts[:2], Path(scratch) / "warm.jsonl",
+                         temperatures=temps[:2], max_new_tokens=8, engine=loaded[name, dtype])
     stats = {key: [0, 0.0] for key in loaded}
     with tempfile.TemporaryDirectory() as tmp:
         try:
