@@ -5,9 +5,9 @@ temperature=T, min_new_tokens=N, max_new_tokens=N)`` per (prompt, temperature). 
 here (pure temperature sampling, top_k=0, as tmcli does) on a spread of the rows tmcli generates
 (one-at-a-time throughput does not depend on how many rows there are, so a subset measures it),
 before and after the engines. Every engine (fused, transformers, vLLM) in every dtype is loaded
-first (loading and a short warm-up run are excluded), then they take turns on the same halves of the rows
-(prompts x temperatures): engine A on half 1, B on half 1, ..., A on half 2, B on half 2, so a
-change in machine load shows in all of them. Printed per engine and dtype: tok/s, the ratios to
+first (loading and a short warm-up run are excluded), then they take turns on the same halves
+of the rows (prompts x temperatures): engine A on half 1, B on half 1, ..., A on half 2, B on
+half 2, so a change in machine load shows in all of them. Printed per engine and dtype: tok/s, the ratios to
 the loop and to vLLM in the same dtype, the share of non-canonical completions (`tmcli
 analyze`), and how many greedy rows equal the first engine's.
 
@@ -119,7 +119,8 @@ def main() -> None:
     loop[0] += tokens
     loop[1] += seconds
     base = loop[0] / loop[1]
-    print(f"study loop (model.generate, one row at a time, {len(base_rows)} rows): {base:.1f} tok/s")
+    print(f"study loop (model.generate, one row at a time, {len(base_rows)} rows): "
+          f"{base:.1f} tok/s")
     first = next(iter(results), None)  # the reference for greedy rows: the first engine run
     ref = {(r["prompt_index"], r["temperature"]): r["token_ids"]
            for r in (results[first][3] if first else [])}
