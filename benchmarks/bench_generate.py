@@ -7,9 +7,9 @@ here (pure temperature sampling, top_k=0, as tmcli does) on a spread of the rows
 before and after the engines. Every engine (fused, transformers, vLLM) in every dtype is loaded
 first (loading and a short warm-up run are excluded), then they take turns on the same halves
 of the rows (prompts x temperatures): engine A on half 1, B on half 1, ..., A on half 2, B on
-half 2, so a change in machine load shows in all of them. Printed per engine and dtype: tok/s, the ratios to
-the loop and to vLLM in the same dtype, the share of non-canonical completions (`tmcli
-analyze`), and how many greedy rows equal the first engine's.
+half 2, so a change in machine load shows in all of them. Printed per engine and dtype: tok/s,
+the ratios to the loop and to vLLM in the same dtype, the share of non-canonical completions
+(`tmcli analyze`), and how many greedy rows equal the first engine's.
 
     python benchmarks/bench_generate.py                  # wikitext prompts if ../shared is there
     python benchmarks/bench_generate.py --n-prompts 8 --max-new-tokens 64 --dtypes float32
