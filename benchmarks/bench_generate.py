@@ -1,16 +1,19 @@
-"""Tokens/s of `tmcli generate` against the study-style loop, in one run, same model and inputs.
+"""Tokens/s of each generation engine against the study-style loop, in one run, same rows.
 
 The study's script generated one prompt at a time: ``model.generate(ids, do_sample=True,
-temperature=T, min_new_tokens=N, max_new_tokens=N)`` per (prompt, temperature). Here that loop
-runs (with pure temperature sampling, top_k=0, as tmcli does) on a spread of the same rows
-tmcli generates (every temperature, several prompts). One-at-a-time throughput does not depend on
-how many rows there are, so the subset measures it; ``--baseline-rows 0`` runs the loop on every
-row. The two alternate (loop, tmcli on half the prompts, loop, tmcli, loop) so that a change in
-machine load shows in both; tokens per CPU-second are printed too, as a check on a shared machine.
-Model loading is excluded on both sides (printed apart for tmcli).
+temperature=T, min_new_tokens=N, max_new_tokens=N)`` per (prompt, temperature). That loop runs
+here (pure temperature sampling, top_k=0, as tmcli does) on a spread of the rows tmcli generates
+(one-at-a-time throughput does not depend on how many rows there are, so a subset measures it),
+before and after the engines. Every engine (fused, transformers, vLLM) in every dtype is loaded
+first (loading and a short warm-up run are excluded), then they take turns on the same halves
+of the rows (prompts x temperatures): engine A on half 1, B on half 1, ..., A on half 2, B on
+half 2, so a change in machine load shows in all of them. Printed per engine and dtype: tok/s,
+the ratios to the loop and to vLLM in the same dtype, the share of non-canonical completions
+(`tmcli analyze`), and how many greedy rows equal the first engine's.
 
     python benchmarks/bench_generate.py                  # wikitext prompts if ../shared is there
-    python benchmarks/bench_generate.py --max-new-tokens 64 --n-prompts 8 --baseline-rows 4
+    python benchmarks/bench_generate.py --n-prompts 8 --max-new-tokens 64 --dtypes float32
+    python benchmarks/bench_generate.py --model gemma3-270m --engines transformers,vllm
 """
 
 from __future__ import annotations
@@ -24,97 +27,115 @@ from pathlib import Path
 from common import generation_options  # also puts the repo on sys.path, offline
 
 
+def study_loop(lm, tok, rows, n: int) -> tuple[int, float]:
+    """The study's one-row-at-a-time ``model.generate`` loop; (tokens, seconds)."""
+    import torch
+
+    tokens, started = 0, time.perf_counter()
+    with torch.inference_mode():
+        for p, t in rows:
+            ids = torch.tensor([tok.encode(p.text).ids])
+            kw = dict(do_sample=True, temperature=t, top_k=0, top_p=1.0) if t > 0 else \
+                dict(do_sample=False)
+            out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), min_new_tokens=n,
+                                    max_new_tokens=n, pad_token_id=lm.eos_ids[0], **kw)
+            tokens += out.shape[1] - ids.shape[1]
+    return tokens, time.perf_counter() - started
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     generation_options(ap, n_prompts=16, temperatures="0:2:0.2", max_new_tokens=128)
-    ap.add_argument("--baseline-rows", type=int, default=11, help="0: every row")
+    ap.add_argument("--baseline-rows", type=int, default=6, help="rows timed for the study loop")
+    ap.add_argument("--engines", default="fused,transformers,vllm")
+    ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print where a decode step's time goes")
     args = ap.parse_args()
 
+    import orjson
     import torch
 
     from tmcli import generate, load_model, parse_temperatures, read_prompts
+    from tmcli.analysis import analyze_file
+    from tmcli.engines import EngineOptions, load_engine, vllm_installed
     from tmcli.loading import load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     temps = parse_temperatures(args.temperatures)
     prompts = read_prompts(args.prompts, min_chars=args.min_chars, n_prompts=args.n_prompts)
-    rows = [(p, t) for p in prompts for t in temps]
-    if args.baseline_rows <= 0 or args.baseline_rows >= len(rows):
-        base_rows = rows
-    else:  # temperatures in turn, prompts spread over the list
-        n = args.baseline_rows
-        base_rows = [(prompts[i * len(prompts) // n], temps[i % len(temps)]) for i in range(n)]
+    n_rows = len(prompts) * len(temps)
+    k = max(1, min(args.baseline_rows, n_rows))
+    base_rows = [(prompts[i * len(prompts) // k], temps[i % len(temps)]) for i in range(k)]
     lm = load_model(args.model, "cpu")
     tok = load_tokenizer(lm.tokenizer)
     N = args.max_new_tokens
     lengths = [len(tok.encode(p.text).ids) for p in prompts]
     print(f"model {args.model}, {len(prompts)} prompts ({min(lengths)}-{max(lengths)} tokens) x "
-          f"{len(temps)} temperatures = {len(rows)} rows x {N} new tokens; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.2f}")
-
-    greedy_ref: dict[int, list[int]] = {}
-
-    cpu = {"loop": 0.0, "tmcli": 0.0}
-
-    def baseline(chunk) -> tuple[int, float]:
-        tokens, started, cpu0 = 0, time.perf_counter(), time.process_time()
-        with torch.inference_mode():
-            for p, t in chunk:
-                ids = torch.tensor([tok.encode(p.text).ids])
-                kw = dict(do_sample=True, temperature=t, top_k=0, top_p=1.0) if t > 0 else \
-                    dict(do_sample=False)
-                out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), min_new_tokens=N,
-                                        max_new_tokens=N, pad_token_id=lm.eos_ids[0], **kw)
-                new = out[0, ids.shape[1]:].tolist()
-                tokens += len(new)
-                if t == 0:
-                    greedy_ref[p.index] = new
-        cpu["loop"] += time.process_time() - cpu0
-        return tokens, time.perf_counter() - started
-
-    # Alternate: baseline, tmcli on half the prompts, baseline, tmcli on the other half,
-    # baseline, so that both see the same changes in machine load.
-    halves = [prompts[: len(prompts) // 2], prompts[len(prompts) // 2 :]]
-    cuts = [0, len(base_rows) // 3, 2 * len(base_rows) // 3, len(base_rows)]
-    base, ours, wall, phases = [0, 0.0], [0, 0.0], 0.0, []
+          f"{len(temps)} temperatures = {n_rows} rows x {N} new tokens; torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.2f}", flush=True)
+    half = len(base_rows) // 2 or 1
+    loop = list(study_loop(lm, tok, base_rows[:half], N))
+    print(f"study loop (first half): {loop[0] / loop[1]:.1f} tok/s", flush=True)
+    engines = [e for e in args.engines.split(",") if e != "vllm" or vllm_installed()]
+    loaded, results = {}, {}
+    for dtype in args.dtypes.split(","):
+        for name in engines:
+            started = time.perf_counter()
+            try:
+                loaded[name, dtype] = load_engine(name, args.model, EngineOptions(
+                    device="cpu", dtype=dtype, threads=args.threads,
+                    max_model_len=max(lengths) + N + 8))
+            except Exception as exc:  # noqa: BLE001 - print and go on with the others
+                print(f"{name} {dtype}: not run ({exc})", flush=True)
+                continue
+            print(f"  loaded {name} {dtype} in {time.perf_counter() - started:.0f} s", flush=True)
+            with tempfile.TemporaryDirectory() as scratch:  # one-time costs out of the timing
+                generate(args.model, prompts[:2], Path(scratch) / "warm.jsonl",
+                         temperatures=temps[:2], max_new_tokens=8, engine=loaded[name, dtype])
+    stats = {key: [0, 0.0] for key in loaded}
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "out.jsonl"
-        for k in range(3):
-            tokens, seconds = baseline(base_rows[cuts[k] : cuts[k + 1]])
-            base[0] += tokens
-            base[1] += seconds
-            phases.append(f"loop {tokens / seconds:.1f}" if seconds else "")
-            if k == 2:
-                break
-            started, cpu0 = time.perf_counter(), time.process_time()
-            summary = generate(args.model, halves[k], out, temperatures=temps, max_new_tokens=N,
-                               device="cpu", batch_size=args.batch_size, threads=args.threads)
-            wall += time.perf_counter() - started
-            cpu["tmcli"] += time.process_time() - cpu0  # includes model loading (~1-2 s)
-            ours[0] += summary.new_tokens
-            ours[1] += summary.seconds
-            phases.append(f"tmcli {summary.tokens_per_second:.1f}")
-        import orjson
-
-        records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
-    base_rate, rate = base[0] / base[1], ours[0] / ours[1]
-    same = sum(r["token_ids"] == greedy_ref[r["prompt_index"]] for r in records
-               if r["temperature"] == 0 and r["prompt_index"] in greedy_ref)
-    print(f"study-style loop (model.generate, one row at a time, {len(base_rows)} rows): "
-          f"{base[0]} tokens in {base[1]:.1f} s = {base_rate:.1f} tok/s")
-    print(f"tmcli generate (batch {records[0]['batch_size']}, {records[0]['engine']}, "
-          f"{len(records)} rows): {ours[0]} tokens in {ours[1]:.1f} s = {rate:.1f} tok/s "
-          f"(with model loading: {ours[0] / wall:.1f} tok/s)")
-    print(f"tok/s by phase, in order: {', '.join(p for p in phases if p)}")
-    cpu_ratio = (ours[0] / cpu["tmcli"]) / (base[0] / cpu["loop"])
-    print(f"tokens per CPU-second (insensitive to other processes): loop "
-          f"{base[0] / cpu['loop']:.1f}, tmcli {ours[0] / cpu['tmcli']:.1f}, ratio {cpu_ratio:.1f}x")
-    print(f"speed-up: {rate / base_rate:.1f}x   greedy rows identical to model.generate: "
-          f"{same}/{len(greedy_ref)}   load average {os.getloadavg()[0]:.2f}")
+        try:
+            for part in (prompts[0::2], prompts[1::2]):
+                for key, eng in loaded.items():
+                    s = generate(args.model, part, Path(tmp) / f"{key[0]}-{key[1]}.jsonl",
+                                 temperatures=temps, max_new_tokens=N, engine=eng,
+                                 batch_size=args.batch_size)
+                    stats[key][0] += s.new_tokens
+                    stats[key][1] += s.seconds
+                    print(f"  {key[0]:<12} {key[1]:<9} {s.tokens_per_second:8.1f} tok/s on "
+                          f"{len(part)} prompts", flush=True)
+        finally:
+            for eng in loaded.values():
+                eng.close()
+        for key in loaded:
+            out = Path(tmp) / f"{key[0]}-{key[1]}.jsonl"
+            recs = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+            noncanon = analyze_file(str(out)).samples["noncanonical"].mean()
+            results[key] = (stats[key][0] / stats[key][1], 0.0, noncanon, recs)
+    tokens, seconds = study_loop(lm, tok, base_rows[half:], N)
+    loop[0] += tokens
+    loop[1] += seconds
+    base = loop[0] / loop[1]
+    print(f"study loop (model.generate, one row at a time, {len(base_rows)} rows): "
+          f"{base:.1f} tok/s")
+    first = next(iter(results), None)  # the reference for greedy rows: the first engine run
+    ref = {(r["prompt_index"], r["temperature"]): r["token_ids"]
+           for r in (results[first][3] if first else [])}
+    title = f"greedy = {first[0]} {first[1]}" if first else "greedy"
+    print(f"{'engine':<12} {'dtype':<9} {'tok/s':>8} {'x loop':>7} {'x vllm':>7} "
+          f"{'non-canonical':>13} {title:>26}")
+    for (name, dtype), (rate, _load, noncanon, recs) in results.items():
+        vllm = results.get(("vllm", dtype))
+        greedy = [r for r in recs if r["temperature"] == 0]
+        same = sum(r["token_ids"] == ref.get((r["prompt_index"], 0.0)) for r in greedy)
+        print(f"{name:<12} {dtype:<9} {rate:8.1f} {rate / base:7.1f} "
+              f"{rate / vllm[0] if vllm else float('nan'):7.2f} {noncanon:13.1%} "
+              f"{f'{same}/{len(greedy)}' if ref else '-':>26}")
+    print("goals on this CPU: default engine >= 2x vllm in float32, >= 30x the study loop; "
+          f"load average {os.getloadavg()[0]:.2f} (a shared machine moves every figure)")
     if args.profile:
         profile(lm, tok, prompts, temps, N, args.batch_size or 128)
 
@@ -126,7 +147,7 @@ def profile(lm, tok, prompts, temps, n, batch) -> None:
     from torch.profiler import profile as torch_profile
 
     from tmcli.decoders import make_decoder
-    from tmcli.generation import RowNoise, sample
+    from tmcli.sampler import RowNoise, sample
 
     dec = make_decoder(lm.model)
     ids = [tok.encode(p.text).ids for p in prompts]

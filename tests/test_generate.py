@@ -25,7 +25,8 @@ from typer.testing import CliRunner  # noqa: E402
 
 from tmcli.cli import app  # noqa: E402
 from tmcli.errors import TmcliError  # noqa: E402
-from tmcli.generation import decode_batch, generate, parse_temperatures, record_id  # noqa: E402
+from tmcli.engines.transformers import decode_batch  # noqa: E402
+from tmcli.generation import generate, parse_temperatures, record_id  # noqa: E402
 from tmcli.prompts import Prompt, read_prompts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def test_forced_length_suppresses_eos_and_stop_at_eos_drops_finished_rows():
 
 
 def test_sampling_follows_the_temperature_distribution():
-    from tmcli.generation import sample
+    from tmcli.sampler import sample
 
     n = 4000
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0]])).repeat(n, 1)
@@ -133,6 +134,24 @@ def test_sampling_follows_the_temperature_distribution():
     hot = torch.bincount(sample(logits, torch.full((n,), 2.0), noise), minlength=4).float() / n
     # T=2 samples from p^(1/2) normalised: 0.417, 0.323, 0.264, 0
     assert torch.allclose(hot, torch.tensor([0.417, 0.323, 0.264, 0.0]), atol=0.03)
+
+
+def test_noise_stream_is_the_batch_noise_addressed_by_step():
+    """The vLLM logits processor draws a row's noise by step: a step asked for again (vLLM
+    samples and discards rows still prefilling) repeats its draw; a later step skips ahead."""
+    from tmcli.sampler import NoiseStream, RowNoise
+
+    batch = RowNoise([11, None, 12], "cpu")
+    steps = [batch.draw([0, 1, 2], 50) for _ in range(4)]
+    one = NoiseStream(11, "cpu")
+    assert torch.equal(one.draw(0, 50), steps[0][0])
+    assert torch.equal(one.draw(0, 50), steps[0][0])  # the same step again
+    assert torch.equal(one.draw(1, 50), steps[1][0])
+    assert torch.equal(one.draw(3, 50), steps[3][0])  # step 2 skipped
+    assert torch.equal(NoiseStream(12, "cpu").draw(2, 50), steps[2][2])
+    assert torch.equal(steps[0][1], torch.full((50,), 0.0))  # greedy rows: log(-log(1/e)) = 0
+    with pytest.raises(ValueError, match="gone"):
+        one.draw(1, 50)
 
 
 # -- the fused decoder against transformers on tiny random models ---------------------------------
@@ -221,7 +240,7 @@ def test_generate_writes_complete_seeded_records(smol, tmp_path):
             "top_p": 1.0, "repetition_penalty": 1.0, "min_new_tokens": 6, "max_new_tokens": 6,
             "stop_at_eos": False, "eos_token_ids": [2]}
         assert (r["seed"], r["canonical"], r["dtype"], r["device"]) == (7, "off", "float32", "cpu")
-        assert r["engine"] == "fused-llama" and r["batch_size"] >= 1 and r["tmcli_version"]
+        assert r["engine"] == "fused" and r["batch_size"] >= 1 and r["tmcli_version"]
         assert r["created"].endswith("+00:00")
     # same seed -> same records, whatever the batch composition; another seed -> other samples
     again = tmp_path / "again.jsonl"
@@ -253,19 +272,25 @@ def test_cli_generate_resumes_and_is_quiet_off_a_terminal(cache, tmp_path):
     assert len(recs) == 6 and len({r["id"] for r in recs}) == 6
 
 
+def start_until_records(cmd, env, out: Path, n: int, timeout: float = 120, **popen):
+    """Start ``cmd`` and return it, still running, once ``out`` holds ``n`` complete records."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= n:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still running
+    return proc
+
+
 def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(cache, tmp_path):
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "tmcli", "generate", "--model", "smollm2-135m", "--prompts",
            str(SAMPLE), "--temperatures", "0,1", "--n-prompts", "6", "--max-new-tokens", "12",
            "--batch-size", "1", "--quiet", "-o", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMCLI_CACHE": str(cache)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if out.exists() and out.read_bytes().count(b"\n") >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()  # still running: killed mid-run
+    proc = start_until_records(cmd, env, out, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = out.read_bytes()
@@ -281,6 +306,23 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(cache, tmp_pat
     assert len(recs) == 12 and len({r["id"] for r in recs}) == 12
     assert {(r["prompt_index"], r["temperature"]) for r in recs} == {
         (i, t) for i in range(6) for t in (0.0, 1.0)}
+
+
+def test_ctrl_c_saves_what_is_done_and_says_how_to_resume(cache, tmp_path):
+    out = tmp_path / "interrupted.jsonl"
+    cmd = [sys.executable, "-m", "tmcli", "generate", "--model", "smollm2-135m", "--prompts",
+           str(SAMPLE), "--temperatures", "0,1", "--n-prompts", "6", "--max-new-tokens", "12",
+           "--batch-size", "1", "-o", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMCLI_CACHE": str(cache)}
+    proc = start_until_records(cmd, env, out, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    saved = len(out.read_bytes().splitlines())
+    last = err.decode().strip().splitlines()[-1]
+    assert last == (f"Interrupted: {saved} records saved in {out} ({saved} from this run); "
+                    "rerun the same command to resume.")
+    assert "Traceback" not in err.decode()
 
 
 # -- user errors through the CLI: one line, exit 2 -------------------------------------------------
@@ -320,10 +362,16 @@ def test_progress_off_a_terminal_is_plain_lines(capsys):
 
     p = _LineProgress(every=0)
     p.start(200)
-    p.describe("smollm2-135m")
+    p.note("converting smollm2-135m to a checkpoint (first use, 20-90 s)")
+    p.describe("loading smollm2-135m")
+    p.advance(0)
+    # no speed, no time left before anything was decoded (loading is not decoding)
+    assert capsys.readouterr().err == ("converting smollm2-135m to a checkpoint (first use, "
+                                       "20-90 s)\nloading smollm2-135m: 0/200 tokens (0%)\n")
+    p.describe("smollm2-135m (fused)")
     p.advance(50)
     err = capsys.readouterr().err
-    assert err.startswith("smollm2-135m: 50/200 tokens (25%), ") and "min left" in err
+    assert err.startswith("smollm2-135m (fused): 50/200 tokens (25%), ") and "min left" in err
     quiet = _LineProgress(every=3600)
     quiet.start(200)
     quiet.advance(50)

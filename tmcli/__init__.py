@@ -34,6 +34,8 @@ __all__ = [
     "diff_records",
     "filter_file",
     "span_cause",
+    "load_engine",
+    "EngineOptions",
 ]
 
 _LAZY = {
@@ -61,6 +63,8 @@ _LAZY = {
     "diff_records": "tmcli.diff",
     "filter_file": "tmcli.filter",
     "span_cause": "tmcli.causes",
+    "load_engine": "tmcli.engines",
+    "EngineOptions": "tmcli.engines",
 }
 
 

@@ -1,10 +1,10 @@
 """Canonical generation: sample only token sequences that re-encoding would leave unchanged.
 
-Two modes of ``tmcli generate --canonical`` (``off`` is plain sampling, in `generation.py`):
+Two modes of ``tmcli generate --canonical`` (``off`` is plain sampling, `sampler.py`):
 
 - ``constrain`` -- canonical sampling (Chatzi et al. 2025; Vieira et al. 2025): at each step a token
   that would make the sequence non-canonical gets probability zero and the rest are renormalised.
-  Sampling is a Gumbel-max race (`generation.sample`), so masking a rejected candidate and taking
+  Sampling is a Gumbel-max race (`sampler.sample`), so masking a rejected candidate and taking
   the next-best score *with the same noise* draws exactly from the renormalised distribution; only
   the few candidates actually reached are checked, never the whole vocabulary.
 - ``retokenize`` -- sample freely, and after every step (or every ``k`` steps) re-encode the text
@@ -232,7 +232,7 @@ class RowStats:
 
 
 @dataclass
-class _Row:
+class RowState:
     prompt: list[int]
     seq: list[int] = field(default_factory=list)
     fed: int = 0  # ids of seq in the KV cache
@@ -249,7 +249,7 @@ def decode_canonical(decoder, oracle: Oracle, prompt_ids: Sequence[Sequence[int]
                      on_step: Callable[[int], None] | None = None
                      ) -> list[tuple[list[int], str, dict]]:
     """Decode ``rows`` together in ``mode`` (constrain or retokenize); per row (ids, finish
-    reason, stats). Same prompts, seeds and noise as `generation.decode_batch`, so at T=0 (and
+    reason, stats). Same prompts, seeds and noise as `engines.transformers.decode_batch`, so at T=0 (and
     until the first masked or rewritten token at T>0) the output is that of ``off``."""
     import torch
 
@@ -264,13 +264,14 @@ def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mo
                       max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step):
     import torch
 
-    from tmcli.generation import RowNoise, prefill_rows, race_scores
+    from tmcli.engines.transformers import prefill_rows
+    from tmcli.sampler import RowNoise, race_scores
 
     N = max_new_tokens
     device = decoder.device if hasattr(decoder, "device") else "cpu"
     logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
     n = len(rows)
-    state = [_Row(list(prompt_ids[r])) for r in rows]
+    state = [RowState(list(prompt_ids[r])) for r in rows]
     temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
     noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
@@ -291,7 +292,7 @@ def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mo
             scores = race_scores(lg, t, noise)
             tokens = scores.argmax(-1)
             if mode == "constrain":
-                tokens = _constrain(oracle, [state[r] for r in orig], scores, tokens, N)
+                tokens = constrain_tokens(oracle, [state[r] for r in orig], scores, tokens, N)
             for r, tok in zip(orig, tokens.tolist()):
                 row = state[r]
                 if stop_at_eos and tok in eos_set:
@@ -337,9 +338,21 @@ def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mo
     return out
 
 
-def _constrain(oracle: Oracle, rows: list[_Row], scores, tokens, N: int):
-    """Replace each row's candidate by its best-scoring viable token (masking and retrying)."""
+def constrain_tokens(oracle: Oracle, rows: list[RowState], scores, tokens, N: int):
+    """Replace each row's candidate by its best-scoring viable token (masking and retrying).
+
+    Ids the tokenizer lacks (unused rows of a larger embedding) can never be canonical: they are
+    masked up front, which draws from the same renormalised distribution as rejecting them."""
+    import torch
+
     tokens = tokens.clone()
+    size = oracle.vocab.size
+    if scores.shape[1] > size or oracle.banned_ids:
+        scores[:, size:] = float("-inf")
+        if oracle.banned_ids:
+            banned = torch.tensor(oracle.banned_ids, dtype=torch.long, device=scores.device)
+            scores.index_fill_(1, banned, float("-inf"))
+        tokens = scores.argmax(-1)
     pending = list(range(len(rows)))
     tries = 0
     while pending:
@@ -363,7 +376,7 @@ def _constrain(oracle: Oracle, rows: list[_Row], scores, tokens, N: int):
     return tokens
 
 
-def _retokenize(oracle: Oracle, rows: list[_Row], N: int, every: int) -> None:
+def _retokenize(oracle: Oracle, rows: list[RowState], N: int, every: int) -> None:
     """Replace a row's ids from the first difference on by their canonical form, when the
     difference is there to stay (not viable) or the row is complete; trim to N ids."""
     check = [r for r in rows if len(r.seq) % every == 0 or len(r.seq) >= N]

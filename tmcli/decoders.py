@@ -129,7 +129,7 @@ class HFDecoder:
 class LlamaDecoder:
     """Fused, cache-in-place forward for Llama-style decoder-only models (see the module docstring)."""
 
-    name = "fused-llama"
+    name = "fused"
 
     @staticmethod
     def supports(model) -> bool:

@@ -1,9 +1,8 @@
 """`generate`: the study's sweep (models x temperatures x prompts), batched, resumable, seeded.
 
-How it is fast: all rows of a batch (prompts x temperatures, one temperature per row) decode
-together; prompts are sorted by length so little padding is needed; a prompt is prefilled once
-and its KV cache copied to each of its temperature rows; each step computes last-position logits
-only and samples with plain tensor ops (no logits processors). See `decoders.py` for the forward.
+Which engine decodes (`tmcli.engines`: fused, transformers, vLLM) is chosen by name; all of them
+sample with `tmcli.sampler`, so the engine changes the speed, not the records. Batches hold rows
+of similar prompt length (prompts x temperatures, one temperature per row).
 
 How nothing is lost: records are appended and fsynced per batch; a record's id is a function of
 what determines it (model, prompt, temperature, seed, lengths, canonical mode), so rerunning the
@@ -18,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -27,7 +26,6 @@ from pathlib import Path
 from tmcli.canonical import CANONICAL_MODES
 from tmcli.errors import TmcliError
 from tmcli.prompts import Prompt
-
 
 
 @dataclass
@@ -103,143 +101,6 @@ def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
-# -- sampling and the decode loop ---------------------------------------------------------------
-
-def race_scores(logits, temperatures, log_noise):
-    """The scores whose argmax is a row's sample: ``logit / T - log E`` (``log_noise``), and the
-    logits themselves for T=0 rows (``log_noise`` may be None when every row is greedy).
-
-    Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i is token i with
-    probability p_i, and the argmax over any subset of tokens is a draw from the distribution
-    renormalised to that subset (canonical sampling masks tokens this way)."""
-    import torch
-
-    greedy = temperatures == 0
-    if bool(greedy.all()):
-        return logits
-    t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    scores = torch.div(logits, t[:, None]).sub_(log_noise)
-    if bool(greedy.any()):
-        scores[greedy] = logits[greedy]
-    return scores
-
-
-def sample(logits, temperatures, log_noise):
-    """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
-
-    The argmax of `race_scores`. Unlike inverse-CDF sampling, whose cumulative sum over the whole
-    vocabulary turns float rounding into a different token now and then, a draw here only changes
-    when two tokens' scores tie to within rounding, so the rows a record shared its batch with do
-    not change its samples."""
-    return race_scores(logits, temperatures, log_noise).argmax(-1)
-
-
-class RowNoise:
-    """log E with E ~ Exp(1), one draw per vocabulary entry per step, from each row's own generator.
-
-    On CPU numpy's PCG64 fills a row faster than torch's Mersenne twister; on accelerators each
-    row has a torch generator on the device. Greedy rows (seed None) draw nothing."""
-
-    def __init__(self, seeds: Sequence[int | None], device):
-        import numpy as np
-        import torch
-
-        self.device = torch.device(device)
-        if self.device.type == "cpu":
-            self.gens = [None if s is None else np.random.default_rng(s) for s in seeds]
-        else:
-            self.gens = [None if s is None else torch.Generator(device=self.device).manual_seed(s)
-                         for s in seeds]
-
-    def draw(self, rows: Sequence[int], vocab: int):
-        import numpy as np
-        import torch
-
-        if self.device.type == "cpu":
-            buf = np.empty((len(rows), vocab), dtype=np.float32)
-            for i, r in enumerate(rows):
-                if self.gens[r] is None:
-                    buf[i] = 1 / np.e
-                else:
-                    self.gens[r].random(out=buf[i], dtype=np.float32)
-            noise = torch.from_numpy(buf)
-        else:
-            noise = torch.full((len(rows), vocab), 1 / torch.e, device=self.device)
-            for i, r in enumerate(rows):
-                if self.gens[r] is not None:
-                    noise[i].uniform_(generator=self.gens[r])
-        return noise.log_().neg_().log_()
-
-
-def prefill_rows(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
-                 max_new_tokens: int, pad_id: int = 0):
-    """Prefill each prompt once (left-padded), then give each row its prompt's cache; the
-    next-token logits of every row."""
-    import torch
-
-    device = decoder.device if hasattr(decoder, "device") else "cpu"
-    width = max(len(p) for p in prompt_ids)
-    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), width), dtype=torch.bool)
-    for i, p in enumerate(prompt_ids):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = True
-    logits = decoder.prefill(ids.to(device), mask.to(device), max_new_tokens)
-    rows = list(rows)
-    if len(rows) != len(prompt_ids) or rows != list(range(len(rows))):
-        index = torch.tensor(rows, dtype=torch.long, device=device)
-        decoder.select(index)
-        logits = logits.index_select(0, index)
-    return logits
-
-
-def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
-                 temperatures: Sequence[float], seeds: Sequence[int], *, max_new_tokens: int,
-                 eos_ids: Sequence[int] = (), stop_at_eos: bool = False, pad_id: int = 0,
-                 on_step: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
-    """Decode ``rows`` (each an index into ``prompt_ids``) together; (token ids, finish reason).
-
-    Forced length (the study's min = max new tokens) masks the EOS ids, as transformers' min-length
-    processor does; with ``stop_at_eos`` a row ends at its first EOS, which is not kept in its ids."""
-    import torch
-
-    device = decoder.device if hasattr(decoder, "device") else "cpu"
-    with torch.inference_mode():
-        logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
-        n = len(rows)
-        temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
-        noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
-        out = torch.zeros((n, max_new_tokens), dtype=torch.long)
-        lengths = [max_new_tokens] * n
-        reasons = ["length"] * n
-        eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
-        alive = torch.arange(n, device=device)  # original row of each decoder row
-        finished = torch.zeros(n, dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            if len(eos) and not stop_at_eos:
-                logits.index_fill_(1, eos, float("-inf"))
-            live = alive.tolist()
-            tokens = sample(logits, temps[alive], noise_source.draw(live, logits.shape[1]))
-            out[alive.cpu(), step] = tokens.cpu()
-            if stop_at_eos and len(eos):
-                hit = torch.isin(tokens, eos) & ~finished
-                for r in alive[hit].tolist():
-                    lengths[r], reasons[r] = step, "eos"
-                finished |= hit
-            if on_step is not None:
-                on_step(int((~finished).sum()))
-            if stop_at_eos and len(eos):
-                if bool(finished.all()):
-                    break
-                if int(finished.sum()) * 4 >= len(alive):  # drop finished rows from the batch
-                    keep = (~finished).nonzero().squeeze(1)
-                    decoder.select(keep)
-                    alive, tokens, finished = alive[keep], tokens[keep], finished[keep]
-            if step + 1 < max_new_tokens:
-                logits = decoder.step(tokens)
-    return [(out[r, : lengths[r]].tolist(), reasons[r]) for r in range(n)]
-
-
 # -- the sweep ------------------------------------------------------------------------------------
 
 def _batches(jobs: list[_Job], lengths: dict[int, int], size: int) -> list[list[_Job]]:
@@ -263,18 +124,35 @@ class _NoProgress:
     def advance(self, tokens: int) -> None: ...
 
 
+class GenerateInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `generate`: what was saved (every record before it is complete and fsynced)."""
+
+    def __init__(self, summary: GenerateSummary):
+        super().__init__()
+        self.summary = summary
+
+
 def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], output: str | os.PathLike,
              *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, engine: str = "auto", canonical: str = "off",
-             retokenize_every: int = 1, progress=None) -> GenerateSummary:
+             trust_remote_code: bool = False, engine="auto", canonical: str = "off",
+             retokenize_every: int = 1, tensor_parallel_size: int = 1,
+             data_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+             max_model_len: int | None = None, progress=None) -> GenerateSummary:
     """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
 
+    ``engine`` is a name from `tmcli.engines.ENGINE_CHOICES`, or an engine already loaded
+    (`tmcli.engines.load_engine`) for the one model given, which is then reused and left open
+    (a vLLM engine takes a while to start). The scale-out options apply to vLLM.
     ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
-    ``advance(tokens)`` (the CLI passes a Rich bar on a terminal); without one, nothing is shown."""
+    ``advance(tokens)``, and optionally ``note(text)`` for one-off messages (the CLI passes a Rich
+    bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
+    `GenerateInterrupted`, which carries the summary of what was saved."""
     from tmcli import __version__
-    from tmcli.loading import encode_prompt, load_model, load_tokenizer, model_prompt_tokenizer
+    from tmcli.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
+    from tmcli.loading import encode_prompt, load_tokenizer, model_prompt_tokenizer, \
+        needs_conversion
     from tmcli.records import RecordWriter, existing_ids, repair_tail
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
@@ -286,21 +164,26 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         raise TmcliError("no prompts given", hint="pass --prompts FILE")
     if not temperatures or any(t < 0 or t != t for t in temperatures):
         raise TmcliError("temperatures must be >= 0", hint="e.g. --temperatures 0:2:0.2")
-    if max_new_tokens <= 0:
-        raise TmcliError(f"--max-new-tokens must be positive, got {max_new_tokens}")
-    if batch_size is not None and batch_size <= 0:
-        raise TmcliError(f"--batch-size must be positive, got {batch_size}")
-    if threads is not None and threads <= 0:
-        raise TmcliError(f"--threads must be positive, got {threads}")
+    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
+                        ("--threads", threads), ("--retokenize-every", retokenize_every),
+                        ("--tensor-parallel-size", tensor_parallel_size),
+                        ("--data-parallel-size", data_parallel_size),
+                        ("--max-model-len", max_model_len)):
+        if value is not None and value <= 0:
+            raise TmcliError(f"{flag} must be positive, got {value}")
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise TmcliError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
     if canonical not in CANONICAL_MODES:
         raise TmcliError(f"unknown canonical mode '{canonical}'",
                          hint="supported: " + ", ".join(CANONICAL_MODES))
-    if retokenize_every < 1:
-        raise TmcliError(f"--retokenize-every must be positive, got {retokenize_every}")
-    if engine not in ("auto", "transformers"):
-        raise TmcliError(f"unknown engine '{engine}'", hint="use auto or transformers")
+    loaded = None if isinstance(engine, str) else engine
+    if loaded is not None and models != [loaded.spec]:
+        raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {', '.join(models)}")
+    if loaded is None and engine not in ENGINE_CHOICES:
+        raise TmcliError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINE_CHOICES))
     show_bars = progress is not None and getattr(progress, "bars", True)
     progress = progress or _NoProgress()
+    note = getattr(progress, "note", progress.describe)
     out = Path(output)
     repair_tail(out)
     done = existing_ids(out)
@@ -325,81 +208,99 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     total = sum(len(j) for j in todo.values()) * max_new_tokens
     if total == 0:
         return summary
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
-    from tmcli.decoders import make_decoder, plan_batch_size
-
     progress.start(total)
-    with RecordWriter(out) as writer:
-        for spec in models:
-            jobs = todo[spec]
-            if not jobs:
-                continue
-            progress.describe(f"loading {spec}")
-            started = time.perf_counter()
-            lm = load_model(spec, device, dtype, trust_remote_code=trust_remote_code,
-                            progress=show_bars)
-            tok = load_tokenizer(lm.tokenizer)
-            summary.load_seconds += time.perf_counter() - started
-            ids = prompt_ids[spec]
-            size = plan_batch_size(lm, max(map(len, ids.values())) + max_new_tokens, batch_size,
-                                   len(jobs))
-            decoder = make_decoder(lm.model, fast=engine == "auto")
-            oracle = None
-            if canonical != "off":
-                from tmcli.canonical import Oracle, decode_canonical
-                from tmcli.vocab import vocab_for
-
-                oracle = Oracle(vocab_for(lm.tokenizer))
-            sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
-                        "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
-                        "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
-                        "eos_token_ids": list(lm.eos_ids)}
-            progress.describe(spec)
-            started = time.perf_counter()
-            for batch in _batches(jobs, {k: len(v) for k, v in ids.items()}, size):
-                order = list(dict.fromkeys(j.prompt.index for j in batch))
-                args = (decoder, [ids[i] for i in order], [order.index(j.prompt.index) for j in batch],
-                        [j.temperature for j in batch], [j.row_seed for j in batch])
-                opts = dict(max_new_tokens=max_new_tokens, eos_ids=lm.eos_ids,
-                            stop_at_eos=stop_at_eos, on_step=progress.advance)
-                try:
-                    if canonical == "off":
-                        results = [(g, r, None) for g, r in decode_batch(*args, **opts)]
-                    else:
-                        results = decode_canonical(args[0], oracle, *args[1:], mode=canonical,
-                                                   every=retokenize_every, **opts)
-                except (RuntimeError, MemoryError) as exc:
-                    if not _is_oom(exc):
-                        raise
-                    raise TmcliError(f"out of memory with {len(batch)} rows per batch on {lm.device}",
-                                     hint=f"use --batch-size {max(1, len(batch) // 2)}") from None
-                created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                records = []
-                for job, (gen, reason, stats) in zip(batch, results):
-                    records.append({
-                        "id": job.id, "model": spec, "model_id": lm.model_id, "tokenizer": lm.tokenizer,
-                        "temperature": job.temperature, "prompt_index": job.prompt.index,
-                        "prompt": job.prompt.text, "prompt_token_ids": ids[job.prompt.index],
-                        "completion": tok.decode(gen, skip_special_tokens=False),
-                        "token_ids": gen, "n_new_tokens": len(gen), "finish_reason": reason,
-                        "seed": seed,
-                        "sampling": {"do_sample": job.temperature > 0, "temperature": job.temperature,
-                                     **sampling},
-                        "canonical": canonical,
-                        **({"retokenize_every": retokenize_every} if canonical == "retokenize" else {}),
-                        **({"canonical_stats": stats} if stats is not None else {}),
-                        "engine": decoder.name, "dtype": lm.dtype,
-                        "device": lm.device, "batch_size": size, "tmcli_version": __version__,
-                        "created": created,
-                    })
-                    summary.new_tokens += len(gen)
-                writer.write(records)
-                summary.written += len(records)
-                # rows that stopped at EOS finish early: keep the bar's total honest
-                progress.advance(sum(max_new_tokens - len(g) for g, *_ in results))
-            summary.seconds += time.perf_counter() - started
-            del decoder, lm
+    try:
+        with RecordWriter(out) as writer:
+            for spec in models:
+                if todo[spec]:
+                    longest = max(map(len, prompt_ids[spec].values())) + max_new_tokens
+                    if max_model_len and max_model_len < longest:
+                        raise TmcliError(
+                            f"--max-model-len {max_model_len} is shorter than the longest prompt "
+                            f"plus --max-new-tokens ({longest} tokens)",
+                            hint=f"use --max-model-len {longest} or more")
+                    options = EngineOptions(
+                        device=device, dtype=dtype, threads=threads,
+                        trust_remote_code=trust_remote_code,
+                        tensor_parallel_size=tensor_parallel_size,
+                        data_parallel_size=data_parallel_size,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        max_model_len=max_model_len or longest, progress=show_bars)
+                    name = loaded.name if loaded is not None else \
+                        resolve_engine(engine, spec, device)
+                    if canonical == "retokenize" and name == "vllm":
+                        raise TmcliError("--canonical retokenize is not supported on --engine vllm",
+                                         hint="use --canonical constrain, or --engine fused or "
+                                              "transformers")
+                    if loaded is None and needs_conversion(spec):
+                        note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
+                    progress.describe(f"loading {spec}")
+                    started = time.perf_counter()
+                    eng = loaded or load_engine(engine, spec, options)
+                    summary.load_seconds += time.perf_counter() - started
+                    try:
+                        _sweep(eng, todo[spec], prompt_ids[spec], writer, summary, progress,
+                               load_tokenizer(eng.tokenizer), seed=seed,
+                               max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                               canonical=canonical, retokenize_every=retokenize_every,
+                               batch_size=batch_size, version=__version__)
+                    finally:
+                        if loaded is None:
+                            eng.close()
+    except KeyboardInterrupt:
+        raise GenerateInterrupted(summary) from None
     return summary
+
+
+def _sweep(eng, jobs: list[_Job], ids: dict[int, list[int]], writer, summary: GenerateSummary,
+           progress, tok, *, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
+           retokenize_every: int, batch_size: int | None, version: str) -> None:
+    """Decode one model's jobs batch by batch on ``eng``, writing each batch's records."""
+    size = eng.batch_size(max(map(len, ids.values())) + max_new_tokens, batch_size, len(jobs))
+    sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+                "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
+                "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
+                "eos_token_ids": list(eng.eos_ids)}
+    meta = eng.metadata()
+    progress.describe(f"{eng.spec} ({meta['engine']})")
+    started = time.perf_counter()
+    try:
+        for batch in _batches(jobs, {k: len(v) for k, v in ids.items()}, size):
+            order = list(dict.fromkeys(j.prompt.index for j in batch))
+            try:
+                results = eng.decode([ids[i] for i in order],
+                                     [order.index(j.prompt.index) for j in batch],
+                                     [j.temperature for j in batch], [j.row_seed for j in batch],
+                                     mode=canonical, max_new_tokens=max_new_tokens,
+                                     stop_at_eos=stop_at_eos, every=retokenize_every,
+                                     on_step=progress.advance)
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                raise TmcliError(f"out of memory with {len(batch)} rows per batch on {eng.device}",
+                                 hint=f"use --batch-size {max(1, len(batch) // 2)}") from None
+            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            records = []
+            for job, (gen, reason, stats) in zip(batch, results):
+                records.append({
+                    "id": job.id, "model": eng.spec, "model_id": eng.model_id,
+                    "tokenizer": eng.tokenizer, "temperature": job.temperature,
+                    "prompt_index": job.prompt.index, "prompt": job.prompt.text,
+                    "prompt_token_ids": ids[job.prompt.index],
+                    "completion": tok.decode(gen, skip_special_tokens=False),
+                    "token_ids": gen, "n_new_tokens": len(gen), "finish_reason": reason,
+                    "seed": seed,
+                    "sampling": {"do_sample": job.temperature > 0, "temperature": job.temperature,
+                                 **sampling},
+                    "canonical": canonical,
+                    **({"retokenize_every": retokenize_every} if canonical == "retokenize" else {}),
+                    **({"canonical_stats": stats} if stats is not None else {}),
+                    **meta, "batch_size": size, "tmcli_version": version, "created": created,
+                })
+                summary.new_tokens += len(gen)
+            writer.write(records)
+            summary.written += len(records)
+            # rows that stopped at EOS finish early: keep the bar's total honest
+            progress.advance(sum(max_new_tokens - len(g) for g, *_ in results))
+    finally:
+        summary.seconds += time.perf_counter() - started

@@ -385,6 +385,27 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", *,
     return LoadedModel(spec, model_id(spec), tokenizer_name(spec), model, dev, dt, _eos_ids(model))
 
 
+def needs_conversion(spec: str) -> bool:
+    """Whether loading ``spec`` will first convert a GGUF into a checkpoint (20-90 s, once)."""
+    source = resolve_source(spec)
+    return bool(source.gguf_file) and not (_gguf_cache_path(source) / "config.json").is_file()
+
+
+def checkpoint_dir(spec: str, *, convert: bool = True, trust_remote_code: bool = False,
+                   progress: bool = False) -> Path:
+    """A checkpoint directory (config.json + weights) for engines that load models themselves
+    (vLLM): a GGUF's converted checkpoint (converted now unless ``convert`` is false), a local
+    directory, or, for a hub id, the id itself as a path-like name."""
+    if spec in ALIASES and not ALIASES[spec].has_model:
+        raise TmcliError(f"'{spec}' is a tokenizer alias with no model", hint=_model_alias_hint())
+    source = resolve_source(spec)
+    if source.gguf_file:
+        if convert:
+            _converted_gguf(source, spec, _from_pretrained(spec, trust_remote_code), progress)
+        return _gguf_cache_path(source)
+    return source.directory if source.directory is not None else Path(source.hub_id)
+
+
 def _model_alias_hint() -> str:
     names = [a.name for a in ALIASES.values() if a.has_model]
     return "model aliases: " + ", ".join(names) + "; or give a local path, a GGUF file or a hub id"

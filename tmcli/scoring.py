@@ -63,11 +63,9 @@ def nll_of(lm, reencoder, prompt_ids: list[int], token_ids: list[int],
     return score_many(lm, reencoder, [(prompt_ids, token_ids)], max_batch_bytes)[0]
 
 
-def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
-               max_batch_bytes: int = 1 << 30) -> list[tuple[float, int]]:
-    """(total NLL, tokens scored) per (prompt ids, completion ids), on canonical completion ids."""
-    import torch
-
+def canonical_jobs(reencoder, items: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], int]]:
+    """Per (prompt ids, completion ids): the canonical ids of the whole text and how many of them
+    lie inside the prompt (at least 1: the first token has nothing to be predicted from)."""
     vocab = reencoder.vocab
     fulls = [list(p) + list(g) for p, g in items]
     canon = reencoder.canonical(fulls)[0]
@@ -77,6 +75,18 @@ def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
         ends = np.cumsum(vocab.lengths[np.asarray(c, dtype=np.int64)]) if c else np.zeros(0)
         k = int(np.searchsorted(ends, prompt_bytes, side="right"))  # tokens inside the prompt
         jobs.append((c, max(k, 1)))
+    return jobs
+
+
+def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
+               max_batch_bytes: int = 1 << 30) -> list[tuple[float, int]]:
+    """(total NLL, tokens scored) per (prompt ids, completion ids), on canonical completion ids.
+    ``lm`` is a `loading.LoadedModel`, or an engine with ``prompt_nll`` (vLLM)."""
+    import torch
+
+    jobs = canonical_jobs(reencoder, items)
+    if hasattr(lm, "prompt_nll"):
+        return lm.prompt_nll(jobs)
     model = lm.model
     inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     head = model.get_output_embeddings()
@@ -117,16 +127,22 @@ def score_many(lm, reencoder, items: list[tuple[list[int], list[int]]],
 def score(input: str, output: str | os.PathLike, *, model: str | None = None,
           temperatures: Sequence[float] | None = None, device: str = "auto",
           dtype: str = "auto", threads: int | None = None, batch: int = 64,
-          progress: Callable[[int], None] | None = None) -> ScoreSummary:
+          engine: str = "transformers", gpu_memory_utilization: float | None = None,
+          tensor_parallel_size: int = 1, progress: Callable[[int], None] | None = None
+          ) -> ScoreSummary:
     """Add ``nll_token``/``nll_char`` to each record of ``input`` and append it to ``output``.
 
     With ``temperatures``, only records at those temperatures are scored; the others are copied
-    through unchanged, so the output still holds every record."""
+    through unchanged, so the output still holds every record. ``engine`` is ``transformers``
+    (the model's forward) or ``vllm`` (its prompt logprobs)."""
     from tmcli.loading import load_model
     from tmcli.records import RecordWriter, existing_ids, repair_tail
     from tmcli.reencode import Reencoder
     from tmcli.vocab import vocab_for
 
+    loaded = None if isinstance(engine, str) else engine  # an engine to reuse (tests, notebooks)
+    if loaded is None and engine not in ("transformers", "vllm"):
+        raise TmcliError(f"score: unknown engine '{engine}'", hint="use transformers or vllm")
     out = Path(output)
     if Path(input).resolve() == out.resolve():
         raise TmcliError("score would overwrite its input", hint="write to another file with -o")
@@ -157,7 +173,21 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
     started = time.perf_counter()
     with RecordWriter(out) as writer:
         for spec, objs in todo.items():
-            lm = load_model(spec, device, dtype)
+            if loaded is not None:
+                if spec != loaded.spec:
+                    raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {spec}")
+                lm = loaded
+            elif engine == "vllm":
+                from tmcli.engines import EngineOptions
+                from tmcli.engines.vllm import VLLMEngine
+
+                longest = max(len(o["token_ids"]) + len(o.get("prompt_token_ids") or [])
+                              for o in objs)
+                lm = VLLMEngine(spec, EngineOptions(
+                    device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                    gpu_memory_utilization=gpu_memory_utilization, max_model_len=2 * longest + 16))
+            else:
+                lm = load_model(spec, device, dtype)
             vocab = vocab_for(lm.tokenizer)
             reencoder = Reencoder(vocab)
             for s in range(0, len(objs), batch):
@@ -180,6 +210,8 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
                 summary.written += len(part)
                 if progress is not None:
                     progress(len(part))
+            if loaded is None and engine == "vllm":
+                lm.close()
             del lm
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,0 +1,130 @@
+"""The ``transformers`` engine: the model's own forward (`decoders.HFDecoder`) in tmcli's decode
+loop, for every causal LM transformers loads. The ``fused`` engine is this one with tmcli's fused
+decoder (`engines.fused`); both share the loop below and the canonical loop in `canonical.py`.
+
+How it is fast: all rows of a batch (prompts x temperatures, one temperature per row) decode
+together; a prompt is prefilled once and its KV cache given to each of its temperature rows; each
+step computes last-position logits only and samples with plain tensor ops (`tmcli.sampler`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from tmcli.engines import Engine, EngineOptions
+
+
+def prefill_rows(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
+                 max_new_tokens: int, pad_id: int = 0):
+    """Prefill each prompt once (left-padded), then give each row its prompt's cache; the
+    next-token logits of every row."""
+    import torch
+
+    device = decoder.device if hasattr(decoder, "device") else "cpu"
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.bool)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = True
+    logits = decoder.prefill(ids.to(device), mask.to(device), max_new_tokens)
+    rows = list(rows)
+    if len(rows) != len(prompt_ids) or rows != list(range(len(rows))):
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        decoder.select(index)
+        logits = logits.index_select(0, index)
+    return logits
+
+
+def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
+                 temperatures: Sequence[float], seeds: Sequence[int], *, max_new_tokens: int,
+                 eos_ids: Sequence[int] = (), stop_at_eos: bool = False, pad_id: int = 0,
+                 on_step: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
+    """Decode ``rows`` (each an index into ``prompt_ids``) together; (token ids, finish reason).
+
+    Forced length (the study's min = max new tokens) masks the EOS ids, as transformers' min-length
+    processor does; with ``stop_at_eos`` a row ends at its first EOS, which is not kept in its ids."""
+    import torch
+
+    from tmcli.sampler import RowNoise, sample
+
+    device = decoder.device if hasattr(decoder, "device") else "cpu"
+    with torch.inference_mode():
+        logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
+        n = len(rows)
+        temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
+        noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
+        out = torch.zeros((n, max_new_tokens), dtype=torch.long)
+        lengths = [max_new_tokens] * n
+        reasons = ["length"] * n
+        eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+        alive = torch.arange(n, device=device)  # original row of each decoder row
+        finished = torch.zeros(n, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            if len(eos) and not stop_at_eos:
+                logits.index_fill_(1, eos, float("-inf"))
+            live = alive.tolist()
+            tokens = sample(logits, temps[alive], noise_source.draw(live, logits.shape[1]))
+            out[alive.cpu(), step] = tokens.cpu()
+            if stop_at_eos and len(eos):
+                hit = torch.isin(tokens, eos) & ~finished
+                for r in alive[hit].tolist():
+                    lengths[r], reasons[r] = step, "eos"
+                finished |= hit
+            if on_step is not None:
+                on_step(int((~finished).sum()))
+            if stop_at_eos and len(eos):
+                if bool(finished.all()):
+                    break
+                if int(finished.sum()) * 4 >= len(alive):  # drop finished rows from the batch
+                    keep = (~finished).nonzero().squeeze(1)
+                    decoder.select(keep)
+                    alive, tokens, finished = alive[keep], tokens[keep], finished[keep]
+            if step + 1 < max_new_tokens:
+                logits = decoder.step(tokens)
+    return [(out[r, : lengths[r]].tolist(), reasons[r]) for r in range(n)]
+
+
+class TransformersEngine(Engine):
+    """A model loaded by transformers (`loading.load_model`), decoded by tmcli's loop."""
+
+    name = "transformers"
+    fast = False
+
+    def __init__(self, spec: str, options: EngineOptions):
+        import torch
+
+        from tmcli.decoders import make_decoder
+        from tmcli.loading import load_model
+
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.lm = load_model(spec, options.device, options.dtype,
+                             trust_remote_code=options.trust_remote_code, progress=options.progress)
+        self.spec, self.model_id, self.tokenizer = spec, self.lm.model_id, self.lm.tokenizer
+        self.device, self.dtype, self.eos_ids = self.lm.device, self.lm.dtype, self.lm.eos_ids
+        self.decoder = make_decoder(self.lm.model, fast=self.fast)
+        self.oracle = None
+
+    def batch_size(self, max_context: int, requested: int | None, rows: int) -> int:
+        from tmcli.decoders import plan_batch_size
+
+        return plan_batch_size(self.lm, max_context, requested, rows)
+
+    def decode(self, prompt_ids, rows, temperatures, seeds, *, mode, max_new_tokens, stop_at_eos,
+               every=1, on_step=None):
+        opts = dict(max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, stop_at_eos=stop_at_eos,
+                    on_step=on_step)
+        if mode == "off":
+            return [(g, r, None) for g, r in decode_batch(self.decoder, prompt_ids, rows,
+                                                          temperatures, seeds, **opts)]
+        from tmcli.canonical import Oracle, decode_canonical
+        from tmcli.vocab import vocab_for
+
+        if self.oracle is None:
+            self.oracle = Oracle(vocab_for(self.tokenizer))
+        return decode_canonical(self.decoder, self.oracle, prompt_ids, rows, temperatures, seeds,
+                                mode=mode, every=every, **opts)
+
+    def close(self) -> None:
+        self.decoder = self.lm = self.oracle = None
