@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tmcli.decoders import make_decoder
-    from tmcli.generation import decode_batch
+    from tmcli.engines.transformers import decode_batch
     from tmcli.loading import encode_prompt, load_model, load_tokenizer, prompt_tokenizer
     from tmcli.prompts import read_prompts
     from tmcli.reencode import Reencoder, Sample
