@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 
 import polars as pl
 
-from tmcli.errors import TmcliError
+from tmcli.errors import TmcliError, printable
 from tmcli.summary import summarise
 
 # option name -> column of the group summary
@@ -53,9 +54,8 @@ class CheckResult:
         return 0 if self.passed else 1
 
 
-def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
-              use_upper: bool = False) -> CheckResult:
-    """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored)."""
+def validate_thresholds(thresholds: dict[str, float | None]) -> dict[str, float]:
+    """The thresholds given (None values dropped), or the one-line error for a bad one."""
     limits = {k: v for k, v in thresholds.items() if v is not None}
     unknown = set(limits) - set(THRESHOLDS)
     if unknown:
@@ -66,8 +66,19 @@ def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False
                          hint="pass at least one of --max-compression, --max-noncanonical-rate, "
                          "--max-fraction-compressed, --max-fraction-noncanonical")
     for name, value in limits.items():
+        option = f"--{name.replace('_', '-')}"
         if not math.isfinite(value):
-            raise TmcliError(f"--{name.replace('_', '-')} must be a finite number")
+            raise TmcliError(f"{option} must be a finite number")
+        if not 0 <= value <= 1:  # every figure checked is a share (compression: of the tokens)
+            raise TmcliError(f"{option} {value:g} is outside 0..1",
+                             hint="thresholds are fractions: 0.05 means 5%")
+    return limits
+
+
+def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
+              use_upper: bool = False) -> CheckResult:
+    """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored)."""
+    limits = validate_thresholds(thresholds)
     if per_group:
         groups, keys = analysis.groups, analysis.group_by
     else:
@@ -97,19 +108,18 @@ def render(result: CheckResult, fmt: str) -> str:
         lines = []
         for o in result.outcomes:
             msg = f"{o.metric} = {_fmt(o.value)} (limit {o.limit:g}, n={o.n}) for {o.group}"
-            if not o.passed:
-                lines.append(f"::error title=tmcli check {o.threshold}::{msg}")
-            else:
-                lines.append(f"::notice title=tmcli check {o.threshold}::{msg}")
+            title = _gh_property(f"tmcli check {o.threshold}")
+            level = "notice" if o.passed else "error"
+            lines.append(f"::{level} title={title}::{_gh_data(msg)}")
         return "\n".join(lines)
     if fmt == "junit":
         suite = ET.Element("testsuite", name="tmcli check", tests=str(len(result.outcomes)),
                            failures=str(sum(not o.passed for o in result.outcomes)))
         for o in result.outcomes:
             case = ET.SubElement(suite, "testcase", classname="tmcli.check",
-                                 name=f"{o.threshold}[{o.group}]")
+                                 name=_xml_safe(f"{o.threshold}[{o.group}]"))
             if not o.passed:
-                ET.SubElement(case, "failure", message=(
+                ET.SubElement(case, "failure", message=_xml_safe(
                     f"{o.metric} = {_fmt(o.value)} > {o.limit:g} (n={o.n})"))
         return ET.tostring(suite, encoding="unicode", xml_declaration=True)
     if fmt == "text":
@@ -117,13 +127,35 @@ def render(result: CheckResult, fmt: str) -> str:
         for o in result.outcomes:
             mark = "PASS" if o.passed else "FAIL"
             op = "<=" if o.passed else ">"
-            lines.append(f"{mark}  {o.group}: {o.metric} = {_fmt(o.value)} {op} {o.limit:g}"
+            lines.append(f"{mark}  {printable(o.group)}: {o.metric} = {_fmt(o.value)} {op} {o.limit:g}"
                          f"  (n={o.n})")
         verdict = "passed" if result.passed else "FAILED"
         lines.append(f"check {verdict}: {sum(o.passed for o in result.outcomes)}/"
                      f"{len(result.outcomes)} thresholds hold over {result.n_samples} samples")
         return "\n".join(lines)
     raise TmcliError(f"unknown format '{fmt}'", hint="use " + ", ".join(FORMATS))
+
+
+def _gh_data(text: str) -> str:
+    """A GitHub workflow command's message, escaped as the runner unescapes it (a newline in
+    the data can then not start a forged `::error` or `::stop-commands` line); other control
+    characters (ANSI colours in the log viewer) shown as escapes."""
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
+
+
+def _gh_property(text: str) -> str:
+    """A workflow command property value (``title=``): also ``:`` and ``,`` escaped."""
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+# Characters XML 1.0 cannot hold at all, even as character references.
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """Text for a JUnit attribute: control characters shown as escapes, none left that would
+    make the XML unparseable."""
+    return _XML_ILLEGAL.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(text))
 
 
 def _fmt(v: float) -> str:

@@ -1,6 +1,8 @@
 """Terminal rendering (Rich): group summaries, sigmoid fits, self-test results.
 
-Data goes to stdout; warnings and hints go to stderr (see `warn`).
+Data goes to stdout; warnings and hints go to stderr (see `warn`). Every piece of data (model
+names, group keys, paths, messages) goes through `data`, so it is never read as Rich markup and
+its control characters are shown escaped.
 """
 
 from __future__ import annotations
@@ -10,13 +12,22 @@ import math
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from tmcli.errors import printable
 
 stdout = Console(highlight=False, soft_wrap=False)
 stderr = Console(stderr=True, highlight=False)
 
 
+def data(value) -> Text:
+    """A value from the data as terminal text: literal (no markup, no emoji codes), control
+    characters (ANSI/OSC escapes, newlines) shown as escapes."""
+    return Text(printable(value if isinstance(value, str) else str(value)))
+
+
 def warn(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/yellow] {message}")
+    stderr.print(Text("warning: ", style="yellow") + data(message), soft_wrap=True)
 
 
 def _num(v, pct: bool = False, digits: int = 3) -> str:
@@ -59,7 +70,7 @@ def groups_table(analysis) -> Table:
         kinds = "/".join(_num(row[f"fraction_{k}"], True, 2)
                          for k in ("merged", "lengthened", "resegmented"))
         cog = _ci(row, "centre_of_gravity", pct=False, digits=4)
-        cells = [f"{row[k]:g}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        cells = [data(f"{row[k]:g}" if isinstance(row[k], float) else row[k]) for k in keys]
         table.add_row(*cells, n, _ci(row, "fraction_compressed", digits=2),
                       _ci(row, "fraction_noncanonical", digits=2),
                       _ci(row, "mean_compression", digits=3), _ci(row, "token_rate", digits=3),
@@ -78,7 +89,7 @@ def fits_table(analysis) -> Table | None:
                  "non-can. midpoint T", "slope", "rmse"):
         table.add_column(name, justify="left" if name == "model" else "right")
     for row in fits.iter_rows(named=True):
-        table.add_row(row["model"], str(row["canonical"] or "–"), str(row["n_temperatures"]),
+        table.add_row(data(row["model"]), data(row["canonical"] or "–"), str(row["n_temperatures"]),
                       *(_num(row.get(p + k)) for p in ("", "nc_") for k in ("midpoint", "slope", "rmse")))
     return table
 
@@ -103,7 +114,7 @@ def comparison_table(analysis) -> Table | None:
         n = f"[bold yellow]{row['n']}⚠[/]" if row.get("few_samples") else str(row["n"])
         t = row["temperature"]
         table.add_row(
-            row["model"], "–" if t is None else f"{t:g}", row["canonical"], n,
+            data(row["model"]), "–" if t is None else f"{t:g}", data(row["canonical"]), n,
             _ci(row, "fraction_noncanonical", digits=2), _ci(row, "mean_compression", digits=3),
             *(_ci(row, name, pct=False, digits=3) for name in
               ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")),
@@ -125,11 +136,20 @@ def print_analysis(analysis, console: Console | None = None) -> None:
     analysis_warnings(analysis)
 
 
-def analysis_warnings(analysis) -> None:
-    g = analysis.groups
+def input_warnings(analysis) -> None:
+    """What was left out of the input: invalid lines skipped, duplicate records counted once."""
     if analysis.skipped:
         first = analysis.skipped[0]
         warn(f"skipped {len(analysis.skipped)} invalid line(s); first: {first}")
+    dupes = analysis.meta.get("n_duplicates") or 0
+    if dupes:
+        warn(f"{dupes} duplicate record(s) (an id seen before with the same model, temperature "
+             "and canonical mode) counted once; pass --keep-duplicates to count every copy")
+
+
+def analysis_warnings(analysis) -> None:
+    g = analysis.groups
+    input_warnings(analysis)
     not_exact = int(g["n_not_byte_exact"].sum())
     if not_exact:
         warn(f"{not_exact} sample(s) could not be handled byte-exactly "
@@ -149,7 +169,7 @@ def print_selftest(results, console: Console | None = None) -> None:
     for name in ("tokenizer", "family", "samples", "non-canonical", "control", "result"):
         table.add_column(name)
     for r in results:
-        table.add_row(r.tokenizer, r.family, str(r.n_samples), str(r.n_noncanonical),
+        table.add_row(data(r.tokenizer), data(r.family), str(r.n_samples), str(r.n_noncanonical),
                       "detected" if r.control_detected else "[red]missed[/red]",
                       "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
     console.print(table)
