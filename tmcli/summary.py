@@ -56,7 +56,8 @@ def groups_in_order(samples: pl.DataFrame, keys: list[str], *, copy: bool = True
     code = np.zeros(samples.height, dtype=np.int64)
     for k in keys:
         ranks = samples[k].rank("dense").cast(pl.Int64).fill_null(0).to_numpy()  # null: 0
-        code = code * (int(ranks.max(initial=0)) + 1) + ranks
+        # made dense again after each key, so many keys of many values cannot overflow
+        code = np.unique(code * (int(ranks.max(initial=0)) + 1) + ranks, return_inverse=True)[1]
     order = np.argsort(code, kind="stable")
     starts = np.flatnonzero(np.diff(code[order], prepend=-1))
     bounds = list(zip(starts, [*starts[1:], len(order)]))
