@@ -247,8 +247,8 @@ def check(
 
     INPUT is raw outputs (.jsonl, - for stdin) or an `analyze --output` file (.parquet).
     """
-    from tmcli.analysis import parse_tokenizer_option
     from tmcli import render as terminal
+    from tmcli.analysis import parse_tokenizer_option
     from tmcli.check import FORMATS, render, run_check, validate_thresholds
     from tmcli.store import load_analysis
 
