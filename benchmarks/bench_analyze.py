@@ -6,14 +6,19 @@ Prints tokens/s of:
   study      the study's per-sample loop: transformers decode + re-encode of each sample and of
              each 64-token window (as in the study's ablations.py)
   limit      raw `tokenizers` encode_batch of the same completion texts (no parsing, no windows)
-and the ratios tmcli/limit (goal >= 0.5) and tmcli/study (goal >= 5). Then peak RSS of analyze
-in a fresh process on N and 10*N completions (goal: roughly flat).
+and the ratios tmcli/limit (goal >= 0.5) and tmcli/study (goal >= 5).
+
+Memory (its own section, `--section memory`): peak RSS of `tmcli analyze --json --output x.parquet`
+in a fresh process (children included) on N and 10*N completions of --mem-ids ids (goal: the
+10x input takes <= 1.3x the memory), and with --mem-gb on a JSONL file of that size (goal: peak
+RSS below 1 GiB for 1 GB of JSONL).
 
 Data: WikiText paragraphs encoded with SmolLM2's tokenizer, cut into 1,024-id completions after
 64-id prompts, with ~2% of tokens split into two real tokens and ~0.5% replaced by random ids,
 so most completions are non-canonical.
 
-    python benchmarks/bench_analyze.py [--n 5000] [--mem-base 1000]
+    python benchmarks/bench_analyze.py [--n 5000] [--section throughput|memory|all]
+        [--mem-base 20000] [--mem-ids 256] [--mem-gb 1]
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,7 @@ WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
 TOKENIZER = "smollm2-135m"
 
 
-def make_data(path: Path, n: int, seed: int = 0) -> int:
+def make_data(path: Path, n: int, seed: int = 0, length: int = 1024) -> int:
     from tmcli.vocab import vocab_for
 
     vocab = vocab_for(TOKENIZER)
@@ -50,10 +54,10 @@ def make_data(path: Path, n: int, seed: int = 0) -> int:
     total = 0
     with open(path, "wb") as fh:
         for i in range(n):
-            start = rng.randrange(0, len(stream) - 1100)
+            start = rng.randrange(0, len(stream) - length - 76)
             prompt, g = stream[start : start + 64], []
             for t in stream[start + 64 :]:
-                if len(g) >= 1024:
+                if len(g) >= length:
                     break
                 b = vocab.token_bytes[t]
                 r = rng.random()
@@ -63,7 +67,7 @@ def make_data(path: Path, n: int, seed: int = 0) -> int:
                     g.append(rng.randrange(0, vocab.size))
                 else:
                     g.append(t)
-            g = g[:1024]
+            g = g[:length]
             total += len(g)
             rec = {"id": str(i), "model": TOKENIZER, "tokenizer": TOKENIZER,
                    "temperature": [0.0, 1.0, 2.0][i % 3], "prompt_token_ids": prompt,
@@ -129,42 +133,95 @@ def bench_limit(path: Path) -> tuple[float, float]:
     return slow, fast
 
 
-def peak_rss(path: Path) -> float:
-    code = ("import resource, sys; sys.path.insert(0, %r); from tmcli.analysis import analyze_file;"
-            "analyze_file(%r); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-            % (str(ROOT), str(path)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024  # MiB (Linux reports KiB)
+def throughput(args, tmp: str) -> None:
+    data = Path(tmp) / "outputs.jsonl"
+    tokens = make_data(data, args.n)
+    size = data.stat().st_size / 2**20
+    print(f"data: {args.n} completions, {tokens} generated ids, {size:.0f} MiB JSONL")
+    tmcli = bench_tmcli(data)
+    study = bench_study(data, args.study_n)
+    limit, limit_fast = bench_limit(data)
+    print(f"tmcli analyze            {tmcli:12,.0f} tokens/s")
+    print(f"study-style loop         {study:12,.0f} tokens/s")
+    print(f"encode_batch (limit)     {limit:12,.0f} tokens/s")
+    print(f"encode_batch_fast        {limit_fast:12,.0f} tokens/s")
+    print(f"ratio tmcli/limit        {tmcli / limit:12.2f}   (goal >= 0.5)")
+    print(f"ratio tmcli/study        {tmcli / study:12.2f}   (goal >= 5)")
+    print(f"ratio tmcli/encode_fast  {tmcli / limit_fast:12.2f}")
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+def replicate(src: Path, dst: Path, *, copies: int | None = None, size: int | None = None) -> int:
+    """Write ``src``'s records again and again under new ids (``copies`` times, or until ``size``
+    bytes); returns the number of records. Fast where `make_data` is not, for large inputs."""
+    lines = [orjson.loads(line) for line in src.read_bytes().splitlines()]
+    n = written = 0
+    with open(dst, "wb") as fh:
+        while (copies is not None and n < copies * len(lines)) or (size is not None and written < size):
+            rec = dict(lines[n % len(lines)], id=f"r{n}")
+            line = orjson.dumps(rec) + b"\n"
+            fh.write(line)
+            written += len(line)
+            n += 1
+    return n
+
+
+# Run by a small fresh interpreter: Linux starts an exec'd process's peak RSS at its parent's
+# (exec keeps the old image's high-water mark), so a child of this large benchmark process would
+# report this process's size, not its own.
+_WAIT = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+         "_, status, usage = os.wait4(p.pid, 0); print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)")
+
+
+def peak_rss(path: Path, *extra: str) -> tuple[float, float]:
+    """Peak RSS (MiB) and wall time of `tmcli analyze PATH --json --output ...` in a fresh
+    process; the peak covers its worker processes too (os.wait4 reports the largest)."""
+    out = path.with_suffix(".parquet")
+    cmd = [sys.executable, "-m", "tmcli", "analyze", str(path), "--json", "--output", str(out),
+           *extra]
+    t = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", _WAIT, *cmd], capture_output=True, text=True,
+                         cwd=ROOT)
+    code, kib = map(int, run.stdout.split())
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{run.stderr}")
+    return kib / 1024, time.perf_counter() - t  # Linux reports KiB
+
+
+def memory(args, tmp: str) -> None:
+    small, big = Path(tmp) / "small.jsonl", Path(tmp) / "big.jsonl"
+    make_data(small, args.mem_base, seed=1, length=args.mem_ids)
+    make_data(big, 10 * args.mem_base, seed=2, length=args.mem_ids)
+    (rss_small, t_small), (rss_big, t_big) = peak_rss(small), peak_rss(big)
+    print(f"peak RSS  {args.mem_base:>8,} completions x {args.mem_ids} ids "
+          f"{rss_small:8.0f} MiB  ({t_small:.0f} s)")
+    print(f"peak RSS  {10 * args.mem_base:>8,} completions x {args.mem_ids} ids "
+          f"{rss_big:8.0f} MiB  ({t_big:.0f} s)   ratio {rss_big / rss_small:.2f} for 10x the input"
+          " (goal <= 1.3)")
+    if args.mem_gb:
+        huge = Path(tmp) / "huge.jsonl"
+        n = replicate(big, huge, size=int(args.mem_gb * 1e9))
+        rss, t = peak_rss(huge)
+        print(f"peak RSS  {huge.stat().st_size / 1e9:.2f} GB JSONL ({n:,} completions) "
+              f"{rss:8.0f} MiB  ({t:.0f} s)   (goal < 1024 MiB)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--section", choices=("all", "throughput", "memory"), default="all")
     ap.add_argument("--n", type=int, default=5000, help="completions for the throughput run")
     ap.add_argument("--study-n", type=int, default=500, help="completions timed for the study loop")
-    ap.add_argument("--mem-base", type=int, default=1000, help="N for the memory run (and 10*N)")
+    ap.add_argument("--mem-base", type=int, default=20000, help="N for the memory run (and 10*N)")
+    ap.add_argument("--mem-ids", type=int, default=256, help="generated ids per completion there")
+    ap.add_argument("--mem-gb", type=float, default=0.0,
+                    help="also measure a JSONL file of this many GB (e.g. 1)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "outputs.jsonl"
-        tokens = make_data(data, args.n)
-        size = data.stat().st_size / 2**20
-        print(f"data: {args.n} completions, {tokens} generated ids, {size:.0f} MiB JSONL")
-        tmcli = bench_tmcli(data)
-        study = bench_study(data, args.study_n)
-        limit, limit_fast = bench_limit(data)
-        print(f"tmcli analyze            {tmcli:12,.0f} tokens/s")
-        print(f"study-style loop         {study:12,.0f} tokens/s")
-        print(f"encode_batch (limit)     {limit:12,.0f} tokens/s")
-        print(f"encode_batch_fast        {limit_fast:12,.0f} tokens/s")
-        print(f"ratio tmcli/limit        {tmcli / limit:12.2f}   (goal >= 0.5)")
-        print(f"ratio tmcli/study        {tmcli / study:12.2f}   (goal >= 5)")
-        print(f"ratio tmcli/encode_fast  {tmcli / limit_fast:12.2f}")
-        small, big = Path(tmp) / "small.jsonl", Path(tmp) / "big.jsonl"
-        make_data(small, args.mem_base, seed=1)
-        make_data(big, 10 * args.mem_base, seed=2)
-        rss_small, rss_big = peak_rss(small), peak_rss(big)
-        print(f"peak RSS  {args.mem_base:>6} completions {rss_small:8.0f} MiB")
-        print(f"peak RSS  {10 * args.mem_base:>6} completions {rss_big:8.0f} MiB"
-              f"   ratio {rss_big / rss_small:.2f} for 10x the input (goal: roughly flat)")
+        if args.section in ("all", "throughput"):
+            throughput(args, tmp)
+        if args.section in ("all", "memory"):
+            memory(args, tmp)
 
 
 if __name__ == "__main__":

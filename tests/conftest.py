@@ -17,6 +17,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # GGUF tokenizer conversion takes 10-60 s; keep it between runs (ignored by git).
 os.environ.setdefault("TMCLI_CACHE", str(ROOT / ".cache" / "tmcli-test"))
 os.environ.setdefault("COLUMNS", "160")
+# vLLM imports setuptools (through torch.utils.cpp_extension); if stdlib distutils was imported
+# earlier in the session, setuptools' distutils shim then fails an assertion. Keep stdlib's.
+os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 
 
 @functools.lru_cache(maxsize=None)

@@ -233,7 +233,7 @@ def test_dev_zero_fails_fast_with_bounded_memory():
     assert proc.returncode == 2 and proc.stdout == ""
     assert lines == [
         "Error: /dev/zero:1: line is longer than the 64 MiB limit; write one completion per line "
-        "(JSONL), not one JSON document"]
+        "(JSONL), not one JSON document; or pass --skip-invalid to skip such lines"]
     assert int(rss.split()[1]) < 512 * 1024  # about one 64 MiB line, never the endless file
 
 

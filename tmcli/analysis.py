@@ -1,8 +1,14 @@
 """`tmcli analyze`: records in, one row per sample and one summary per group out.
 
-Records are streamed in batches through one `Reencoder` per tokenizer, so memory stays flat: only
-the per-sample scalars, windows and differing spans are kept, plus the few most non-canonical
-completions in full for the report's example viewer.
+Records are streamed in batches through one `Reencoder` per tokenizer. Memory grows only by what
+the group statistics need per sample (its scalars and window profile, a few hundred bytes): the
+per-span detail (`DETAIL_COLUMNS`) goes straight to the parquet sink of ``output`` (`analyze
+--output`) and is not kept, and only the few most non-canonical completions are kept in full, for
+the report's example viewer.
+
+Duplicates (the same record twice, e.g. from two runs appending to one file) would count twice
+and narrow every interval: a sample whose `summary.DUPLICATE_KEY` was seen before is dropped from
+the statistics (and counted in ``meta["n_duplicates"]``) unless ``keep_duplicates``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from tmcli.quality import record_float
 from tmcli.readers.openai import token_ids_from_logprobs
 from tmcli.records import Record, read_records
 from tmcli.reencode import Reencoder, Sample
-from tmcli.summary import canonical_comparison, sigmoid_fits, summarise
+from tmcli.summary import canonical_comparison, drop_duplicates, sigmoid_fits, summarise
 
 SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
                   "kind": pl.String})
@@ -43,11 +49,26 @@ SAMPLE_SCHEMA = {
     "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
 }
 DEFAULT_GROUP_BY = ("model", "temperature")
+# Written to the parquet sink but not kept in memory: variable-length per-sample detail (lists
+# of structs: the differing spans), and figures that follow from kept ones (window_compression =
+# window_delta / window_tokens, n_reencoded, token_rate). Nothing summarised reads them.
+DETAIL_COLUMNS = (*(name for name, dtype in SAMPLE_SCHEMA.items()
+                    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)),
+                  "window_compression", "n_reencoded", "token_rate")
+# In memory, the input's path is stored once, not once per row.
+MEMORY_DTYPES = {"source": pl.Categorical}
+
+
+def in_memory(samples: pl.DataFrame) -> pl.DataFrame:
+    """Sample rows as an `Analysis` holds them: without `DETAIL_COLUMNS`, `MEMORY_DTYPES` cast."""
+    samples = samples.drop([c for c in DETAIL_COLUMNS if c in samples.columns])
+    return samples.cast({k: v for k, v in MEMORY_DTYPES.items() if k in samples.columns})
 
 
 @dataclass
 class Analysis:
-    """The result of analysing one input: per-sample rows, group summaries, sigmoid fits."""
+    """The result of analysing one input: per-sample rows (without `DETAIL_COLUMNS`, which
+    `analyze --output` writes), group summaries, sigmoid fits."""
 
     samples: pl.DataFrame
     groups: pl.DataFrame
@@ -101,6 +122,7 @@ class TokenizerPool:
         self.window = window
         self.context = context
         self._encoders: dict[str, Reencoder] = {}
+        self._failed: dict[str, TmcliError] = {}
         self._seen_names: dict[str, int] = {}
         self._model_tok: dict[str, str] = {}
 
@@ -129,19 +151,36 @@ class TokenizerPool:
         raise InvalidRecord(rec.source, rec.line, "record names no tokenizer or model",
                             hint="pass --tokenizer (an alias, path, GGUF file or hub id)")
 
+    def user_given(self, spec: str) -> bool:
+        """Whether ``spec`` came from --tokenizer (else from a record's own field)."""
+        return spec == self.forced or spec in self.mapping.values()
+
     def encoder(self, spec: str) -> Reencoder:
         enc = self._encoders.get(spec)
         if enc is None:
+            if spec in self._failed:  # each record naming it fails alike, without a retry
+                raise self._failed[spec]
             from tmcli.vocab import vocab_for
 
-            enc = Reencoder(vocab_for(spec), window=self.window, context=self.context)
+            try:
+                enc = Reencoder(vocab_for(spec), window=self.window, context=self.context)
+            except TmcliError as exc:
+                self._failed[spec] = exc
+                raise
             self._encoders[spec] = enc
         return enc
 
 
 def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     spec = pool.spec_for(rec)
-    enc = pool.encoder(spec)
+    try:
+        enc = pool.encoder(spec)
+    except TmcliError as exc:
+        if pool.user_given(spec):  # the option is wrong, not this record
+            raise
+        raise InvalidRecord(rec.source, rec.line, f"its tokenizer: {exc.message}",
+                            hint=f"{exc.hint + '; ' if exc.hint else ''}or pass --tokenizer, or "
+                            "--skip-invalid to skip such records") from None
     ids = (rec.token_ids if rec.token_ids is not None
            else token_ids_from_logprobs(rec, enc.vocab, spec))
     if not ids:
@@ -173,6 +212,18 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
     row.update(metrics)
     row.pop("boundary_span", None)
     return row
+
+
+def _as_invalid(rec: Record, exc: Exception) -> InvalidRecord | None:
+    """Any failure to prepare one record as that record's error (so --skip-invalid skips it);
+    None for those that are not the record's fault (OS errors, options, memory)."""
+    if isinstance(exc, InvalidRecord):
+        return exc
+    if isinstance(exc, (OSError, MemoryError, TmcliError)):
+        return None
+    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return InvalidRecord(rec.source, rec.line, f"unusable record ({type(exc).__name__}: {text})",
+                         hint="fix or drop the line, or pass --skip-invalid to skip such lines")
 
 
 def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: str,
@@ -211,10 +262,13 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
         for rec in records:
             try:
                 spec, _enc, smp = _prepare(rec, pool)
-            except InvalidRecord as exc:
-                if not skip_invalid:
+            except Exception as exc:
+                bad = _as_invalid(rec, exc)
+                if bad is None:
                     raise
-                errors.append(exc)
+                if not skip_invalid:
+                    raise bad from None
+                errors.append(bad)
                 continue
             pending.setdefault(spec, []).append((rec, spec, smp))
             if len(pending[spec]) >= batch_size:
@@ -325,38 +379,93 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                     group_by: list[str] | None = None, batch_size: int = 256,
                     skip_invalid: bool = False, errors: list | None = None,
                     n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None,
-                    jobs: int | None = None) -> Analysis:
-    """Measure every record and summarise by group (the whole of `tmcli analyze`)."""
+                    jobs: int | None = None, output: str | None = None,
+                    keep_duplicates: bool = False) -> Analysis:
+    """Measure every record and summarise by group (the whole of `tmcli analyze`).
+
+    ``output`` (.parquet) receives every sample row as it is measured, the per-span detail
+    included; it is created before the first record is read, so a bad path fails at once."""
     if window < 1:
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
     if method not in ("aligned", "study"):
         raise TmcliError(f"unknown window method '{method}'", hint="use aligned or study")
+    from tmcli.store import ParquetSink
+
     errors = [] if errors is None else errors
     pool = TokenizerPool(tokenizer, window=window, context=context)
     heap: list = []
-    frames = list(measure_records(records, pool, method=method, batch_size=batch_size,
-                                  skip_invalid=skip_invalid, errors=errors,
-                                  examples=heap, n_examples=n_examples, jobs=jobs))
-    samples = pl.concat(frames) if frames else pl.DataFrame(schema=SAMPLE_SCHEMA)
-    if samples.height == 0:
-        raise TmcliError("no usable records in the input",
-                         hint=f"{len(errors)} invalid line(s) were skipped" if errors
-                         else "the input is empty")
+    sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
+    try:
+        kept, recent = [], []
+
+        def flush():
+            # A few large chunks (and parquet row groups): per-batch ones cost ~30% more memory.
+            frame = pl.concat(recent, rechunk=True)
+            if sink is not None:
+                sink.write(frame)
+            kept.append(in_memory(frame))
+            recent.clear()
+
+        for frame in measure_records(records, pool, method=method, batch_size=batch_size,
+                                     skip_invalid=skip_invalid, errors=errors,
+                                     examples=heap, n_examples=n_examples, jobs=jobs):
+            recent.append(frame)
+            if len(recent) == 32:
+                flush()
+        if recent:
+            flush()
+        samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=SAMPLE_SCHEMA))
+        del kept
+        if samples.height == 0:
+            raise TmcliError("no usable records in the input",
+                             hint=f"{len(errors)} invalid line(s) were skipped" if errors
+                             else "the input is empty")
+        info = {
+            "tokenizers": sorted(pool._encoders),
+            "window": window, "window_method": method, "context": context,
+            "n_samples": samples.height, "n_skipped": len(errors), "tmcli_version": __version__,
+            **(meta or {}),
+        }
+        examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
+        analysis = summarise_samples(samples, group_by=group_by, window=window, method=method,
+                                     n_resamples=n_resamples, examples=examples, skipped=errors,
+                                     meta=info, keep_duplicates=keep_duplicates)
+        if sink is not None:
+            sink.close(analysis)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    return analysis
+
+
+def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, window: int,
+                      method: str, n_resamples: int = 2000, examples: list | None = None,
+                      skipped: list | None = None, meta: dict | None = None,
+                      keep_duplicates: bool = False) -> Analysis:
+    """An `Analysis` from per-sample rows (just measured, or read back from parquet)."""
+    meta = dict(meta or {})
+    meta["n_duplicates"] = 0
+    if not keep_duplicates:
+        samples, meta["n_duplicates"] = drop_duplicates(samples)
+        if meta["n_duplicates"]:
+            seen, unique = set(), []
+            for ex in examples or []:  # the same completion twice in the example viewer
+                key = tuple(ex.get(k) for k in ("id", "model", "temperature"))
+                if key not in seen:
+                    seen.add(key)
+                    unique.append(ex)
+            examples = unique
+    meta["n_samples"] = samples.height
     keys = list(group_by) if group_by else default_group_by(samples)
     missing = [k for k in keys if k not in samples.columns]
     if missing:
         raise TmcliError(f"cannot group by {', '.join(missing)}",
-                         hint="choose from: " + ", ".join(SAMPLE_SCHEMA))
+                         hint="choose from: " + ", ".join(samples.columns))
     groups = summarise(samples, keys, window, n_resamples=n_resamples)
-    examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
-    info = {
-        "tokenizers": sorted(pool._encoders),
-        "window": window, "window_method": method, "context": context,
-        "n_samples": samples.height, "n_skipped": len(errors), "tmcli_version": __version__,
-        **(meta or {}),
-    }
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
-                    window=window, method=method, examples=examples, skipped=errors, meta=info,
+                    window=window, method=method, examples=list(examples or []),
+                    skipped=list(skipped or []), meta=meta,
                     comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
@@ -369,9 +478,31 @@ def default_group_by(samples: pl.DataFrame) -> list[str]:
 
 def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
                  skip_invalid: bool = False, **kwargs) -> Analysis:
-    """`analyze_records` over a file (``-`` for stdin) in any supported format."""
+    """`analyze_records` over a file (``-`` for stdin) in any supported format.
+
+    Whatever goes wrong while reading or measuring it is reported against the file: an OS error
+    names it (a read error names no file of its own), and any other failure becomes a one-line
+    `TmcliError` (exit 2 in the CLI) instead of a traceback."""
     errors: list = []
-    records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                           skip_invalid=skip_invalid, errors=errors)
-    return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
-                           meta={"inputs": [path]}, **kwargs)
+    try:
+        records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                               skip_invalid=skip_invalid, errors=errors)
+        return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
+                               meta={"inputs": [path]}, **kwargs)
+    except InvalidRecord as exc:
+        if "--skip-invalid" in str(exc):
+            raise
+        hint = f"{exc.hint}; or pass --skip-invalid to skip such lines" if exc.hint \
+            else "fix or drop the line, or pass --skip-invalid to skip such lines"
+        raise InvalidRecord(exc.source, exc.line, exc.detail, hint=hint) from None
+    except (TmcliError, MemoryError):
+        raise
+    except OSError as exc:
+        if exc.filename is None:  # a read error (the output's are reported by its sink)
+            exc.filename = path
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise TmcliError(f"{path}: cannot analyse this input ({type(exc).__name__}: {text})",
+                         hint="run with --debug to see where; --skip-invalid skips records "
+                         "that fail on their own") from exc

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from tmcli.errors import TmcliError
+from tmcli.errors import TmcliError, printable
 from tmcli.summary import summarise
 
 # option name -> column of the group summary
@@ -75,10 +76,9 @@ class CheckResult:
         return 0 if self.passed else 1
 
 
-def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
-              use_upper: bool = False, on_mismatch: str | None = None) -> CheckResult:
-    """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored), and
-    list its non-canonical samples under an ``on_mismatch`` policy (see the module doc)."""
+def validate_thresholds(thresholds: dict[str, float | None],
+                        on_mismatch: str | None = None) -> dict[str, float]:
+    """The thresholds given (None values dropped), or the one-line error for a bad one."""
     if on_mismatch is not None and on_mismatch not in ON_MISMATCH:
         raise TmcliError(f"unknown --on-mismatch '{on_mismatch}'",
                          hint="use error (fail the check) or warn (report only); to drop "
@@ -93,8 +93,20 @@ def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False
                          hint="pass at least one of --max-compression, --max-noncanonical-rate, "
                          "--max-fraction-compressed, --max-fraction-noncanonical")
     for name, value in limits.items():
+        option = f"--{name.replace('_', '-')}"
         if not math.isfinite(value):
-            raise TmcliError(f"--{name.replace('_', '-')} must be a finite number")
+            raise TmcliError(f"{option} must be a finite number")
+        if not 0 <= value <= 1:  # every figure checked is a share (compression: of the tokens)
+            raise TmcliError(f"{option} {value:g} is outside 0..1",
+                             hint="thresholds are fractions: 0.05 means 5%")
+    return limits
+
+
+def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
+              use_upper: bool = False, on_mismatch: str | None = None) -> CheckResult:
+    """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored), and
+    list its non-canonical samples under an ``on_mismatch`` policy (see the module doc)."""
+    limits = validate_thresholds(thresholds, on_mismatch)
     if per_group:
         groups, keys = analysis.groups, analysis.group_by
     else:
@@ -144,10 +156,9 @@ def render(result: CheckResult, fmt: str) -> str:
         lines = []
         for o in result.outcomes:
             msg = f"{o.metric} = {_fmt(o.value)} (limit {o.limit:g}, n={o.n}) for {o.group}"
-            if not o.passed:
-                lines.append(f"::error title=tmcli check {o.threshold}::{msg}")
-            else:
-                lines.append(f"::notice title=tmcli check {o.threshold}::{msg}")
+            title = _gh_property(f"tmcli check {o.threshold}")
+            level = "notice" if o.passed else "error"
+            lines.append(f"::{level} title={title}::{_gh_data(msg)}")
         level = "error" if result.on_mismatch == "error" else "warning"
         for m in result.mismatches[:MAX_LISTED]:
             lines.append(f"::{level} file={_gh_property(m.source)},line={m.line},"
@@ -159,9 +170,9 @@ def render(result: CheckResult, fmt: str) -> str:
                            failures=str(sum(not o.passed for o in result.outcomes)))
         for o in result.outcomes:
             case = ET.SubElement(suite, "testcase", classname="tmcli.check",
-                                 name=f"{o.threshold}[{o.group}]")
+                                 name=_xml_safe(f"{o.threshold}[{o.group}]"))
             if not o.passed:
-                ET.SubElement(case, "failure", message=(
+                ET.SubElement(case, "failure", message=_xml_safe(
                     f"{o.metric} = {_fmt(o.value)} > {o.limit:g} (n={o.n})"))
         for m in result.mismatches[:MAX_LISTED]:
             case = ET.SubElement(suite, "testcase", classname="tmcli.check",
@@ -179,7 +190,7 @@ def render(result: CheckResult, fmt: str) -> str:
         for o in result.outcomes:
             mark = "PASS" if o.passed else "FAIL"
             op = "<=" if o.passed else ">"
-            lines.append(f"{mark}  {o.group}: {o.metric} = {_fmt(o.value)} {op} {o.limit:g}"
+            lines.append(f"{mark}  {printable(o.group)}: {o.metric} = {_fmt(o.value)} {op} {o.limit:g}"
                          f"  (n={o.n})")
         mark = "FAIL" if result.on_mismatch == "error" else "WARN"
         lines += [f"{mark}  {_mismatch_text(m)}" for m in result.mismatches[:MAX_LISTED]]
@@ -194,6 +205,28 @@ def render(result: CheckResult, fmt: str) -> str:
     raise TmcliError(f"unknown format '{fmt}'", hint="use " + ", ".join(FORMATS))
 
 
+def _gh_data(text: str) -> str:
+    """A GitHub workflow command's message, escaped as the runner unescapes it (a newline in
+    the data can then not start a forged `::error` or `::stop-commands` line); other control
+    characters (ANSI colours in the log viewer) shown as escapes."""
+    return printable(text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A"))
+
+
+def _gh_property(text: str) -> str:
+    """A workflow command property value (``title=``): also ``:`` and ``,`` escaped."""
+    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+# Characters XML 1.0 cannot hold at all, even as character references.
+_XML_ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(text: str) -> str:
+    """Text for a JUnit attribute: control characters shown as escapes, none left that would
+    make the XML unparseable."""
+    return _XML_ILLEGAL.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(text))
+
+
 def _fmt(v: float) -> str:
     return "nan" if math.isnan(v) else f"{v:.6g}"
 
@@ -206,12 +239,3 @@ def _more(result: CheckResult) -> list[str]:
     extra = len(result.mismatches) - MAX_LISTED
     return [f"... and {extra} more non-canonical sample(s) (--format json lists all)"] \
         if extra > 0 else []
-
-
-def _gh_data(text: str) -> str:
-    """A workflow-command message: %, CR and LF escaped so data cannot start a new command."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _gh_property(text: str) -> str:
-    return _gh_data(text).replace(":", "%3A").replace(",", "%2C")

@@ -1,21 +1,90 @@
 """The command line: parses options, calls the public API, renders. No measurement logic here.
 
-Exit codes: 0 ok, 1 a `check` threshold failed, 2 a user mistake (one line on stderr, no traceback
-unless TMCLI_DEBUG=1 or --debug).
+Exit codes (`tmcli.errors`): 0 ok; 1 only when `check` (or `selftest`) fails; 2 a mistake the user
+can fix (bad option or input, an OS error on a named path, out of memory), one line on stderr;
+70 an internal error (a bug), one line saying how to see the traceback (--debug or
+TMCLI_DEBUG=1); 141 stdout was closed early (a broken pipe, as when killed by SIGPIPE). Every
+command gets this mapping from `_App`, so a command needs no error handling of its own.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
+import traceback
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 from tmcli import __version__
-from tmcli.errors import TmcliError
+from tmcli.errors import EXIT_INTERNAL, EXIT_USAGE, TmcliError, from_os_error, printable
+
+_state = {"debug": False}
+# Typer's (bundled Click's) usage-error classes, reached through a public name so that this works
+# whether Typer vendors Click or depends on it.
+_UsageError = typer.BadParameter.__bases__[0]
+_ClickException = _UsageError.__bases__[0]
+EXIT_BROKEN_PIPE = 141
+
+
+def _debug() -> bool:
+    return _state["debug"] or os.environ.get("TMCLI_DEBUG") == "1"
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _exit_for(exc: BaseException) -> int:
+    """Print the one error line for ``exc`` (and its traceback with --debug); its exit code."""
+    if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+        try:  # the reader went away: say nothing more, and let nothing flush into the pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
+    code = EXIT_USAGE
+    if isinstance(exc, TmcliError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        message = str(from_os_error(exc))
+    elif isinstance(exc, MemoryError):
+        message = ("out of memory; give a smaller input (or, for generate, a smaller "
+                   "--batch-size), or run where more memory is free")
+    else:
+        code = EXIT_INTERNAL
+        message = (f"internal error ({type(exc).__name__}: {_one_line(exc)}); this is a bug in "
+                   "tmcli: rerun with --debug (or TMCLI_DEBUG=1) to see the traceback, and report it")
+    if _debug():
+        traceback.print_exception(exc)
+    typer.echo(f"Error: {printable(message)}", err=True)
+    return code
+
+
+@contextmanager
+def _errors_to_exit():
+    """Turn any failure of a command into one line on stderr and an exit code."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except _UsageError as exc:  # bad option values: one line instead of Typer's boxed message
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            raise
+        ctx = getattr(exc, "ctx", None)
+        see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"Error: {printable(exc.format_message())}{see}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except _ClickException:
+        raise
+    except Exception as exc:
+        raise typer.Exit(_exit_for(exc)) from None
+
 
 # What an option's value looks like in --help, by Python type; flags show nothing (Typer would
 # print `<bool>`, and `--shuffle true` then fails).
@@ -47,17 +116,28 @@ class _Group(TyperGroup):
         return _plain_params(super().get_params(ctx))
 
 
+class _App(_Group):
+    """Typer's command group, with every command's failures mapped by `_errors_to_exit`
+    (under `main` and under `typer.testing.CliRunner` alike)."""
+
+    def make_context(self, *args, **kwargs):
+        with _errors_to_exit():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _errors_to_exit():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="tmcli",
+    cls=_App,
     help="Measure the tokenizer compressibility (non-canonical tokenization) of LLM outputs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
-    cls=_Group,
 )
-
-_state = {"debug": False}
 
 
 def _version(value: bool) -> None:
@@ -79,33 +159,24 @@ def _root(
 
 def fail(message: str) -> None:
     """Print one error line to stderr and exit 2."""
-    typer.echo(f"Error: {message}", err=True)
-    raise typer.Exit(2)
+    typer.echo(f"Error: {printable(message)}", err=True)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def main() -> None:
-    """Entry point: run the app, mapping user mistakes to one line and exit 2."""
+    """Entry point (`tmcli`): the app, with the exit codes above."""
     try:
         app()
-    except TmcliError as exc:
-        if _state["debug"]:
-            raise
-        typer.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         sys.exit(130)
+    except Exception as exc:  # raised outside a command (Typer itself): same mapping
+        sys.exit(_exit_for(exc))
 
 
 def run_command(fn, *args, **kwargs):
-    """Call the API; turn TmcliError into the one-line error (also under CliRunner)."""
-    try:
-        return fn(*args, **kwargs)
-    except TmcliError as exc:
-        if _state["debug"]:
-            raise
-        fail(str(exc))
-
+    """Call the API. Kept for the commands that use it: `_App` maps every error already."""
+    return fn(*args, **kwargs)
 
 
 # -- shared options -----------------------------------------------------------------------------
@@ -122,6 +193,9 @@ MethodOpt = Annotated[str, typer.Option("--window-method", metavar="aligned|stud
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip invalid lines (and report how many) instead of stopping.")]
 ContextOpt = Annotated[bool, typer.Option("--context/--no-context", help="Re-encode the completion after its prompt ids (default) or alone.")]
 GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="Comma-separated columns (default: model,temperature[,canonical]).")]
+KeepDupOpt = Annotated[bool, typer.Option(
+    "--keep-duplicates", help="Count every copy of a record that appears more than once (same "
+    "id, model, temperature and canonical mode); by default each counts once.")]
 
 
 def _groups(group_by: str | None) -> list[str] | None:
@@ -135,7 +209,8 @@ def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, 
 
     if is_stored_analysis(input):  # no re-encoding
         return read_parquet(input, group_by=_groups(group_by),
-                            **{k: v for k, v in kwargs.items() if k == "n_resamples"})
+                            **{k: v for k, v in kwargs.items()
+                               if k in ("n_resamples", "keep_duplicates")})
     return analyze_file(
         input, tokenizer=parse_tokenizer_option(tokenizer), ids_field=ids_field,
         prompt_ids_field=prompt_ids_field, window=window,
@@ -158,21 +233,25 @@ def analyze(
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="Write one row per sample to this .parquet file (for report/check).")] = None,
     skip_invalid: SkipOpt = False,
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 2000,
+    keep_duplicates: KeepDupOpt = False,
 ) -> None:
     """Re-encode completions and report how often and where they are non-canonical."""
     import json
 
     from tmcli import render
-    from tmcli.store import PARQUET_SUFFIXES, write_parquet
+    from tmcli.store import check_parquet_path, is_stored_analysis, write_parquet
 
-    if output and not output.lower().endswith(PARQUET_SUFFIXES):
-        fail(f"cannot write samples as '{output}'; name the file .parquet")
-    result = run_command(_analysis, input, tokenizer, ids_field, window, window_method,
-                         skip_invalid, context, group_by, n_resamples=resamples,
-                         prompt_ids_field=prompt_ids_field)
+    stored = is_stored_analysis(input)
     if output:
-        run_command(write_parquet, result, output)
-        render.stderr.print(f"wrote {output} ({result.samples.height} samples)")
+        check_parquet_path(output)  # before the analysis, not after it
+    result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
+                       group_by, prompt_ids_field=prompt_ids_field, n_resamples=resamples,
+                       keep_duplicates=keep_duplicates, **({} if stored else {"output": output}))
+    if output:
+        if stored:
+            write_parquet(result, output)
+        rows = result.samples.height + (0 if stored else result.meta.get("n_duplicates", 0))
+        typer.echo(f"wrote {printable(output)} ({rows} sample rows)", err=True)
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
         render.analysis_warnings(result)
@@ -198,6 +277,7 @@ def check(
     context: Annotated[Optional[bool], typer.Option("--context/--no-context", help="Re-encode after the prompt ids (JSONL input; default) or alone.")] = None,
     group_by: GroupOpt = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid", help="Skip invalid lines (JSONL input).")] = None,
+    keep_duplicates: KeepDupOpt = False,
 ) -> None:
     """Gate CI on thresholds: exit 0 when all hold, 1 when one fails, 2 on bad usage or input.
 
@@ -206,8 +286,9 @@ def check(
     list every non-canonical sample and fail), log (--on-mismatch warn: list them, exit by the
     thresholds alone) or drop (`tmcli filter --keep canonical`).
     """
+    from tmcli import render as terminal
     from tmcli.analysis import parse_tokenizer_option
-    from tmcli.check import FORMATS, render, run_check
+    from tmcli.check import FORMATS, render, run_check, validate_thresholds
     from tmcli.store import load_analysis
 
     if fmt not in FORMATS:
@@ -220,15 +301,14 @@ def check(
     }
     if all(v is None for v in thresholds.values()) and on_mismatch is None:
         fail("no threshold given; pass e.g. --max-noncanonical-rate 0.01 or --on-mismatch error")
-    if on_mismatch is not None and on_mismatch not in ("error", "warn"):
-        fail(f"unknown --on-mismatch '{on_mismatch}'; use error or warn (to drop such samples: "
-             "tmcli filter --keep canonical)")
-    result = run_command(load_analysis, input, n_resamples=1000, group_by=_groups(group_by),
-                         tokenizer=run_command(parse_tokenizer_option, tokenizer),
-                         ids_field=ids_field, prompt_ids_field=prompt_ids_field, window=window,
-                         context=context, skip_invalid=skip_invalid)
-    verdict = run_command(run_check, result, thresholds, per_group=per_group, use_upper=use_upper,
-                          on_mismatch=on_mismatch)
+    validate_thresholds(thresholds, on_mismatch)  # before the analysis, not after it
+    result = load_analysis(input, n_resamples=1000, group_by=_groups(group_by),
+                           tokenizer=parse_tokenizer_option(tokenizer), ids_field=ids_field,
+                           prompt_ids_field=prompt_ids_field, window=window, context=context,
+                           skip_invalid=skip_invalid, keep_duplicates=keep_duplicates)
+    verdict = run_check(result, thresholds, per_group=per_group, use_upper=use_upper,
+                        on_mismatch=on_mismatch)
+    terminal.input_warnings(result)
     typer.echo(render(verdict, fmt))
     raise typer.Exit(verdict.exit_code)
 
@@ -284,6 +364,7 @@ def report(
     prompt_ids_field: PromptIdsFieldOpt = None,
     png_dir: Annotated[Optional[str], typer.Option(
         "--png-dir", metavar="DIR", help="Also write every figure as a PNG here (needs Chromium).")] = None,
+    keep_duplicates: KeepDupOpt = False,
 ) -> None:
     """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
     from tmcli.analysis import parse_tokenizer_option
@@ -296,7 +377,8 @@ def report(
     analysis = run_command(load_analysis, source,
                            tokenizer=run_command(parse_tokenizer_option, tokenizer),
                            window=window, skip_invalid=skip_invalid or None,
-                           ids_field=ids_field, prompt_ids_field=prompt_ids_field)
+                           ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                           keep_duplicates=keep_duplicates)
     if png_dir is not None:
         from tmcli.export import export_png
 
@@ -330,7 +412,7 @@ class _Progress:
                                    TextColumn, TimeRemainingColumn)
 
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
             MofNCompleteColumn(), TextColumn("tokens"),
             TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
             console=Console(stderr=True), transient=False,

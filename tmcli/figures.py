@@ -37,6 +37,16 @@ def series(groups: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     return out
 
 
+def _rows(nrows: int, panel_px: int, gap_px: int = 110) -> tuple[float, int]:
+    """(vertical_spacing, figure height) for ``nrows`` rows of panels ``panel_px`` tall with
+    ``gap_px`` between them (room for a subplot title and tick labels). Plotly takes the spacing
+    as a fraction of the plot area and refuses one above 1/(rows - 1); a fixed gap in pixels stays
+    below that for any number of rows (50 models make 25 rows of heatmaps)."""
+    area = nrows * panel_px + (nrows - 1) * gap_px
+    margin = LAYOUT["margin"]
+    return gap_px / area, area + margin["t"] + margin["b"]
+
+
 def _colour(i: int, alpha: float = 1.0) -> str:
     """Series i's colour; i < 0 is the pooled "all models" curve."""
     h = "#3d3d3d" if i < 0 else PALETTE[i % len(PALETTE)]
@@ -268,8 +278,9 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
     titles = []
     for _w, got in picks:
         titles += [f"T={got:g}: all models pooled", f"T={got:g}: per model"]
+    spacing, height = _rows(max(len(picks), 1), 290, 70)
     fig = make_subplots(rows=max(len(picks), 1), cols=2, subplot_titles=titles or None,
-                        shared_xaxes=True, vertical_spacing=0.16, horizontal_spacing=0.08)
+                        shared_xaxes=True, vertical_spacing=spacing, horizontal_spacing=0.08)
     labels = series(groups)
     shown = set()
     for r, (_w, t) in enumerate(picks, start=1):
@@ -308,7 +319,7 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
     longest = samples.filter(pl.col("temperature").is_in([g for _, g in picks]))["n_tokens"].max()
     if longest:  # the positions the completions span, not Plotly's range around one window
         fig.update_xaxes(range=[-0.02 * longest, 1.02 * (longest - 1)])
-    layout = dict(LAYOUT, height=340 * max(len(picks), 1) + 120)
+    layout = dict(LAYOUT, height=height)
     fig.update_layout(title=f"Mean compression by position ({window}-token windows)", **layout)
     notes = [f"T={w:g} was not run; showing nearest T={g:g}" for w, g in picks if abs(w - g) > 1e-9]
     hollow = f"hollow markers: windows reached by fewer than {FEW_SAMPLES} samples"
@@ -321,8 +332,9 @@ def heatmaps(groups: pl.DataFrame, window: int) -> go.Figure:
     labels = series(groups)
     cols = 2 if len(labels) > 1 else 1
     nrows = max(1, math.ceil(len(labels) / cols))
+    spacing, height = _rows(nrows, 290)
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[l for l, _ in labels] or None,
-                        horizontal_spacing=0.1, vertical_spacing=0.18)
+                        horizontal_spacing=0.1, vertical_spacing=spacing)
     for k, (label, df) in enumerate(labels):
         width = max(len(w) for w in df["window_mean"].to_list())
         z, lo, hi, n = (np.full((df.height, width), np.nan) for _ in range(4))
@@ -343,7 +355,7 @@ def heatmaps(groups: pl.DataFrame, window: int) -> go.Figure:
     fig.update_yaxes(title_text="temperature", type="category")
     fig.update_layout(title="Mean compression by temperature and position",
                       coloraxis=dict(colorscale="RdBu_r", cmid=0, colorbar=dict(tickformat=".1%")),
-                      **dict(LAYOUT, height=380 * nrows + 100))
+                      **dict(LAYOUT, height=height))
     return _warn(fig, groups, f"⚠ in a cell: fewer than {FEW_SAMPLES} samples reach that window; "
                               "hover for the 95% CI")
 
@@ -445,7 +457,8 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
                                          for k in range(len(temps))])
     cols = min(len(panels), 2) or 1
     nrows = max(1, math.ceil(len(panels) / cols))
-    fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, vertical_spacing=0.18,
+    spacing, height = _rows(nrows, 290)
+    fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, vertical_spacing=spacing,
                         subplot_titles=[html.escape(" · ".join(map(str, k))) for k, _ in panels])
     shown = set()
     for p, (_key, df) in enumerate(panels):
@@ -472,7 +485,7 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     fig.update_yaxes(title_text="still canonical", col=1)
     fig.update_xaxes(title_text="tokens generated")
     fig.update_layout(title="Survival of canonical output: position of the first divergence",
-                      **dict(LAYOUT, height=380 * nrows + 100))
+                      **dict(LAYOUT, height=height))
     g = samples.group_by("model", "temperature").len().sort("model", "temperature")
     few = g.filter(pl.col("len") < FEW_SAMPLES).rename({"len": "n"}).with_columns(
         few_samples=pl.lit(True))

@@ -138,20 +138,20 @@ def load_tokenizer(spec: str):
 
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".json":
-        try:
-            return Tokenizer.from_file(str(path))
-        except Exception as exc:  # tokenizers raises plain Exception subclasses
-            raise TmcliError(f"{spec} is not a tokenizer.json file ({exc})") from None
-    source = resolve_source(spec)
-    if source.directory is not None and source.gguf_file is None:
+        return _tokenizer_file(path, spec)
+    named = path.is_file() and path.suffix != ".gguf"  # a file, not its folder, must load
+    source = Source(path.parent) if named else resolve_source(spec)
+    if source.directory is not None and source.gguf_file is None and not named:
         tj = source.directory / "tokenizer.json"
         if tj.is_file():
-            return Tokenizer.from_file(str(tj))
-    digest = hashlib.sha256(f"{CONVERSION}\0{source.key}".encode()).hexdigest()[:16]
+            return _tokenizer_file(tj, spec)
+    key = f"file:{path.resolve()}:{path.stat().st_size}:{int(path.stat().st_mtime)}" if named \
+        else source.key
+    digest = hashlib.sha256(f"{CONVERSION}\0{key}".encode()).hexdigest()[:16]
     cached = cache_dir() / "tokenizers" / digest / "tokenizer.json"
     if cached.is_file():
-        return Tokenizer.from_file(str(cached))
-    hf = load_hf_tokenizer(source, spec)
+        return _tokenizer_file(cached, spec)
+    hf = _load_named_file(path, spec) if named else load_hf_tokenizer(source, spec)
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise TmcliError(f"tokenizer {spec} has no fast (Rust) backend", hint="use a tokenizer.json")
@@ -160,11 +160,48 @@ def load_tokenizer(spec: str):
     text = backend.to_str()
     if source.gguf_file:
         text = _fix_gguf_tokenizer(text, source.directory / source.gguf_file)
-    elif source.directory is not None and (source.directory / "tokenizer.model").is_file():
+    elif named and path.suffix == ".model":
+        text = _fix_sentencepiece_merges(text, path)
+    elif not named and source.directory is not None \
+            and (source.directory / "tokenizer.model").is_file():
         text = _fix_sentencepiece_merges(text, source.directory / "tokenizer.model")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cached)
     return Tokenizer.from_file(str(cached))
+
+
+def _tokenizer_file(path: Path, spec: str):
+    """`Tokenizer.from_file`, with a corrupt file as one line naming it."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses
+        text = " ".join(str(exc).split())[:200]
+        raise TmcliError(f"cannot load tokenizer '{spec}': {path} is not a valid tokenizer.json "
+                         f"({text})", hint="replace the file, or name another tokenizer") from None
+
+
+def _load_named_file(path: Path, spec: str):
+    """A transformers tokenizer from exactly the file named (e.g. ``dir/mytokenizer.model``),
+    read as its folder's ``tokenizer.model`` with the folder's config but never the folder's
+    own tokenizer.json, which would silently be another tokenizer."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.symlink(path.resolve(), Path(tmp) / "tokenizer.model")
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (path.parent / name).is_file():
+                os.symlink((path.parent / name).resolve(), Path(tmp) / name)
+        try:
+            return load_hf_tokenizer(Source(Path(tmp)), spec)
+        except TmcliError:
+            raise
+        except Exception as exc:  # sentencepiece/protobuf errors for a file that is not one
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise TmcliError(f"cannot load tokenizer '{spec}': {text}",
+                             hint="name a tokenizer.json, a SentencePiece .model, a GGUF file "
+                             "or a folder") from None
 
 
 def prompt_tokenizer(spec: str):

@@ -13,8 +13,10 @@ row) goes to `tmcli.readers`, which detects its format (tmcli, vLLM offline, vLL
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import sys
 import zlib
 from collections.abc import Iterator
@@ -22,13 +24,18 @@ from pathlib import Path
 
 import orjson
 
-from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.errors import InvalidRecord, TmcliError, from_os_error
 from tmcli.readers import Fields, Record, parse_object
 from tmcli.readers.table import iter_rows, table_kind
 
 __all__ = ["MAX_LINE_BYTES", "Input", "Record", "RecordWriter", "existing_ids", "input_format",
            "is_records_input", "iter_lines", "iter_objects", "open_input", "parse_line",
            "read_records", "repair_tail"]
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -247,20 +254,70 @@ def read_records(path: str, *, ids_field: str | None = None, prompt_ids_field: s
     for source, line, item in iter_objects(path, errors=errors if skip_invalid else None):
         try:
             obj = _json(source, line, item) if isinstance(item, bytes) else item
-            yield from parse_object(obj, source, line, fields)
-        except InvalidRecord as exc:
+            records = list(parse_object(obj, source, line, fields))
+        except (InvalidRecord, ValueError, TypeError, KeyError, AttributeError) as exc:
+            # a reader that fails on a line in any way fails on that line (--skip-invalid)
+            if not isinstance(exc, InvalidRecord):
+                text = " ".join(str(exc).split())[:200] or type(exc).__name__
+                exc = InvalidRecord(source, line, f"unreadable record ({text})",
+                                    hint="fix or drop the line, or pass --skip-invalid")
             if not skip_invalid:
-                raise
+                raise exc from None
             errors.append(exc)
+            continue
+        yield from records
 
 
 # -- writing ------------------------------------------------------------------------------------
+#
+# One writer per output file: `RecordWriter` holds an exclusive advisory lock (flock) on the file
+# from the moment it exists until it is closed, and `repair_tail` takes it for the repair. A
+# second `generate`/`score` on the same file therefore stops at once with one line, instead of
+# both appending every record. (It does not wait: rerunning after the first one ends resumes.)
+
+_HELD: set[str] = set()  # files this process holds the lock of (flock is per open file)
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def _regular(path: Path) -> bool:
+    """A regular file (not a device, FIFO or /dev/stdout): only those can be repaired or resumed."""
+    try:
+        return stat.S_ISREG(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def _lock(fh, path: Path) -> None:
+    """Take the exclusive lock on open file ``fh`` or fail with the one-line error."""
+    if fcntl is None:  # no flock (Windows): one writer is then the user's to ensure
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise TmcliError(f"{path} is being written by another tmcli process",
+                         hint="wait for it to end (running the command again then resumes), "
+                         "or write to another file with -o") from None
+    except OSError as exc:  # a file system without locks (some network mounts): go on unlocked
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            fh.close()
+            raise
+
 
 def repair_tail(path: Path) -> int:
-    """Cut a last line left incomplete by a crash; returns the bytes removed."""
-    if not path.exists() or path.stat().st_size == 0:
+    """Cut a last line left incomplete by a crash; returns the bytes removed.
+
+    Takes the output lock for the repair (unless this process holds it), so it never cuts a
+    line that another writer is still appending."""
+    path = Path(path)
+    if not _regular(path) or path.stat().st_size == 0:
         return 0
     with open(path, "rb+") as fh:
+        if _key(path) not in _HELD:
+            _lock(fh, path)  # released when fh closes
         fh.seek(0, io.SEEK_END)
         size = fh.tell()
         pos = size
@@ -290,9 +347,9 @@ def repair_tail(path: Path) -> int:
 
 
 def existing_ids(path: Path) -> set[str]:
-    """Ids already written to ``path`` (for resuming)."""
+    """Ids already written to ``path`` (for resuming); none for a device or a FIFO."""
     done: set[str] = set()
-    if not path.exists():
+    if not _regular(Path(path)):
         return done
     for _source, _line, raw in iter_lines(str(path)):
         try:
@@ -304,25 +361,78 @@ def existing_ids(path: Path) -> set[str]:
     return done
 
 
+def check_writable(path: Path) -> None:
+    """Fail now, with the path and the fix, if ``path`` cannot become a file we write: before
+    any work, not after it. Missing folders are fine (they are created); a file in their place
+    is not."""
+    path = Path(path)
+    if path.is_dir():
+        raise TmcliError(f"{path} is a folder", hint="give a file name, e.g. -o out/outputs.jsonl")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TmcliError(f"cannot create {path}: {parent} is not a folder", hint="check the path")
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise TmcliError(f"cannot write {path}: permission denied",
+                         hint="check the permissions, or write elsewhere with -o")
+
+
 class RecordWriter:
     """Appends one JSON object per line and flushes+fsyncs each batch, so a crash loses at most
-    the batch in flight and never leaves a corrupt file behind after `repair_tail`."""
+    the batch in flight and never leaves a corrupt file behind after `repair_tail`.
+
+    The file (and its folder) is created with the first record, so a run that fails before it
+    has one (a model that cannot load) leaves nothing behind. The file is locked from then (from
+    the start if it exists) until `close`; ids already in it when the lock is taken are not
+    written again, so two runs that planned the same work before either wrote still add no
+    duplicate. Write errors (a full disk) become one line naming the file."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_tail(self.path)
-        self._fh = open(self.path, "ab")
+        self._fh = None
+        self._ids: set[str] = set()
+        check_writable(self.path)
+        if self.path.exists():
+            self._open()  # a second writer fails here, before any work
 
-    def write(self, records: list[dict]) -> None:
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "ab")
+        except OSError as exc:
+            raise from_os_error(exc, str(self.path)) from None
+        _lock(fh, self.path)
+        _HELD.add(_key(self.path))
+        self._fh = fh
+        repair_tail(self.path)
+        self._ids = existing_ids(self.path)
+
+    def write(self, records: list[dict]) -> int:
+        """Append ``records`` (those whose id is not in the file yet); returns how many."""
         if not records:
-            return
-        self._fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+            return 0
+        if self._fh is None:
+            self._open()
+        records = [r for r in records if "id" not in r or str(r["id"]) not in self._ids]
+        try:
+            self._fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            self._fh.flush()
+            if _regular(self.path):
+                os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise from_os_error(exc, str(self.path)) from None
+        self._ids.update(str(r["id"]) for r in records if "id" in r)
+        return len(records)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            _HELD.discard(_key(self.path))
+            try:
+                self._fh.close()
+            except OSError:  # what could not be written was reported by write()
+                pass
+            self._fh = None
 
     def __enter__(self):
         return self

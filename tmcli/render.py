@@ -4,7 +4,9 @@ Data goes to stdout; warnings and hints go to stderr (see `warn`). Tables fit th
 given (a terminal, or 80 columns in a pipe or CI log): every figure on one line with its interval
 beside it when there is room, the interval on the line below when not, and the figure columns
 split over several tables (the key columns repeated) when even that is too wide. A number or a
-name is never cut or wrapped.
+name is never cut or wrapped. Every piece of data (model names, group keys,
+paths, messages) goes through `data`/`_cell`, so it is never read as Rich markup and its
+control characters are shown escaped.
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from tmcli.errors import printable
+
 stdout = Console(highlight=False, soft_wrap=False)
 stderr = Console(stderr=True, highlight=False)
 
 
+def data(value) -> Text:
+    """A value from the data as terminal text: literal (no markup, no emoji codes), control
+    characters (ANSI/OSC escapes, newlines) shown as escapes."""
+    return Text(printable(value if isinstance(value, str) else str(value)))
+
+
 def warn(message: str) -> None:
-    stderr.print(Text.assemble(("warning:", "yellow"), " ", message))
+    stderr.print(Text("warning: ", style="yellow") + data(message), soft_wrap=True)
 
 
 def _console(console: Console | None) -> Console:
@@ -33,8 +43,9 @@ def _console(console: Console | None) -> Console:
 
 
 def _cell(text: str, style: str = "") -> Text:
-    """Every table cell is made here: data (model names, paths) is text, never Rich markup."""
-    return Text(str(text), style=style)
+    """Every table cell is made here: data (model names, paths) is text, never Rich markup,
+    and its control characters are shown escaped."""
+    return Text(printable(str(text)), style=style)
 
 
 def _num(v, pct: bool = False, digits: int = 3) -> str:
@@ -144,10 +155,10 @@ def _print_tables(console: Console, title: str, columns: list[Column], legend: s
     tables, stacked = fit(columns, console)
     if any(f.interval for col in columns for f in col.cells):
         title += "; 95% interval below each figure" if stacked else "; 95% interval in brackets"
-    console.print(Text(title, style="bold"))
+    console.print(Text(printable(title), style="bold"))
     _print_split(console, tables)
-    for line in [legend, *notes]:
-        console.print(Text(line, style="dim"))
+    for line in [legend, *notes]:  # notes name models: data, shown escaped
+        console.print(Text(printable(line), style="dim"))
     console.print()
 
 
@@ -264,11 +275,20 @@ def print_analysis(analysis, console: Console | None = None) -> None:
     analysis_warnings(analysis)
 
 
-def analysis_warnings(analysis) -> None:
-    g = analysis.groups
+def input_warnings(analysis) -> None:
+    """What was left out of the input: invalid lines skipped, duplicate records counted once."""
     if analysis.skipped:
         first = analysis.skipped[0]
         warn(f"skipped {len(analysis.skipped)} invalid line(s); first: {first}")
+    dupes = analysis.meta.get("n_duplicates") or 0
+    if dupes:
+        warn(f"{dupes} duplicate record(s) (an id seen before with the same model, temperature "
+             "and canonical mode) counted once; pass --keep-duplicates to count every copy")
+
+
+def analysis_warnings(analysis) -> None:
+    g = analysis.groups
+    input_warnings(analysis)
     not_exact = int(g["n_not_byte_exact"].sum())
     if not_exact:
         warn(f"{not_exact} sample(s) could not be handled byte-exactly "

@@ -209,6 +209,9 @@ def warnings(analysis, temperatures=None) -> list[str]:
         out.append("The samples carry no temperature, so no figure can be drawn.")
     if analysis.skipped:
         out.append(f"{len(analysis.skipped)} invalid record(s) were skipped.")
+    if analysis.meta.get("n_duplicates"):
+        out.append(f"{analysis.meta['n_duplicates']} duplicate record(s) were counted once "
+                   "(--keep-duplicates counts every copy).")
     bad = int(analysis.samples["byte_exact"].not_().sum())
     if bad:
         out.append(f"{bad} sample(s) could not be compared byte-exactly (invalid bytes or a "
@@ -383,9 +386,10 @@ def check_path(path: str | Path) -> Path:
 
 def write_report(analysis, path: str | Path, *, temperatures=None) -> Path:
     """Write the HTML report to ``path`` (.html)."""
+    from tmcli.store import replacing
+
     path = check_path(path)
     text = render_html(analysis, temperatures=temperatures)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

