@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from tmcli import __version__
-from tmcli.causes import sample_causes
 from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.quality import record_float
 from tmcli.readers.openai import token_ids_from_logprobs
@@ -241,7 +240,6 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
         nonlocal counter
         rows = []
         for (rec, spec, smp), m in zip(batch, metrics):
-            m["causes"] = sample_causes(pool.encoder(spec).vocab, m)
             rows.append(_row(rec, spec, m))
             if n_examples and examples is not None and m["noncanonical"]:
                 counter += 1

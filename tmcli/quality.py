@@ -18,14 +18,12 @@ QUALITY_COLUMNS = ("n_chars", "chars_per_token", "distinct_2", "repetition_4", "
                    "nll_char")
 
 
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return list(zip(*(words[k:] for k in range(n))))
-
-
 def distinct_n(words: list[str], n: int) -> float | None:
     """Unique word n-grams / word n-grams; None when there is no n-gram."""
-    grams = _ngrams(words, n)
-    return len(set(grams)) / len(grams) if grams else None
+    count = len(words) - n + 1
+    if count <= 0:
+        return None
+    return len(set(zip(*(words[k:] for k in range(n))))) / count
 
 
 def repetition_n(words: list[str], n: int) -> float | None:

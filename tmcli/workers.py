@@ -29,13 +29,16 @@ def _encoder(spec: str, window: int, context: bool) -> Reencoder:
 
 def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
                   method: str) -> list[dict]:
-    """Worker entry point: metrics for samples of one tokenizer, text-quality proxies included."""
+    """Worker entry point: metrics for samples of one tokenizer, text-quality proxies and span
+    causes included (all per sample, so all done where the work is spread over the cores)."""
+    from tmcli.causes import sample_causes
     from tmcli.quality import text_metrics
 
     enc = _encoder(spec, window, context)
     out = enc.measure(samples, method=method)
     for m, s in zip(out, samples):
         m.update(text_metrics(enc.vocab.spell(s.token_ids), len(s.token_ids)))
+        m["causes"] = sample_causes(enc.vocab, m)
     return out
 
 
