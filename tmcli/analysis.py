@@ -97,6 +97,16 @@ class Analysis:
             "meta": _jsonable(self.meta),
         }
 
+    def stored_metadata(self) -> dict:
+        """What a parquet file of the samples keeps beside them to rebuild this analysis
+        (`store.read_parquet`): the run's metadata, example completions and window settings."""
+        return {
+            "meta": _jsonable(self.meta),
+            "examples": _jsonable(self.examples),
+            "window": self.window,
+            "window_method": self.method,
+        }
+
 
 def _jsonable(obj):
     if isinstance(obj, float):
@@ -387,7 +397,7 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
     if method not in ("aligned", "study"):
         raise TmcliError(f"unknown window method '{method}'", hint="use aligned or study")
-    from tmcli.store import ParquetSink
+    from tmcli.sink import ParquetSink
 
     errors = [] if errors is None else errors
     pool = TokenizerPool(tokenizer, window=window, context=context)
@@ -429,7 +439,7 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                                      n_resamples=n_resamples, examples=examples, skipped=errors,
                                      meta=info, keep_duplicates=keep_duplicates)
         if sink is not None:
-            sink.close(analysis)
+            sink.close(analysis.stored_metadata())
     except BaseException:
         if sink is not None:
             sink.abort()

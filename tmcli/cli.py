@@ -239,7 +239,8 @@ def analyze(
     import json
 
     from tmcli import render
-    from tmcli.store import check_parquet_path, is_stored_analysis, write_parquet
+    from tmcli.sink import check_parquet_path
+    from tmcli.store import is_stored_analysis, write_parquet
 
     stored = is_stored_analysis(input)
     if output:

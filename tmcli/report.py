@@ -386,7 +386,7 @@ def check_path(path: str | Path) -> Path:
 
 def write_report(analysis, path: str | Path, *, temperatures=None) -> Path:
     """Write the HTML report to ``path`` (.html)."""
-    from tmcli.store import replacing
+    from tmcli.sink import replacing
 
     path = check_path(path)
     text = render_html(analysis, temperatures=temperatures)

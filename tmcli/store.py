@@ -1,7 +1,7 @@
 """Storing an analysis: the per-sample table as parquet, and reading it (or raw records) back.
 
 The parquet file holds only the per-sample rows (`SAMPLE_SCHEMA`; `analyze --output` streams
-them there as they are measured, see `ParquetSink`) plus, under the key-value
+them there as they are measured, see `sink.ParquetSink`) plus, under the key-value
 metadata key ``tmcli``, the run's metadata, example completions and window settings. Group
 summaries are not stored: `summarise` recomputes them from the rows, so a stored file never
 disagrees with the code that reads it.
@@ -9,110 +9,14 @@ disagrees with the code that reads it.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
 import polars as pl
 
-from tmcli.errors import TmcliError, from_os_error
-
-META_KEY = b"tmcli"
-PARQUET_SUFFIXES = (".parquet", ".pq")
-
-
-def _extra(analysis) -> bytes:
-    from tmcli.analysis import _jsonable
-
-    return orjson.dumps({
-        "meta": _jsonable(analysis.meta),
-        "examples": _jsonable(analysis.examples),
-        "window": analysis.window,
-        "window_method": analysis.method,
-    })
-
-
-def check_parquet_path(path: str | Path) -> Path:
-    """``path`` if a parquet file can be written there; else the one-line error, before work."""
-    path = Path(path)
-    if not str(path).lower().endswith(PARQUET_SUFFIXES):
-        raise TmcliError(f"cannot write samples as '{path}'", hint="name the file .parquet")
-    if path.is_dir():
-        raise TmcliError(f"{path} is a folder", hint="give a file name ending in .parquet")
-    if not path.parent.is_dir():
-        raise TmcliError(f"no such folder: {path.parent}", hint="create it first")
-    return path
-
-
-class ParquetSink:
-    """Per-sample rows streamed to a parquet file as batches are measured, so the rows (their
-    per-span detail included) need not be held in memory. Written to ``<name>.tmp`` and renamed
-    on `close`; `abort` (or any failure) removes it, so nothing half-written is left. The file
-    is created at once, so an unwritable path fails before the analysis starts."""
-
-    def __init__(self, path: str | Path, schema: dict):
-        import pyarrow.parquet as pq
-
-        self.path = check_parquet_path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.schema = pl.DataFrame(schema=schema).to_arrow().schema
-        self.rows = 0
-        self._writer = None
-        with self._errors():
-            self._writer = pq.ParquetWriter(self.tmp, self.schema)
-
-    @contextmanager
-    def _errors(self):
-        import pyarrow as pa
-
-        try:
-            yield
-        except OSError as exc:
-            self.abort()
-            raise from_os_error(exc, str(self.path)) from None
-        except pa.ArrowException as exc:  # pyarrow reports some I/O failures as its own
-            self.abort()
-            raise TmcliError(f"cannot write {self.path}: {exc}",
-                             hint="check the folder and the free disk space") from None
-
-    def write(self, frame: pl.DataFrame) -> None:
-        with self._errors():
-            self._writer.write_table(frame.to_arrow().cast(self.schema))
-        self.rows += frame.height
-
-    def close(self, analysis) -> Path:
-        """Add the analysis' metadata (see `write_parquet`) and move the file into place."""
-        with self._errors():
-            self._writer.add_key_value_metadata({META_KEY: _extra(analysis)})
-            self._writer.close()
-            self._writer = None
-            self.tmp.replace(self.path)
-        return self.path
-
-    def abort(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            try:
-                writer.close()
-            except Exception:  # noqa: BLE001 - the first error is the one reported
-                pass
-        self.tmp.unlink(missing_ok=True)
-
-
-@contextmanager
-def replacing(path: str | Path):
-    """Write to ``<path>.tmp`` (yielded) and rename it over ``path`` on success; on any failure
-    the temporary file is removed, and OS errors become one line naming ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        yield tmp
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise from_os_error(exc, str(path)) from None
-        raise
+from tmcli.analysis import DETAIL_COLUMNS, SAMPLE_SCHEMA, analyze_file, in_memory, summarise_samples
+from tmcli.errors import TmcliError
+from tmcli.sink import META_KEY, PARQUET_SUFFIXES, replacing
 
 
 def write_parquet(analysis, path: str | Path) -> Path:
@@ -121,7 +25,7 @@ def write_parquet(analysis, path: str | Path) -> Path:
 
     table = analysis.samples.to_arrow()
     metadata = dict(table.schema.metadata or {})
-    metadata[META_KEY] = _extra(analysis)
+    metadata[META_KEY] = orjson.dumps(analysis.stored_metadata())
     path = Path(path)
     with replacing(path) as tmp:
         pq.write_table(table.replace_schema_metadata(metadata), tmp)
@@ -134,8 +38,6 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     (no re-encoding). The per-span detail columns are not read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from tmcli.analysis import DETAIL_COLUMNS, SAMPLE_SCHEMA, in_memory, summarise_samples
 
     try:
         names = pq.ParquetFile(path).schema_arrow.names
@@ -219,8 +121,6 @@ def load_analysis(path: str | Path, *, n_resamples: int = 2000,
         return read_parquet(text, n_resamples=n_resamples, group_by=group_by,
                             keep_duplicates=keep_duplicates)
     if is_records_input(text):
-        from tmcli.analysis import analyze_file
-
         kwargs = {k: v for k, v in analyze_kwargs.items() if v is not None}
         return analyze_file(text, n_resamples=n_resamples, group_by=group_by,
                             keep_duplicates=keep_duplicates, **kwargs)

@@ -1,6 +1,6 @@
 """The ``transformers`` engine: the model's own forward (`decoders.HFDecoder`) in tmcli's decode
 loop, for every causal LM transformers loads. The ``fused`` engine is this one with tmcli's fused
-decoder (`engines.fused`); both share the loop below and the canonical loop in `canonical.py`.
+decoder (`engines.fused`); both share the loops below (plain, and canonical with `canonical.py`'s oracle and policies).
 
 How it is fast: all rows of a batch (prompts x temperatures, one temperature per row) decode
 together; a prompt is prefilled once and its KV cache given to each of its temperature rows; each
@@ -85,6 +85,103 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
     return [(out[r, : lengths[r]].tolist(), reasons[r]) for r in range(n)]
 
 
+def decode_canonical(decoder, oracle, prompt_ids: Sequence[Sequence[int]],
+                     rows: Sequence[int], temperatures: Sequence[float], seeds: Sequence[int], *,
+                     mode: str, max_new_tokens: int, eos_ids: Sequence[int] = (),
+                     stop_at_eos: bool = False, pad_id: int = 0, every: int = 1,
+                     on_step: Callable[[int], None] | None = None
+                     ) -> list[tuple[list[int], str, dict]]:
+    """Decode ``rows`` together in ``mode`` (constrain or retokenize) with ``oracle``
+    (`canonical.Oracle`); per row (ids, finish reason, stats). Same prompts, seeds and noise as
+    `decode_batch`, so at T=0 (and until the first masked or rewritten token at T>0) the output is
+    that of ``off``."""
+    import torch
+
+    if mode not in ("constrain", "retokenize"):
+        raise ValueError(f"mode must be constrain or retokenize, not {mode!r}")
+    with torch.inference_mode():
+        return _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mode,
+                                 max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step)
+
+
+def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mode,
+                      max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step):
+    import torch
+
+    from tmcli.canonical import RowState, constrain_tokens, retokenize_rows
+    from tmcli.sampler import RowNoise, race_scores
+
+    N = max_new_tokens
+    device = decoder.device if hasattr(decoder, "device") else "cpu"
+    logits = prefill_rows(decoder, prompt_ids, rows, max_new_tokens, pad_id)
+    n = len(rows)
+    state = [RowState(list(prompt_ids[r])) for r in rows]
+    temps = torch.tensor(temperatures, dtype=torch.float32, device=device)
+    noise_source = RowNoise([None if t == 0 else s for t, s in zip(temperatures, seeds)], device)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
+    eos_set = set(int(e) for e in eos_ids)
+    alive = list(range(n))  # original row of each decoder row
+    max_steps = 4 * N + 16  # a row that keeps being rewritten stops here
+    for step in range(max_steps):
+        # 1. rows whose logits are current choose a token
+        choosing = [i for i, r in enumerate(alive) if not state[r].done and state[r].fed == len(state[r].seq)]
+        if choosing:
+            idx = torch.tensor(choosing, dtype=torch.long, device=device)
+            lg = logits.index_select(0, idx)
+            if len(eos) and not stop_at_eos:
+                lg.index_fill_(1, eos, float("-inf"))
+            orig = [alive[i] for i in choosing]
+            t = temps[orig]
+            noise = None if bool((t == 0).all()) else noise_source.draw(orig, lg.shape[1])
+            scores = race_scores(lg, t, noise)
+            tokens = scores.argmax(-1)
+            if mode == "constrain":
+                tokens = constrain_tokens(oracle, [state[r] for r in orig], scores, tokens, N)
+            for r, tok in zip(orig, tokens.tolist()):
+                row = state[r]
+                if stop_at_eos and tok in eos_set:
+                    row.done, row.reason = True, "eos"
+                    continue
+                row.seq.append(tok)
+            if mode == "retokenize":
+                retokenize_rows(oracle, [state[r] for r in orig if not state[r].done], N, every)
+            if on_step is not None:
+                on_step(len(choosing))
+        for r in alive:
+            if len(state[r].seq) >= N:  # checked (strictly, at this length) when it got there
+                state[r].done = True
+        if all(state[r].done for r in alive):
+            break
+        # 2. roll back what retokenize replaced, then feed one id per row
+        back = [(i, state[r].rollback) for i, r in enumerate(alive) if state[r].rollback]
+        if back:
+            decoder.rollback([i for i, _ in back], [k for _, k in back])
+            for i, _ in back:
+                state[alive[i]].rollback = 0
+        feed = []
+        for r in alive:
+            row = state[r]
+            if row.done:
+                feed.append(pad_id)
+            else:
+                feed.append(row.seq[row.fed])
+                row.fed += 1
+                row.stats.steps += 1
+        done_rows = [i for i, r in enumerate(alive) if state[r].done]
+        if done_rows and len(done_rows) * 4 >= len(alive):  # drop finished rows from the batch
+            keep = [i for i, r in enumerate(alive) if not state[r].done]
+            decoder.select(torch.tensor(keep, dtype=torch.long, device=device))
+            alive = [alive[i] for i in keep]
+            feed = [feed[i] for i in keep]
+        logits = decoder.step(torch.tensor(feed, dtype=torch.long, device=device))
+    out = []
+    for row in state:
+        if not row.done:  # still being rewritten after max_steps (never seen in practice)
+            row.reason = "step_limit"
+        out.append((row.seq[:N], row.reason, row.stats.to_dict()))
+    return out
+
+
 class TransformersEngine(Engine):
     """A model loaded by transformers (`loading.load_model`), decoded by tmcli's loop."""
 
@@ -118,7 +215,7 @@ class TransformersEngine(Engine):
         if mode == "off":
             return [(g, r, None) for g, r in decode_batch(self.decoder, prompt_ids, rows,
                                                           temperatures, seeds, **opts)]
-        from tmcli.canonical import Oracle, decode_canonical
+        from tmcli.canonical import Oracle
         from tmcli.vocab import vocab_for
 
         if self.oracle is None:
