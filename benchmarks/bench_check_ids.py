@@ -3,7 +3,7 @@
 An RL loop would call it on every rollout, so the question is what it adds to a training step.
 Prints, per tokenizer, the median time per 1,000-token rollout of:
   check_ids        one call per rollout (in context of a 64-id prompt; verdict, spans, causes);
-                   its first pass over the rollouts apart (the per-word cache still cold)
+                   its first pass over the rollouts apart (the tokenizer's own BPE word cache still cold)
   check_ids_batch  one call per GRPO group of --group rollouts, divided by the group size
   naive            what a pipeline does to notice drift: decode the ids, re-encode the text with
                    the `tokenizers` library and compare (no alignment, no prompt context, no cause)
@@ -97,7 +97,7 @@ def main() -> None:
                 text = tok.decode(g, skip_special_tokens=False)
                 _ = tok.encode(text, add_special_tokens=False).ids != g
 
-        t_cold = per_rollout_ms(one, items, repeat=1)  # words not seen before: cache misses
+        t_cold = per_rollout_ms(one, items, repeat=1)  # words the tokenizer's BPE cache has not seen
         t_one, t_group, t_naive = (per_rollout_ms(f, items) for f in (one, grouped, naive))
         bad = sum(not check_ids(spec, g, p).canonical for p, g in items)
         print(f"{spec}: {len(items)} rollouts of {LENGTH} tokens, {bad} non-canonical")
