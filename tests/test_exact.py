@@ -195,6 +195,28 @@ def gemma_sentencepiece(cache):
     return spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
 
 
+def test_smollm2_tokenizer_is_smollm2s_own():
+    """SmolLM2's GGUF says pre-tokenizer ``smollm`` (llama.cpp: every \\p{N} alone, then the GPT-2
+    regex); SmolLM2's own tokenizer.json (HuggingFaceTB/SmolLM2-135M) is Digits(individual) then
+    ByteLevel, no normaliser, plain BPE. transformers' GGUF conversion drops the digit step; tmcli
+    puts it back, so numerals of other scripts after a space split as SmolLM2 splits them."""
+    import orjson
+
+    from tmcli.loading import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    spec = orjson.loads(tok.to_str())
+    assert spec["pre_tokenizer"] == {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    assert spec["normalizer"] is None
+    model = spec["model"]
+    assert (model["type"], model["byte_fallback"], model["ignore_merges"], len(model["vocab"])) == \
+        ("BPE", False, False, 49152)
+    pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(" ١٢٣ 42")]
+    assert pieces == ["Ġ", "Ù¡", "Ù¢", "Ù£", "Ġ", "4", "2"]
+
+
 def test_gemma_tokenizer_equals_sentencepiece_built_from_its_gguf(gemma_sentencepiece):
     sp = gemma_sentencepiece
     encoder = reencoder("gemma3-270m").vocab.encoder  # what tmcli re-encodes with
