@@ -76,9 +76,6 @@ class Oracle:
         # ids that can never be part of a canonical sequence: the tokenizer lacks them
         self.banned_ids = [i for i in range(vocab.size) if not vocab.known[i]]
 
-    def canonical(self, fulls: list[list[int]]) -> list[list[int]]:
-        return self.reencoder.canonical(fulls)[0]
-
     @staticmethod
     def _first_difference(form: Canonical, skip_before: int):
         """The first difference (a_start, a_end, b_start | None) that does not start before
@@ -93,6 +90,13 @@ class Oracle:
                 best = (i0, i1, None)
                 break
         return best
+
+    @classmethod
+    def _canonical_up_to(cls, form: Canonical, skip_before: int, end: int) -> bool:
+        """Whether ``form`` (a sequence plus a continuation) has no difference starting in
+        [skip_before, end): the first ``end`` ids are canonical, as the continuation shows."""
+        first = cls._first_difference(form, skip_before)
+        return first is None or first[0] >= end
 
     def viable(self, fulls: list[list[int]], strict: Sequence[bool], skip_before: Sequence[int]
                ) -> list[bool]:
@@ -131,8 +135,7 @@ class Oracle:
             forms = self.reencoder.canonical_forms([fulls[i] + tail for i in todo])
             still = []
             for i, form in zip(todo, forms):
-                first = self._first_difference(form, skip_before[i])
-                if first is None or first[0] >= len(fulls[i]):
+                if self._canonical_up_to(form, skip_before[i], len(fulls[i])):
                     ok[i] = True
                 else:
                     still.append(i)
@@ -143,7 +146,7 @@ class Oracle:
         alone or followed by a probe, leaves the ids canonical up to their current end: a
         witness proves it; without one the token is masked (conservative)."""
         vocab = self.vocab
-        spelled = b"".join(vocab.token_bytes[i] if 0 <= i < vocab.size else b"" for i in full[-8:])
+        spelled = vocab.spell(full[-8:])
         need = _missing_bytes(spelled)
         if not need:
             return False
@@ -167,11 +170,7 @@ class Oracle:
         its end (one batched re-encoding)."""
         tails = [[t for part in cont for t in part] for cont in continuations]
         forms = self.reencoder.canonical_forms([full + tail for tail in tails])
-        for form in forms:
-            first = self._first_difference(form, skip_before)
-            if first is None or first[0] >= len(full):
-                return True
-        return False
+        return any(self._canonical_up_to(form, skip_before, len(full)) for form in forms)
 
     def rewrite(self, full: list[int], canon: list[int], skip_before: int):
         """(position in ``full``, replacement ids) for the first difference, else None. Kept
