@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from tmcli import __version__
-from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.quality import record_float
 from tmcli.readers.openai import token_ids_from_logprobs
 from tmcli.records import Record, read_records
@@ -230,7 +230,7 @@ def _as_invalid(rec: Record, exc: Exception) -> InvalidRecord | None:
         return exc
     if isinstance(exc, (OSError, MemoryError, TmcliError)):
         return None
-    text = " ".join(str(exc).split())[:200] or type(exc).__name__
+    text = one_line(exc, 200, ellipsis=False)
     return InvalidRecord(rec.source, rec.line, f"unusable record ({type(exc).__name__}: {text})",
                          hint="fix or drop the line, or pass --skip-invalid to skip such lines")
 
@@ -510,7 +510,7 @@ def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: s
             exc.filename = path
         raise
     except Exception as exc:
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = one_line(exc, 200, ellipsis=False)
         raise TmcliError(f"{path}: cannot analyse this input ({type(exc).__name__}: {text})",
                          hint="run with --debug to see where; --skip-invalid skips records "
                          "that fail on their own") from exc

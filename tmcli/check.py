@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from tmcli.errors import TmcliError, printable
+from tmcli.errors import EXIT_CHECK_FAILED, EXIT_OK, TmcliError, printable
 from tmcli.summary import summarise
 
 # option name -> column of the group summary
@@ -73,7 +73,7 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.passed else 1
+        return EXIT_OK if self.passed else EXIT_CHECK_FAILED
 
 
 def validate_thresholds(thresholds: dict[str, float | None],

@@ -20,6 +20,13 @@ import re
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
 
+def one_line(exc: BaseException, limit: int = 300, *, ellipsis: bool = True) -> str:
+    """An exception's text on one line (its type's name when it has none), cut to ``limit``
+    characters (with "..." unless ``ellipsis`` is False)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + ("..." if ellipsis else "")
+
+
 class TmcliError(Exception):
     """A mistake the user can fix: bad input data, a bad option, a missing file."""
 

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tmcli.errors import TmcliError
+from tmcli.errors import TmcliError, one_line
 from tmcli.models import ALIASES, cache_dir, import_alias_module, package_dir
 
 
@@ -198,7 +198,7 @@ def _load_named_file(path: Path, spec: str):
         except TmcliError:
             raise
         except Exception as exc:  # sentencepiece/protobuf errors for a file that is not one
-            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            text = one_line(exc, 200, ellipsis=False)
             raise TmcliError(f"cannot load tokenizer '{spec}': {text}",
                              hint="name a tokenizer.json, a SentencePiece .model, a GGUF file "
                              "or a folder") from None
@@ -477,8 +477,7 @@ def _from_pretrained(spec: str, trust_remote_code: bool):
                 path, trust_remote_code=trust_remote_code, **kwargs
             )
         except (OSError, ValueError, ImportError, KeyError) as exc:
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            text = text if len(text) <= 200 else text[:200] + "..."
+            text = one_line(exc, 200)
             where = "" if Path(path).exists() else " from the Hugging Face hub"
             raise TmcliError(f"cannot load model '{spec}'{where}: {text}",
                              hint=_model_alias_hint()) from None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import orjson
 
-from tmcli.errors import InvalidRecord, TmcliError, from_os_error
+from tmcli.errors import InvalidRecord, TmcliError, from_os_error, one_line
 from tmcli.readers import Fields, Record, parse_object
 from tmcli.readers.table import iter_rows, table_kind
 
@@ -258,7 +258,7 @@ def read_records(path: str, *, ids_field: str | None = None, prompt_ids_field: s
         except (InvalidRecord, ValueError, TypeError, KeyError, AttributeError) as exc:
             # a reader that fails on a line in any way fails on that line (--skip-invalid)
             if not isinstance(exc, InvalidRecord):
-                text = " ".join(str(exc).split())[:200] or type(exc).__name__
+                text = one_line(exc, 200, ellipsis=False)
                 exc = InvalidRecord(source, line, f"unreadable record ({text})",
                                     hint="fix or drop the line, or pass --skip-invalid")
             if not skip_invalid:

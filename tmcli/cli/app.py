@@ -21,7 +21,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from tmcli import __version__
-from tmcli.errors import EXIT_INTERNAL, EXIT_USAGE, TmcliError, from_os_error, printable
+from tmcli.errors import (EXIT_INTERNAL, EXIT_USAGE, TmcliError, from_os_error, one_line,
+                          printable)
 
 _state = {"debug": False}
 # Typer's (bundled Click's) usage-error classes, reached through a public name so that this works
@@ -33,11 +34,6 @@ EXIT_BROKEN_PIPE = 141
 
 def _debug() -> bool:
     return _state["debug"] or os.environ.get("TMCLI_DEBUG") == "1"
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _exit_for(exc: BaseException) -> int:
@@ -58,7 +54,7 @@ def _exit_for(exc: BaseException) -> int:
                    "--batch-size), or run where more memory is free")
     else:
         code = EXIT_INTERNAL
-        message = (f"internal error ({type(exc).__name__}: {_one_line(exc)}); this is a bug in "
+        message = (f"internal error ({type(exc).__name__}: {one_line(exc)}); this is a bug in "
                    "tmcli: rerun with --debug (or TMCLI_DEBUG=1) to see the traceback, and report it")
     if _debug():
         traceback.print_exception(exc)
@@ -172,11 +168,6 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # raised outside a command (Typer itself): same mapping
         sys.exit(_exit_for(exc))
-
-
-def run_command(fn, *args, **kwargs):
-    """Call the API. Kept for the commands that use it: `_App` maps every error already."""
-    return fn(*args, **kwargs)
 
 
 # -- shared options -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tmcli.cli.app import _Command, app, run_command
+from tmcli.cli.app import _Command, app
 
 
 # -- generate ---------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def generate(
     from tmcli.generation import GenerateInterrupted
 
     try:
-        summary = run_command(run)
+        summary = run()
     except GenerateInterrupted as exc:
         bar.stop()
         s = exc.summary
@@ -226,11 +226,11 @@ def score(
     from tmcli.generation import parse_temperatures
     from tmcli.scoring import score as run_score
 
-    temps = run_command(parse_temperatures, temperatures) if temperatures else None
-    summary = run_command(run_score, input, output, model=model, temperatures=temps,
-                          device=device, dtype=dtype, threads=threads, engine=engine,
-                          tensor_parallel_size=tensor_parallel_size,
-                          gpu_memory_utilization=gpu_memory_utilization)
+    temps = parse_temperatures(temperatures) if temperatures else None
+    summary = run_score(input, output, model=model, temperatures=temps,
+                        device=device, dtype=dtype, threads=threads, engine=engine,
+                        tensor_parallel_size=tensor_parallel_size,
+                        gpu_memory_utilization=gpu_memory_utilization)
     if not quiet:
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
         typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "

@@ -8,8 +8,8 @@ import typer
 
 from tmcli.cli.app import (ContextOpt, GroupOpt, IdsFieldOpt, InputArg, KeepDupOpt, MethodOpt,
                            PromptIdsFieldOpt, SkipOpt, TokenizerOpt, WindowOpt, _Command, app,
-                           fail, run_command)
-from tmcli.errors import printable
+                           fail)
+from tmcli.errors import EXIT_CHECK_FAILED, EXIT_OK, printable
 
 
 def _groups(group_by: str | None) -> list[str] | None:
@@ -147,12 +147,12 @@ def selftest(
         if not path.is_file():
             fail(f"no such file: {text_file}")
         texts = TEXTS + [line for line in path.read_text(encoding="utf-8").splitlines() if line]
-    results = [run_command(run_selftest, spec, texts) for spec in tokenizer]
+    results = [run_selftest(spec, texts) for spec in tokenizer]
     if json_out:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
         render.print_selftest(results)
-    raise typer.Exit(0 if all(r.passed for r in results) else 1)
+    raise typer.Exit(EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED)
 
 
 @app.command(cls=_Command)
@@ -186,18 +186,18 @@ def report(
     from tmcli.report import check_path, parse_temperatures, warnings, write_report
     from tmcli.store import load_analysis
 
-    temps = run_command(parse_temperatures, temperatures) if temperatures else None
+    temps = parse_temperatures(temperatures) if temperatures else None
     if html is not None:
-        run_command(check_path, html)  # before the analysis, not after it
-    analysis = run_command(load_analysis, source,
-                           tokenizer=run_command(parse_tokenizer_option, tokenizer),
-                           window=window, skip_invalid=skip_invalid or None,
-                           ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                           keep_duplicates=keep_duplicates)
+        check_path(html)  # before the analysis, not after it
+    analysis = load_analysis(source,
+                             tokenizer=parse_tokenizer_option(tokenizer),
+                             window=window, skip_invalid=skip_invalid or None,
+                             ids_field=ids_field, prompt_ids_field=prompt_ids_field,
+                             keep_duplicates=keep_duplicates)
     if png_dir is not None:
         from tmcli.export import export_png
 
-        pngs = run_command(export_png, analysis, png_dir, temperatures=temps)
+        pngs = export_png(analysis, png_dir, temperatures=temps)
         typer.echo(f"wrote {len(pngs)} figures to {png_dir}", err=True)
     if html is None:
         if png_dir is None:
@@ -205,7 +205,7 @@ def report(
 
             render.print_analysis(analysis)
         return
-    path = run_command(write_report, analysis, html, temperatures=temps)
+    path = write_report(analysis, html, temperatures=temps)
     for line in warnings(analysis, temps):
         typer.echo(f"warning: {line}", err=True)
     typer.echo(f"wrote {path} ({analysis.samples.height} samples)", err=True)
@@ -250,7 +250,7 @@ def diff(
             else:
                 console.print(render(item))
 
-    run_command(run)
+    run()
     where = (f"showed the first {stats['shown']}; stopped reading (--limit {limit})"
              if stats.get("stopped") else f"showed {stats.get('shown', 0)}")
     skipped = f", {stats['skipped']} invalid line(s) skipped" if stats.get("skipped") else ""
@@ -279,8 +279,8 @@ def filter_(
 
     if keep not in ("canonical", "noncanonical"):
         fail(f"unknown --keep '{keep}'; use canonical or noncanonical")
-    summary = run_command(filter_file, input, output, keep=keep,
-                          tokenizer=run_command(parse_tokenizer_option, tokenizer),
+    summary = filter_file(input, output, keep=keep,
+                          tokenizer=parse_tokenizer_option(tokenizer),
                           ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                           skip_invalid=skip_invalid, context=context)
     invalid = f", {summary.invalid} invalid dropped" if summary.invalid else ""

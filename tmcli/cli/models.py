@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tmcli.cli.app import _Command, _Group, app, run_command
+from tmcli.cli.app import _Command, _Group, app
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -45,8 +45,8 @@ def models_install(
     from tmcli.models import install, status
 
     for name in names:
-        run_command(status, name)  # an unknown name fails before anything is fetched
+        status(name)  # an unknown name fails before anything is fetched
     for name in names:
-        typer.echo(f"{name}: licence {run_command(status, name).alias.licence}", err=True)
-        s = run_command(install, name, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"{name}: licence {status(name).alias.licence}", err=True)
+        s = install(name, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"{name}: installed ({s.source}: {s.where})", err=True)

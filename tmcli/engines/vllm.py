@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from tmcli.engines import Engine, EngineOptions, vllm_installed
-from tmcli.errors import TmcliError
+from tmcli.errors import TmcliError, one_line
 
 # vLLM imports setuptools (through torch.utils.cpp_extension), whose distutils shim fails an
 # assertion when stdlib distutils was imported earlier in the process: keep stdlib's.
@@ -58,11 +58,6 @@ def _available_ram() -> int:
         return int(psutil.virtual_memory().available)
     except ImportError:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 240 else text[:240] + "..."
 
 
 class VLLMEngine(Engine):
@@ -153,7 +148,7 @@ class VLLMEngine(Engine):
             raise self._error(exc) from None
 
     def _error(self, exc: BaseException) -> TmcliError:
-        text = _one_line(exc)
+        text = one_line(exc, 240)
         low = text.lower()
         if "out of memory" in low or "memory" in low and ("less than" in low or "insufficient"
                                                           in low or "no available" in low):
