@@ -23,9 +23,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from tmcli.engines import FUSED_TYPES
 from tmcli.errors import TmcliError
-
-FAST_TYPES = ("llama", "mistral", "qwen2")
 
 
 def make_decoder(model, *, fast: bool = True):
@@ -137,7 +136,7 @@ class LlamaDecoder:
         rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
         inner = getattr(model, "model", None)
         return (
-            getattr(cfg, "model_type", None) in FAST_TYPES
+            getattr(cfg, "model_type", None) in FUSED_TYPES
             and type(model).__name__.endswith("ForCausalLM")
             and inner is not None and hasattr(inner, "rotary_emb") and hasattr(inner, "layers")
             and getattr(cfg, "hidden_act", None) == "silu"

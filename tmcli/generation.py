@@ -236,11 +236,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                         note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
                     progress.describe(f"loading {spec}")
                     started = time.perf_counter()
-                    eng = loaded or load_engine(engine, spec, options)
+                    eng = loaded or load_engine(engine, spec, options, resolved=name)
                     summary.load_seconds += time.perf_counter() - started
                     try:
                         _sweep(eng, todo[spec], prompt_ids[spec], writer, summary, progress,
-                               load_tokenizer(eng.tokenizer), seed=seed,
+                               load_tokenizer(eng.tokenizer), longest=longest, seed=seed,
                                max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
                                canonical=canonical, retokenize_every=retokenize_every,
                                batch_size=batch_size, version=__version__)
@@ -253,10 +253,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
 
 
 def _sweep(eng, jobs: list[_Job], ids: dict[int, list[int]], writer, summary: GenerateSummary,
-           progress, tok, *, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
+           progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
            retokenize_every: int, batch_size: int | None, version: str) -> None:
-    """Decode one model's jobs batch by batch on ``eng``, writing each batch's records."""
-    size = eng.batch_size(max(map(len, ids.values())) + max_new_tokens, batch_size, len(jobs))
+    """Decode one model's jobs batch by batch on ``eng``, writing each batch's records.
+    ``longest``: the longest prompt plus ``max_new_tokens``."""
+    size = eng.batch_size(longest, batch_size, len(jobs))
     sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
                 "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
                 "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,

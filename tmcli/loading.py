@@ -228,6 +228,12 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
 CONVERSION = "tmcli-tokenizer-3"
 
 
+def gguf_string(fields, name: str) -> str:
+    """A string field of a GGUF file (``gguf.GGUFReader(...).fields``); "" when absent."""
+    field = fields.get(name)
+    return bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else ""
+
+
 def _fix_gguf_tokenizer(text: str, path: Path) -> str:
     """Make transformers' conversion of a GGUF tokenizer encode as the GGUF's own tokenizer.
 
@@ -246,8 +252,7 @@ def _fix_gguf_tokenizer(text: str, path: Path) -> str:
     fields = gguf.GGUFReader(str(path)).fields
 
     def string(name: str) -> str:
-        field = fields.get(name)
-        return bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else ""
+        return gguf_string(fields, name)
 
     spec = orjson.loads(text)
     changed = False

@@ -137,8 +137,6 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
     (the model's forward) or ``vllm`` (its prompt logprobs)."""
     from tmcli.loading import load_model
     from tmcli.records import RecordWriter, existing_ids, repair_tail
-    from tmcli.reencode import Reencoder
-    from tmcli.vocab import vocab_for
 
     loaded = None if isinstance(engine, str) else engine  # an engine to reuse (tests, notebooks)
     if loaded is None and engine not in ("transformers", "vllm"):
@@ -178,40 +176,49 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
                     raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {spec}")
                 lm = loaded
             elif engine == "vllm":
-                from tmcli.engines import EngineOptions
-                from tmcli.engines.vllm import VLLMEngine
+                from tmcli.engines import EngineOptions, load_engine
 
                 longest = max(len(o["token_ids"]) + len(o.get("prompt_token_ids") or [])
                               for o in objs)
-                lm = VLLMEngine(spec, EngineOptions(
+                lm = load_engine("vllm", spec, EngineOptions(
                     device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=2 * longest + 16))
             else:
                 lm = load_model(spec, device, dtype)
-            vocab = vocab_for(lm.tokenizer)
-            reencoder = Reencoder(vocab)
-            for s in range(0, len(objs), batch):
-                part = objs[s : s + batch]
-                bad = next((o for o in part for t in o["token_ids"] + (o.get("prompt_token_ids") or [])
-                            if not isinstance(t, int) or not 0 <= t < vocab.size), None)
-                if bad is not None:
-                    raise TmcliError(f"record {bad['id']}: token id out of range for {spec}",
-                                     hint="score with the model that generated it (--model)")
-                scored = score_many(lm, reencoder, [(o.get("prompt_token_ids") or [], o["token_ids"])
-                                                    for o in part])
-                for o, (total, n) in zip(part, scored):
-                    chars = len(vocab.spell(o["token_ids"]).decode("utf-8", errors="replace"))
-                    o["nll_token"] = total / n if n else None
-                    o["nll_char"] = total / chars if chars else None
-                    o["nll_tokens"] = n
-                    o["nll_model"] = spec
-                    summary.tokens += n
-                writer.write(part)
-                summary.written += len(part)
-                if progress is not None:
-                    progress(len(part))
-            if loaded is None and engine == "vllm":
-                lm.close()
+            try:
+                _score_records(lm, spec, objs, batch, writer, summary, progress)
+            finally:  # vLLM's worker processes end with its engine, also when scoring fails
+                if loaded is None and engine == "vllm":
+                    lm.close()
             del lm
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _score_records(lm, spec: str, objs: list[dict], batch: int, writer, summary, progress) -> None:
+    """Score ``objs`` (records of model ``spec``) on ``lm`` in batches and write them."""
+    from tmcli.reencode import Reencoder
+    from tmcli.vocab import vocab_for
+
+    vocab = vocab_for(lm.tokenizer)
+    reencoder = Reencoder(vocab)
+    for s in range(0, len(objs), batch):
+        part = objs[s : s + batch]
+        bad = next((o for o in part for t in o["token_ids"] + (o.get("prompt_token_ids") or [])
+                    if not isinstance(t, int) or not 0 <= t < vocab.size), None)
+        if bad is not None:
+            raise TmcliError(f"record {bad['id']}: token id out of range for {spec}",
+                             hint="score with the model that generated it (--model)")
+        scored = score_many(lm, reencoder, [(o.get("prompt_token_ids") or [], o["token_ids"])
+                                            for o in part])
+        for o, (total, n) in zip(part, scored):
+            chars = len(vocab.spell(o["token_ids"]).decode("utf-8", errors="replace"))
+            o["nll_token"] = total / n if n else None
+            o["nll_char"] = total / chars if chars else None
+            o["nll_tokens"] = n
+            o["nll_model"] = spec
+            summary.tokens += n
+        writer.write(part)
+        summary.written += len(part)
+        if progress is not None:
+            progress(len(part))

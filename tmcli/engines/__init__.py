@@ -34,7 +34,7 @@ ENGINE_CHOICES = ("auto", *ENGINES)
 # 44 vs 5.7 tok/s in one run of `bench_generate.py --model gemma3-270m --engines
 # transformers,vllm` (12 rows, 2 shared cores). The fused decoder does not support Gemma-3.
 VLLM_CPU_FASTER = ("gemma3_text", "gemma3")
-FUSED_TYPES = ("llama", "mistral", "qwen2")
+FUSED_TYPES = ("llama", "mistral", "qwen2")  # what `decoders.LlamaDecoder` may support
 
 
 @dataclass
@@ -89,7 +89,7 @@ def vllm_installed() -> bool:
 def model_type(spec: str) -> str | None:
     """The model's ``model_type`` without loading it: its config.json, the converted checkpoint of
     a GGUF, or the GGUF's architecture field; None when it cannot be told cheaply."""
-    from tmcli.loading import checkpoint_dir, resolve_source
+    from tmcli.loading import checkpoint_dir, gguf_string, resolve_source
 
     try:
         source = resolve_source(spec)
@@ -104,10 +104,8 @@ def model_type(spec: str) -> str | None:
     if source.gguf_file:
         import gguf
 
-        field = gguf.GGUFReader(str(source.directory / source.gguf_file)).fields.get(
-            "general.architecture")
-        if field is not None and field.data:
-            return bytes(field.parts[field.data[0]]).decode()
+        fields = gguf.GGUFReader(str(source.directory / source.gguf_file)).fields
+        return gguf_string(fields, "general.architecture") or None
     return None
 
 
@@ -128,11 +126,13 @@ def resolve_engine(name: str, spec: str, device: str) -> str:
     return "fused" if kind is None or kind in FUSED_TYPES else "transformers"
 
 
-def load_engine(name: str, spec: str, options: EngineOptions) -> Engine:
+def load_engine(name: str, spec: str, options: EngineOptions, *,
+                resolved: str | None = None) -> Engine:
     """Import the engine's module (only now) and load ``spec`` on it. ``auto`` on a model whose
     type cannot be told before loading tries the fused engine, which then falls back to the
-    transformers forward if it does not support the model."""
-    resolved = resolve_engine(name, spec, options.device)
+    transformers forward if it does not support the model. ``resolved``: what
+    `resolve_engine` already said ``name`` stands for (so it is not worked out twice)."""
+    resolved = resolved or resolve_engine(name, spec, options.device)
     module, _, cls = ENGINES[resolved].partition(":")
     engine_cls = getattr(importlib.import_module(module), cls)
     if resolved == "fused":

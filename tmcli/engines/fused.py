@@ -18,8 +18,8 @@ class FusedEngine(TransformersEngine):
     def __init__(self, spec: str, options: EngineOptions, *, strict: bool = True):
         from tmcli.engines import FUSED_TYPES, model_type
 
-        kind = model_type(spec)
-        if strict and kind is not None and kind not in FUSED_TYPES:
+        kind = model_type(spec) if strict else None  # auto has checked it already
+        if kind is not None and kind not in FUSED_TYPES:
             raise TmcliError(f"the fused engine does not support {spec} (model type {kind})",
                              hint="use --engine transformers (or auto)")
         super().__init__(spec, options)
