@@ -111,31 +111,19 @@ class RowNoise:
     row has a torch generator on the device."""
 
     def __init__(self, seeds: Sequence[int | None], device):
-        import numpy as np
         import torch
 
         self.device = torch.device(device)
-        if self.device.type == "cpu":
-            self.gens = [None if s is None else np.random.default_rng(s) for s in seeds]
-        else:
-            self.gens = [None if s is None else torch.Generator(device=self.device).manual_seed(s)
-                         for s in seeds]
+        self.streams = [None if s is None else NoiseStream(s, self.device) for s in seeds]
 
     def draw(self, rows: Sequence[int], vocab: int):
         import numpy as np
         import torch
 
-        if self.device.type == "cpu":
-            buf = np.empty((len(rows), vocab), dtype=np.float32)
-            for i, r in enumerate(rows):
-                if self.gens[r] is None:
-                    buf[i] = 1 / np.e
-                else:
-                    self.gens[r].random(out=buf[i], dtype=np.float32)
-            noise = torch.from_numpy(buf)
-        else:
-            noise = torch.full((len(rows), vocab), 1 / torch.e, device=self.device)
-            for i, r in enumerate(rows):
-                if self.gens[r] is not None:
-                    noise[i].uniform_(generator=self.gens[r])
-        return _to_log_noise(noise)
+        cpu = self.device.type == "cpu"
+        buf = np.full((len(rows), vocab), 1 / np.e, dtype=np.float32) if cpu else \
+            torch.full((len(rows), vocab), 1 / torch.e, device=self.device)
+        for i, r in enumerate(rows):
+            if self.streams[r] is not None:
+                self.streams[r].fill(buf[i])
+        return _to_log_noise(torch.from_numpy(buf) if cpu else buf)

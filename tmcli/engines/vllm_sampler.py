@@ -101,10 +101,16 @@ class RaceLogitsProcessor(LogitsProcessor):
         index = torch.tensor([i for i, _ in batch], device=logits.device)
         reqs = [r for _, r in batch]
         lg = logits.index_select(0, index)
+        forced: dict[tuple[int, ...], list[int]] = {}  # forced length: EOS is never drawn
         for j, r in enumerate(reqs):
-            if r.eos and not r.stop_eos:  # forced length: EOS is never drawn
-                lg[j, r.eos] = float("-inf")
+            if r.eos and not r.stop_eos:
+                forced.setdefault(tuple(r.eos), []).append(j)
+        for eos, js in forced.items():  # one masking per EOS set, not one per row
+            lg[torch.tensor(js, device=lg.device)[:, None],
+               torch.tensor(eos, device=lg.device)] = float("-inf")
         for r in reqs:
+            if r.mode != "constrain":
+                continue  # only the constraint counts anything in a row's stats
             step = len(r.out)
             if step == r.last_step and r.snapshot is not None:
                 # the same step again (a discarded sample): undo what it counted
