@@ -23,7 +23,6 @@ from rich.text import Text
 
 from tmcli.errors import printable
 
-stdout = Console(highlight=False, soft_wrap=False)
 stderr = Console(stderr=True, highlight=False)
 
 

@@ -40,7 +40,6 @@ class ParquetSink:
         self.path = check_parquet_path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.schema = pl.DataFrame(schema=schema).to_arrow().schema
-        self.rows = 0
         self._writer = None
         with self._errors():
             self._writer = pq.ParquetWriter(self.tmp, self.schema)
@@ -62,7 +61,6 @@ class ParquetSink:
     def write(self, frame: pl.DataFrame) -> None:
         with self._errors():
             self._writer.write_table(frame.to_arrow().cast(self.schema))
-        self.rows += frame.height
 
     def close(self, metadata: dict) -> Path:
         """Add ``metadata`` (JSON, under `META_KEY`) and move the file into place."""

@@ -84,9 +84,13 @@ def window_centres(tokens: np.ndarray, window: int) -> np.ndarray:
     reaches keeps its nominal centre (it carries no weight anyway).
     """
     t = np.asarray(tokens, dtype=float)
-    total = t.sum(axis=0)
-    offset = (t * (t - 1) / 2).sum(axis=0)
-    starts = np.arange(t.shape[1]) * window
+    return _centres(t.sum(axis=0), (t * (t - 1) / 2).sum(axis=0), window)
+
+
+def _centres(total: np.ndarray, offset: np.ndarray, window: int) -> np.ndarray:
+    """Window centres from the tokens each holds (``total``) and the sum of their offsets in
+    it (``offset``), along the last axis; a window with no tokens at its nominal centre."""
+    starts = np.arange(total.shape[-1]) * window
     return np.where(total > 0, starts + offset / np.maximum(total, 1), starts + (window - 1) / 2)
 
 
@@ -123,16 +127,16 @@ def window_bootstrap(delta: np.ndarray, tokens: np.ndarray, window: int,
     """
     nw = delta.shape[1]
     means = delta.sum(axis=0) / np.maximum(tokens.sum(axis=0), 1)
-    point = centre_of_gravity(delta, tokens, window)
+    centres = window_centres(tokens, window)
+    point = float(_weighted_centre(means, centres))  # = centre_of_gravity(delta, tokens, window)
     out = {"window_mean": means, "window_lo": np.full(nw, np.nan),
-           "window_hi": np.full(nw, np.nan), "window_centre": window_centres(tokens, window),
+           "window_hi": np.full(nw, np.nan), "window_centre": centres,
            "cog": point, "cog_lo": math.nan, "cog_hi": math.nan}
     n = len(delta)
     if n < 2:
         return out
     rng = np.random.default_rng(seed)
     half = tokens * (tokens - 1) / 2
-    starts = np.arange(nw) * window
     wm, cogs = [], []
     chunk = _batch(n * nw, 50)
     for start in range(0, n_resamples, chunk):
@@ -140,9 +144,7 @@ def window_bootstrap(delta: np.ndarray, tokens: np.ndarray, window: int,
         t = tokens[idx].sum(axis=1)
         m = delta[idx].sum(axis=1) / np.maximum(t, 1)
         wm.append(m)
-        centres = np.where(t > 0, starts + half[idx].sum(axis=1) / np.maximum(t, 1),
-                           starts + (window - 1) / 2)
-        cogs.append(_weighted_centre(m, centres))
+        cogs.append(_weighted_centre(m, _centres(t, half[idx].sum(axis=1), window)))
     wm = np.concatenate(wm)
     out["window_lo"] = np.percentile(wm, 2.5, axis=0)
     out["window_hi"] = np.percentile(wm, 97.5, axis=0)

@@ -39,9 +39,11 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        names = pq.ParquetFile(path).schema_arrow.names
-        table = pq.read_table(path, columns=[c for c in names if c not in DETAIL_COLUMNS])
+    try:  # one open of the file: its schema, its columns and its footer's metadata
+        with pq.ParquetFile(path) as pf:
+            names = pf.schema_arrow.names
+            table = pf.read(columns=[c for c in names if c not in DETAIL_COLUMNS])
+            footer = pf.metadata.metadata or {}
     except (OSError, pa.ArrowException) as exc:
         raise TmcliError(f"cannot read {path} as parquet ({exc})",
                          hint="give a file written by `tmcli analyze --output x.parquet`") from None
@@ -63,8 +65,7 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",
                          hint="write it with this tmcli's `analyze --output x.parquet`")
     # written as file key-value metadata (the streaming sink) or schema metadata (write_parquet)
-    raw = (table.schema.metadata or {}).get(META_KEY) or \
-        (pq.read_metadata(path).metadata or {}).get(META_KEY)
+    raw = (table.schema.metadata or {}).get(META_KEY) or footer.get(META_KEY)
     try:
         extra = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:

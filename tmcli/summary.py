@@ -78,12 +78,9 @@ def drop_duplicates(samples: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     if samples["id"].n_unique() == samples.height:  # the usual case, and the cheapest test
         return samples, 0
     keys = [k for k in DUPLICATE_KEY if k in samples.columns]
-    # A 64-bit hash per row finds the candidates cheaply; the keys themselves decide among them.
-    hashed = samples.select(pl.struct(keys).hash().is_duplicated()).to_series()
-    if not hashed.any():
-        return samples, 0
-    first = samples.select(pl.struct(keys).is_first_distinct() | ~hashed).to_series()
-    return samples.filter(first), samples.height - int(first.sum())
+    first = samples.select(pl.struct(keys).is_first_distinct()).to_series()
+    dropped = samples.height - int(first.sum())
+    return (samples.filter(first), dropped) if dropped else (samples, 0)
 
 
 def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed: int = 0) -> dict:
