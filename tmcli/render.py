@@ -26,14 +26,8 @@ from tmcli.errors import printable
 stderr = Console(stderr=True, highlight=False)
 
 
-def data(value) -> Text:
-    """A value from the data as terminal text: literal (no markup, no emoji codes), control
-    characters (ANSI/OSC escapes, newlines) shown as escapes."""
-    return Text(printable(value if isinstance(value, str) else str(value)))
-
-
 def warn(message: str) -> None:
-    stderr.print(Text("warning: ", style="yellow") + data(message), soft_wrap=True)
+    stderr.print(Text("warning: ", style="yellow") + _cell(message), soft_wrap=True)
 
 
 def _console(console: Console | None) -> Console:
@@ -41,9 +35,10 @@ def _console(console: Console | None) -> Console:
     return console or Console(highlight=False, soft_wrap=False)
 
 
-def _cell(text: str, style: str = "") -> Text:
-    """Every table cell is made here: data (model names, paths) is text, never Rich markup,
-    and its control characters are shown escaped."""
+def _cell(text, style: str = "") -> Text:
+    """Every piece of data shown (table cells, titles, warnings) is made here: data (model
+    names, paths) is literal text, never Rich markup or emoji codes, and its control characters
+    (ANSI/OSC escapes, newlines) are shown escaped."""
     return Text(printable(str(text)), style=style)
 
 
@@ -154,10 +149,10 @@ def _print_tables(console: Console, title: str, columns: list[Column], legend: s
     tables, stacked = fit(columns, console)
     if any(f.interval for col in columns for f in col.cells):
         title += "; 95% interval below each figure" if stacked else "; 95% interval in brackets"
-    console.print(Text(printable(title), style="bold"))
+    console.print(_cell(title, "bold"))
     _print_split(console, tables)
     for line in [legend, *notes]:  # notes name models: data, shown escaped
-        console.print(Text(printable(line), style="dim"))
+        console.print(_cell(line, "dim"))
     console.print()
 
 
