@@ -204,16 +204,22 @@ def _load_named_file(path: Path, spec: str):
                              "or a folder") from None
 
 
+def private_copy(tokenizer, *, encode_special_tokens: bool):
+    """A separate copy of a `tokenizers.Tokenizer`, with special-token strings in text kept as
+    text (True) or parsed into special ids (False); changing it changes no other user."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    tok.encode_special_tokens = encode_special_tokens
+    return tok
+
+
 def prompt_tokenizer(spec: str):
     """A tokenizer for encoding prompt *text*, separate from every other copy: text that spells a
     special token ("<unk>", "<|endoftext|>") stays text, and only the specials the tokenizer adds
     by itself (its post-processor's BOS) are added. A fresh object, so no other user of
     `load_tokenizer` can change how prompts are encoded, nor the other way round."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_str(load_tokenizer(spec).to_str())
-    tok.encode_special_tokens = True
-    return tok
+    return private_copy(load_tokenizer(spec), encode_special_tokens=True)
 
 
 def encode_prompt(tokenizer, text: str) -> list[int]:

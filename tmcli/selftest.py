@@ -64,11 +64,10 @@ def selftest(spec: str, texts: list[str] | None = None, *, splits: int = 4,
     A text the tokenizer cannot encode losslessly (its vocabulary lacks a byte it needs, so
     ``encode`` drops it) is not a fixed point of encode∘decode: it is skipped and counted in
     ``n_lossy``, since the definition calls its ids non-canonical."""
-    from tokenizers import Tokenizer
+    from tmcli.loading import private_copy
 
     vocab = vocab_for(spec)
-    tok = Tokenizer.from_str(vocab.original.to_str())
-    tok.encode_special_tokens = True  # text spelling a special token is text
+    tok = private_copy(vocab.original, encode_special_tokens=True)  # a special's text is text
     enc = Reencoder(vocab, window=8)
     result = SelftestResult(spec, vocab.family)
     samples, labels = [], []

@@ -121,10 +121,9 @@ class Vocab:
         ``tokenizer(text)`` does)."""
         tok = getattr(self, "_study", None)
         if tok is None:
-            from tokenizers import Tokenizer
+            from tmcli.loading import private_copy
 
-            tok = self._study = Tokenizer.from_str(self.original.to_str())
-            tok.encode_special_tokens = False
+            tok = self._study = private_copy(self.original, encode_special_tokens=False)
         return tok
 
 
