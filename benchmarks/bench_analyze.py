@@ -45,7 +45,7 @@ TOKENIZER = "smollm2-135m"
 
 
 def make_data(path: Path, n: int, seed: int = 0, length: int = 1024) -> int:
-    from tmcli.vocab import vocab_for
+    from tmcli.measure.token_bytes import vocab_for
 
     vocab = vocab_for(TOKENIZER)
     tok = vocab.original
@@ -80,7 +80,7 @@ def make_data(path: Path, n: int, seed: int = 0, length: int = 1024) -> int:
 
 
 def bench_tmcli(path: Path) -> float:
-    from tmcli.analysis import analyze_file
+    from tmcli.aggregate.analysis import analyze_file
 
     t = time.perf_counter()
     a = analyze_file(str(path))
@@ -104,7 +104,7 @@ def bench_study(path: Path, n: int) -> float:
     """The study's loop, through transformers, one sample and one window at a time."""
     from transformers import PreTrainedTokenizerFast
 
-    from tmcli.loading import load_tokenizer
+    from tmcli.sources.tokenizers import load_tokenizer
 
     hf = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer(TOKENIZER))
     samples = load_ids(path, n)
@@ -123,7 +123,7 @@ def bench_study(path: Path, n: int) -> float:
 def bench_limit(path: Path) -> tuple[float, float]:
     """`tokenizers` encode_batch (with offsets, as most callers use it) and encode_batch_fast
     of the completion texts, on every core (Rust threads), best of two."""
-    from tmcli.loading import load_tokenizer
+    from tmcli.sources.tokenizers import load_tokenizer
 
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the baseline uses every core
     tok = load_tokenizer(TOKENIZER)

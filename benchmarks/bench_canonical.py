@@ -31,7 +31,7 @@ MODES = ("off", "constrain", "retokenize")
 
 def run_engine(name: str, args, prompts, temps) -> None:
     from tmcli import generate
-    from tmcli.engines import EngineOptions, load_engine
+    from tmcli.generation.engines import EngineOptions, load_engine
 
     lengths_hint = args.max_new_tokens + 512
     eng = load_engine(name, args.model, EngineOptions(device="cpu", threads=args.threads,
@@ -80,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from tmcli import load_model, parse_temperatures, read_prompts
-    from tmcli.engines import vllm_installed
+    from tmcli.generation.engines import vllm_installed
 
     temps = parse_temperatures(args.temperatures)
     prompts = read_prompts(args.prompts, min_chars=args.min_chars, n_prompts=args.n_prompts)

@@ -35,7 +35,7 @@ LENGTH = 1000
 
 def rollouts(spec: str, n: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids) pairs; every other completion has ~2% split tokens."""
-    from tmcli.vocab import vocab_for
+    from tmcli.measure.token_bytes import vocab_for
 
     vocab = vocab_for(spec)
     rng = random.Random(seed)
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--tokenizer", action="append", help="alias or path (repeatable); "
                     "default: smollm2-135m and gpt2")
     args = ap.parse_args()
-    from tmcli.verify import check_ids, check_ids_batch, reencoder_for
+    from tmcli.measure.rollout_check import check_ids, check_ids_batch, reencoder_for
 
     for spec in args.tokenizer or ["smollm2-135m", "gpt2"]:
         items = rollouts(spec, args.n)

@@ -57,9 +57,9 @@ def main() -> None:
     import torch
 
     from tmcli import generate, load_model, parse_temperatures, read_prompts
-    from tmcli.analysis import analyze_file
-    from tmcli.engines import EngineOptions, load_engine, vllm_installed
-    from tmcli.loading import load_tokenizer
+    from tmcli.aggregate.analysis import analyze_file
+    from tmcli.generation.engines import EngineOptions, load_engine, vllm_installed
+    from tmcli.sources.tokenizers import load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,8 +146,8 @@ def profile(lm, tok, prompts, temps, n, batch) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from tmcli.decoders import make_decoder
-    from tmcli.sampler import RowNoise, sample
+    from tmcli.generation.engines.decoders import make_decoder
+    from tmcli.generation.sampler import RowNoise, sample
 
     dec = make_decoder(lm.model)
     ids = [tok.encode(p.text).ids for p in prompts]

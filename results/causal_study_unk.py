@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from tmcli.loading import load_tokenizer
+from tmcli.sources.tokenizers import load_tokenizer
 
 
 def main(path: str) -> dict:

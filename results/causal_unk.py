@@ -3,7 +3,7 @@ of the model, or of how the prompts were encoded?
 
 The same 32 WikiText prompts (the study's), greedy, two arms that differ only in how the prompt
 text ``<unk>`` (in every study prompt) is encoded:
-  as text      ``▁<``, ``unk``, ``>`` (tmcli now; `tmcli.loading.encode_prompt`)
+  as text      ``▁<``, ``unk``, ``>`` (tmcli now; `tmcli.sources.tokenizers.encode_prompt`)
   as special   the control token ``<unk>`` (id 3), which is what tmcli did before: the tokenizer
                parsed special-token strings in prompt text.
 Each completion is measured in context by the same engine. Writes results/causal_unk.json.
@@ -32,12 +32,14 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     args = ap.parse_args()
 
-    from tmcli.decoders import make_decoder
-    from tmcli.engines.transformers import decode_batch
-    from tmcli.loading import encode_prompt, load_model, load_tokenizer, prompt_tokenizer
-    from tmcli.prompts import read_prompts
-    from tmcli.reencode import Reencoder, Sample
-    from tmcli.vocab import vocab_for
+    from tmcli.generation.engines.decoders import make_decoder
+    from tmcli.generation.engines.transformers import decode_batch
+    from tmcli.generation.prompts import read_prompts
+    from tmcli.measure.alignment import Sample
+    from tmcli.measure.reencode import Reencoder
+    from tmcli.measure.token_bytes import vocab_for
+    from tmcli.sources.models import load_model
+    from tmcli.sources.tokenizers import encode_prompt, load_tokenizer, prompt_tokenizer
 
     prompts = read_prompts(str(PROMPTS), min_chars=640, n_prompts=args.n_prompts, shuffle=True,
                            seed=0)

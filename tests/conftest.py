@@ -24,8 +24,8 @@ os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
 
 @functools.lru_cache(maxsize=None)
 def reencoder(name: str, window: int = 64, context: bool = True):
-    from tmcli.reencode import Reencoder
-    from tmcli.vocab import vocab_for
+    from tmcli.measure.reencode import Reencoder
+    from tmcli.measure.token_bytes import vocab_for
 
     return Reencoder(vocab_for(name), window=window, context=context)
 
@@ -49,6 +49,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smol(cache):
     """The real SmolLM2-135M (converted from its GGUF once per cache) and its tokenizer."""
-    from tmcli.loading import load_model, load_tokenizer
+    from tmcli.sources.models import load_model
+    from tmcli.sources.tokenizers import load_tokenizer
 
     return load_model("smollm2-135m", "cpu"), load_tokenizer("smollm2-135m")

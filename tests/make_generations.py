@@ -33,7 +33,8 @@ def main(out: Path = OUT) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tmcli.loading import load_tokenizer, resolve_source
+    from tmcli.sources.locate import resolve_source
+    from tmcli.sources.tokenizers import load_tokenizer
 
     source = resolve_source("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(str(source.directory), gguf_file=source.gguf_file,

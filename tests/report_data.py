@@ -43,8 +43,8 @@ class _Perturber:
     """Splits and re-segments tokens of one real tokenizer."""
 
     def __init__(self, spec: str):
-        from tmcli.loading import load_tokenizer
-        from tmcli.vocab import build_vocab
+        from tmcli.measure.token_bytes import build_vocab
+        from tmcli.sources.tokenizers import load_tokenizer
 
         self.tok = load_tokenizer(spec)
         self.vocab = build_vocab(self.tok)

@@ -6,7 +6,7 @@ commands live by what they do: `measure` (analyze, check, selftest, report, diff
 registers them all; nothing here imports torch, transformers or vLLM.
 """
 
-from tmcli.cli.app import app, fail, main
 from tmcli.cli import generate, measure, models  # noqa: E402,F401  (registers the commands, in pipeline order)
+from tmcli.cli.app import app, fail, main
 
 __all__ = ["app", "fail", "main"]

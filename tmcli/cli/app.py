@@ -21,8 +21,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from tmcli import __version__
-from tmcli.errors import (EXIT_INTERNAL, EXIT_USAGE, TmcliError, from_os_error, one_line,
-                          printable)
+from tmcli.errors import EXIT_INTERNAL, EXIT_USAGE, TmcliError, from_os_error, one_line, printable
 
 _state = {"debug": False}
 # Typer's (bundled Click's) usage-error classes, reached through a public name so that this works

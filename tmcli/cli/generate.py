@@ -9,7 +9,6 @@ import typer
 
 from tmcli.cli.app import _Command, app
 
-
 # -- generate ---------------------------------------------------------------------------------------
 
 class _Progress:
@@ -23,8 +22,14 @@ class _Progress:
         if not self.enabled:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn,
-                                   TextColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn(),
@@ -160,8 +165,9 @@ def generate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Generate completions for models x temperatures x prompts into a JSONL file (resumable)."""
-    from tmcli.generation import generate as run_generate, parse_temperatures
-    from tmcli.prompts import read_prompts
+    from tmcli.generation.prompts import read_prompts
+    from tmcli.generation.sweep import generate as run_generate
+    from tmcli.generation.sweep import parse_temperatures
 
     models = model or ["smollm2-135m"]
     bar = _Progress(enabled=not quiet and sys.stderr.isatty())
@@ -181,7 +187,7 @@ def generate(
                             gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, progress=bar if bar.enabled else lines)
 
-    from tmcli.generation import GenerateInterrupted
+    from tmcli.generation.sweep import GenerateInterrupted
 
     try:
         summary = run()
@@ -223,8 +229,8 @@ def score(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
-    from tmcli.generation import parse_temperatures
-    from tmcli.scoring import score as run_score
+    from tmcli.generation.sweep import parse_temperatures
+    from tmcli.scoring.nll import score as run_score
 
     temps = parse_temperatures(temperatures) if temperatures else None
     summary = run_score(input, output, model=model, temperatures=temps,

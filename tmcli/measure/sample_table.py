@@ -1,0 +1,99 @@
+"""The per-sample table: its schema (`SAMPLE_SCHEMA`), the columns kept in memory, and sample
+rows turned into a DataFrame through Arrow.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
+                  "kind": pl.String})
+
+
+SAMPLE_SCHEMA = {
+    "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
+    "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
+    "prompt_index": pl.Int64, "n_tokens": pl.Int64, "n_reencoded": pl.Int64,
+    "compression": pl.Float64, "noncanonical": pl.Boolean, "kind": pl.String,
+    "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
+    "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
+    "byte_exact": pl.Boolean, "normalized": pl.Boolean, "invalid_bytes": pl.Int64,
+    "cut_bytes": pl.Int64, "unknown_ids": pl.Int64, "spans": pl.List(SPAN),
+    "causes": pl.List(pl.String),  # tmcli.measure.causes: one per span, in span order
+    "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
+    "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
+    "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
+    # text-quality proxies (tmcli.measure.text_quality) and the record's own NLL figures
+    "n_chars": pl.Int64, "chars_per_token": pl.Float64, "distinct_2": pl.Float64,
+    "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
+}
+
+
+# Written to the parquet sink but not kept in memory: variable-length per-sample detail (lists
+# of structs: the differing spans), and figures that follow from kept ones (window_compression =
+# window_delta / window_tokens, n_reencoded, token_rate). Nothing summarised reads them.
+DETAIL_COLUMNS = (*(name for name, dtype in SAMPLE_SCHEMA.items()
+                    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct)),
+                  "window_compression", "n_reencoded", "token_rate")
+
+
+# In memory, the input's path is stored once, not once per row.
+MEMORY_DTYPES = {"source": pl.Categorical}
+
+
+def in_memory(samples: pl.DataFrame) -> pl.DataFrame:
+    """Sample rows as an `Analysis` holds them: without `DETAIL_COLUMNS`, `MEMORY_DTYPES` cast."""
+    samples = samples.drop([c for c in DETAIL_COLUMNS if c in samples.columns])
+    return samples.cast({k: v for k, v in MEMORY_DTYPES.items() if k in samples.columns})
+
+
+def _list_array(lists: list, value_type):
+    """A pyarrow ListArray built from flat values and offsets (fast; no per-item objects)."""
+    import pyarrow as pa
+
+    offsets = [0]
+    for x in lists:
+        offsets.append(offsets[-1] + (len(x) if x is not None else 0))
+    flat = [v for x in lists if x for v in x]
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, value_type))
+
+
+def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
+    """Sample rows to a DataFrame of SAMPLE_SCHEMA; nested columns go through pyarrow."""
+    import pyarrow as pa
+
+    cols = {}
+    for name, dtype in SAMPLE_SCHEMA.items():
+        values = [r.get(name) for r in rows]
+        if name == "spans":
+            spans = [r["spans"] for r in rows]
+            flat = [sp for ss in spans for sp in ss]
+            struct = pa.StructArray.from_arrays(
+                [pa.array([sp["position"] for sp in flat], pa.int64()),
+                 _list_array([sp["before"] for sp in flat], pa.int64()),
+                 _list_array([sp["after"] for sp in flat], pa.int64()),
+                 pa.array([sp.get("kind") for sp in flat], pa.string())],
+                names=["position", "before", "after", "kind"])
+            offsets = [0]
+            for ss in spans:
+                offsets.append(offsets[-1] + len(ss))
+            arr = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct)
+            if any(r.get("spans") is None for r in rows):
+                raise ValueError("spans missing")
+            cols[name] = pl.from_arrow(arr)
+        elif isinstance(dtype, pl.List):
+            if all(v is None for v in values):
+                cols[name] = pl.Series(name, values, dtype=dtype)
+            else:
+                inner = (pa.float64() if dtype.inner == pl.Float64
+                         else pa.string() if dtype.inner == pl.String else pa.int64())
+                arr = _list_array(values, inner)
+                if any(v is None for v in values):
+                    import pyarrow.compute as pc
+
+                    arr = pc.if_else(pa.array([v is None for v in values]),
+                                     pa.scalar(None, arr.type), arr)
+                cols[name] = pl.from_arrow(arr)
+        else:
+            cols[name] = pl.Series(name, values, dtype=dtype)
+    return pl.DataFrame(cols, schema=SAMPLE_SCHEMA)
