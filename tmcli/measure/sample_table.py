@@ -10,6 +10,10 @@ SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl
                   "kind": pl.String})
 
 
+DRIFT_SPAN = pl.Struct({"position": pl.Int64, "sampled": pl.List(pl.Int64),
+                        "rendered": pl.List(pl.Int64), "message": pl.Int64, "cause": pl.String})
+
+
 SAMPLE_SCHEMA = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
     "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
@@ -26,7 +30,14 @@ SAMPLE_SCHEMA = {
     # text-quality proxies (tmcli.measure.text_quality) and the record's own NLL figures
     "n_chars": pl.Int64, "chars_per_token": pl.Float64, "distinct_2": pl.Float64,
     "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
+    # a sampled turn of a trajectory (tmcli.measure.turns; null for other samples): its
+    # trajectory, turn and message, and the trajectory's drift verdict
+    "trajectory": pl.String, "turn": pl.Int64, "n_turns": pl.Int64, "message": pl.Int64,
+    "drift": pl.Boolean, "drift_message": pl.Int64, "drift_cause": pl.String,
+    "drift_turn": pl.Int64, "drift_position": pl.Int64, "drift_spans": pl.List(DRIFT_SPAN),
 }
+TRAJECTORY_COLUMNS = ("trajectory", "turn", "n_turns", "message", "drift", "drift_message",
+                      "drift_cause", "drift_turn", "drift_position")
 
 
 # Written to the parquet sink but not kept in memory: variable-length per-sample detail (lists
@@ -81,6 +92,8 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
             if any(r.get("spans") is None for r in rows):
                 raise ValueError("spans missing")
             cols[name] = pl.from_arrow(arr)
+        elif name == "drift_spans":  # few rows have any: built the plain way
+            cols[name] = pl.Series(name, [v or [] for v in values], dtype=dtype)
         elif isinstance(dtype, pl.List):
             if all(v is None for v in values):
                 cols[name] = pl.Series(name, values, dtype=dtype)

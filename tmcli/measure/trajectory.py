@@ -1,0 +1,390 @@
+"""`check_trajectory`: does a multi-turn trajectory train on the ids it sampled?
+
+An agent loop samples token-in/token-out: the first prompt's ids, then each turn's sampled ids
+and the environment's ids between them. A trainer that rebuilds the conversation from its
+``messages`` renders them with the chat template and trains on that encoding; where the two
+differ it trains on ids the model never sampled ("retokenization drift").
+
+The check does what such a trainer does, with transformers' own machinery: the messages are
+rendered by `apply_chat_template` (the tokenizer's template and special tokens, ``tools`` and
+the record's template arguments) and the text encoded as `apply_chat_template(tokenize=True)`
+encodes it (special-token strings parsed, nothing added). The result is compared id for id
+with the sampled ids (first prompt + everything after it):
+
+- no difference, or only text the template writes after the last sampled end-of-turn token
+  (a trailing newline), is no drift;
+- otherwise ``position`` is the first differing id, ``message`` the index into ``messages``
+  where it falls (the message of the sampled turn that holds it; elsewhere, the message whose
+  text the rendered text is in, markup before a message counting as that message's), and
+  ``cause`` is ``template`` when the rendered text differs from the sampled text there
+  (reasoning dropped, an empty think block added, a tool call re-serialised, whitespace
+  trimmed) and ``tokenization`` when the text is the same and the ids are not (non-canonical
+  sampling, special-token parsing, a normaliser); every differing span is listed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tmcli.errors import TmcliError, one_line
+
+CAUSES = ("template", "tokenization")
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 8
+_MAX_DIFF = 40_000  # ids compared span by span; past this the rest is one span
+
+
+@dataclass
+class DriftSpan:
+    """One difference: from ``position`` (an index into prompt ids + ids after the prompt) the
+    model sampled ``sampled`` where the trainer's rendering has ``rendered``."""
+
+    position: int
+    sampled: list[int]
+    rendered: list[int]
+    message: int
+    cause: str
+
+
+@dataclass
+class Turn:
+    """A turn the model sampled: ids [start, end) of prompt ids + ids after the prompt, and the
+    assistant message (index into ``messages``) they are."""
+
+    message: int
+    start: int
+    end: int
+
+
+@dataclass
+class TrajectoryCheck:
+    """The verdict on one trajectory. ``drift`` is False when the trainer's rendering gives the
+    sampled ids (up to text after the last sampled end-of-turn token); else ``position``,
+    ``message``, ``cause`` and ``turn`` (the sampled turn at or after that message) say where
+    the first difference is and why, and ``spans`` lists every difference. ``rendered_ids`` is
+    what the trainer trains on."""
+
+    drift: bool
+    message: int | None
+    cause: str | None
+    position: int | None
+    turn: int | None
+    spans: list[DriftSpan] = field(default_factory=list)
+    turns: list[Turn] = field(default_factory=list)
+    rendered_ids: list[int] = field(default_factory=list)
+    n_ids: int = 0
+
+    def __bool__(self) -> bool:  # `if check_trajectory(...)`: it trains on what it sampled
+        return not self.drift
+
+
+class TrajectoryError(TmcliError):
+    """A trajectory that cannot be checked (its record's fault: a mask, no sampled ids...)."""
+
+
+class Renderer:
+    """One tokenizer with its chat template: renders messages with transformers'
+    `apply_chat_template` and encodes the text as its ``tokenize=True`` does."""
+
+    def __init__(self, tokenizer, template: str, special_tokens: dict | None = None, *,
+                 hf=None):
+        from tmcli.sources.tokenizers import private_copy
+
+        if hf is None:
+            from transformers import PreTrainedTokenizerFast
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf = PreTrainedTokenizerFast(
+                tokenizer_object=private_copy(tokenizer, encode_special_tokens=False),
+                chat_template=template, **(special_tokens or {}))
+        self.hf, self.template = hf, template
+        self.encoder = private_copy(tokenizer, encode_special_tokens=bool(
+            getattr(hf, "split_special_tokens", False)))
+
+    def render(self, messages: list, tools, kwargs: dict) -> str:
+        try:
+            return self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
+                                               chat_template=self.template, **kwargs)
+        except Exception as exc:  # jinja's errors, or the template's raise_exception
+            raise TrajectoryError(f"the chat template fails on these messages "
+                                  f"({type(exc).__name__}: {one_line(exc, 160)})",
+                                  hint="fix the messages (or pass the template they were "
+                                  "sampled with: --chat-template FILE)") from None
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.encoder.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each rendered token's (start, end) byte offsets in ``text``, from the tokenizer's
+        own character offsets (used when its ids do not spell the text byte for byte)."""
+        enc = self.encoder.encode(text, add_special_tokens=False)
+        byte_at = np.zeros(len(text) + 1, dtype=np.int64)
+        byte_at[1:] = np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])
+        spans = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2).clip(0, len(text))
+        return byte_at[spans[:, 0]], byte_at[spans[:, 1]]
+
+
+def spellings(vocab) -> tuple[list[bytes], np.ndarray]:
+    """Each id's text as the template writes it: its bytes, a special token its content (ids the
+    tokenizer lacks spell nothing); and the byte lengths. Built once per vocabulary."""
+    key = id(vocab)
+    hit = _CACHE.get(("spell", key))
+    if hit is not None:
+        return hit[1]
+    table = list(vocab.token_bytes)
+    for i in np.flatnonzero(vocab.special):
+        table[i] = (vocab.original.id_to_token(int(i)) or "").encode("utf-8")
+    lengths = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
+    _remember(("spell", key), (vocab, (table, lengths)))
+    return table, lengths
+
+
+def _remember(key, value) -> None:
+    _CACHE[key] = value  # the object is kept, so its id cannot be reused
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+
+
+@dataclass
+class _Pending:
+    """A trajectory rendered and laid out, waiting for its encoding."""
+
+    messages: list
+    text: str
+    ids: np.ndarray  # prompt ids + ids after the prompt
+    mask: np.ndarray  # 1 where the model sampled the id
+    turns: list[Turn]
+
+
+def prepare(renderer: Renderer, messages: list, prompt_ids, token_ids, mask=None, *,
+            tools=None, kwargs: dict | None = None) -> _Pending:
+    """Lay a trajectory out (its sampled turns, each the assistant message it is) and render
+    it; `TrajectoryError` for a record that cannot be checked."""
+    prompt, after = list(prompt_ids), list(token_ids)
+    if not after:
+        raise TrajectoryError("no ids after the first prompt (the ids are no longer than the "
+                              "prompt)", hint="token_ids / response_ids hold every id after "
+                              "the first prompt: the sampled turns and the environment's")
+    if mask is None:
+        if messages[-1].get("role") != "assistant":
+            raise TrajectoryError("without a response_mask the ids after the prompt are the last "
+                                  "message's, but it is not the assistant's",
+                                  hint="give response_mask (1 for the ids the model sampled)")
+        mask = [1] * len(after)
+    elif len(mask) != len(after):
+        raise TrajectoryError(f"the mask has {len(mask)} entries for {len(after)} ids after "
+                              "the prompt", hint="one 0/1 per id after the first prompt")
+    full_mask = np.zeros(len(prompt) + len(after), dtype=np.int8)
+    full_mask[len(prompt):] = mask
+    edges = np.diff(np.r_[0, full_mask, 0])
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if not len(starts):
+        raise TrajectoryError("the mask marks no id as sampled by the model",
+                              hint="1 marks an id the model sampled")
+    if len(starts) > len(assistant):
+        raise TrajectoryError(f"the mask marks {len(starts)} sampled turns but the messages "
+                              f"hold {len(assistant)} assistant message(s)",
+                              hint="check that messages and ids are the same conversation")
+    turns = [Turn(m, int(s), int(e)) for m, s, e in zip(assistant[-len(starts):], starts, ends)]
+    text = renderer.render(messages, tools, kwargs or {})
+    ids = np.asarray(prompt + after, dtype=np.int64)
+    return _Pending(messages, text, ids, full_mask, turns)
+
+
+def _anchors(messages: list, data: bytes) -> list[tuple[int, int, int]]:
+    """(start, end, message) of each message's own text in the rendered bytes, searched from
+    the end (a message's text follows its header, which may repeat words of it); messages whose
+    text is not there (empty, or dropped by the template) are left out."""
+    out = []
+    limit = len(data)
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        texts = []
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts += [b.get("text") for b in content if isinstance(b, dict)]
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function", call) if isinstance(call, dict) else {}
+            texts += [fn.get("name"), fn.get("arguments")] if isinstance(fn, dict) else []
+        found = []
+        for t in reversed([t for t in texts if isinstance(t, str) and t.strip()]):
+            k = data.rfind(t.encode("utf-8", "surrogatepass"), 0, limit)
+            if k >= 0:
+                found.append((k, k + len(t.encode("utf-8", "surrogatepass"))))
+                limit = k
+        if found:
+            out.append((min(s for s, _ in found), max(e for _, e in found), i))
+    return out[::-1]
+
+
+class _Layout:
+    """Byte offsets of the sampled ids and of the rendered ids in the rendered text, and which
+    message a position is in."""
+
+    def __init__(self, pend: _Pending, rendered: np.ndarray, renderer: Renderer, vocab):
+        table, lengths = spellings(vocab)
+        self.pend, self.table = pend, table
+        size = len(table)
+        a = pend.ids
+        self.s_len = np.where((a >= 0) & (a < size), lengths[np.clip(a, 0, size - 1)], 0)
+        self.s_end = np.cumsum(self.s_len)
+        self.sampled = b"".join(table[i] if 0 <= i < size else b"" for i in a.tolist())
+        self.text = pend.text.encode("utf-8", "surrogatepass")
+        b_len = lengths[np.clip(rendered, 0, size - 1)]
+        if b"".join(table[i] for i in rendered.tolist()) == self.text:
+            self.r_end = np.cumsum(b_len)
+            self.r_start = self.r_end - b_len
+        else:  # a normaliser or prefix space: the tokenizer's own offsets
+            self.r_start, self.r_end = renderer.offsets(pend.text)
+        self._anchors: list | None = None
+
+    def s_at(self, q: int) -> int:
+        return int(self.s_end[q - 1]) if q > 0 else 0
+
+    def r_at(self, q: int) -> int:
+        return int(self.r_start[q]) if q < len(self.r_start) else len(self.text)
+
+    def anchors(self) -> list:
+        if self._anchors is None:
+            self._anchors = _anchors(self.pend.messages, self.text)
+        return self._anchors
+
+    def message_at(self, q: int, x: int) -> int:
+        """The message of sampled position ``q`` (its turn's, if the model sampled it), else
+        of rendered byte ``x``: the first message whose text ends after it."""
+        pend = self.pend
+        if q < len(pend.mask) and pend.mask[q]:
+            return next(t.message for t in pend.turns if t.start <= q < t.end)
+        return next((i for _s, e, i in self.anchors() if e > x), len(pend.messages) - 1)
+
+    def cause(self, q: int, sampled: list[int], rendered_from: int, rendered_to: int) -> str:
+        """``tokenization`` when the sampled ids from ``q`` spell the rendered text of tokens
+        [rendered_from, rendered_to), else ``template``."""
+        got = b"".join(self.table[i] if 0 <= i < len(self.table) else b"\0" for i in sampled)
+        start = self.r_at(rendered_from)
+        end = int(self.r_end[rendered_to - 1]) if rendered_to > rendered_from else start
+        return "tokenization" if got == self.text[start:end] else "template"
+
+
+def _first_cause(lay: _Layout, p: int, a: np.ndarray, b: np.ndarray) -> str:
+    """At the first difference: the same text up to the first token boundary both id sequences
+    share after it (tokenization), or other text before that (template)."""
+    if p >= len(a) or p >= len(b):
+        return "template"  # text one side has and the other lacks
+    s0, r0 = lay.s_at(p), lay.r_at(p)
+    s_rel = lay.s_end[p:] - s0
+    r_rel = lay.r_end[p:] - r0
+    common = np.intersect1d(s_rel[s_rel > 0], r_rel[r_rel > 0])
+    c = int(common[0]) if len(common) else min(len(lay.sampled) - s0, len(lay.text) - r0)
+    same = lay.sampled[s0 : s0 + c] == lay.text[r0 : r0 + c] and c > 0
+    return "tokenization" if same else "template"
+
+
+def _spans(lay: _Layout, a: np.ndarray, b: np.ndarray, p: int, tail_ok: bool) -> list[DriftSpan]:
+    n = min(len(a), len(b)) - p
+    tail = np.flatnonzero(a[len(a) - n :][::-1] != b[len(b) - n :][::-1]) if n > 0 else []
+    suffix = int(tail[0]) if len(tail) else max(n, 0)
+    x, y = a[p : len(a) - suffix].tolist(), b[p : len(b) - suffix].tolist()
+    if len(x) + len(y) > _MAX_DIFF:
+        ops = [("replace", 0, len(x), 0, len(y))]
+    else:
+        ops = difflib.SequenceMatcher(None, x, y, autojunk=False).get_opcodes()
+    out = []
+    for tag, i1, i2, j1, j2 in ops:
+        if tag == "equal" or (tail_ok and tag == "insert" and i1 == len(x) and not suffix):
+            continue  # (text after the last sampled end-of-turn token is not drift)
+        q = p + i1
+        out.append(DriftSpan(q, x[i1:i2], y[j1:j2], lay.message_at(q, lay.r_at(p + j1)),
+                             lay.cause(q, x[i1:i2], p + j1, p + j2)))
+    return out
+
+
+def finish(pend: _Pending, rendered_ids: list[int], renderer: Renderer, vocab) -> TrajectoryCheck:
+    """The verdict on a prepared trajectory, given the encoding of its rendered text."""
+    a, b = pend.ids, np.asarray(rendered_ids, dtype=np.int64)
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    p = int(differ[0]) if len(differ) else (None if len(a) == len(b) else n)
+    base = dict(turns=pend.turns, rendered_ids=list(rendered_ids), n_ids=len(a))
+    if p is None:
+        return TrajectoryCheck(False, None, None, None, None, **base)
+    lay = _Layout(pend, b, renderer, vocab)
+    last = int(a[-1]) if len(a) else -1
+    tail_ok = bool(0 <= last < len(vocab.special) and vocab.special[last] and pend.mask[-1])
+    if p == len(a) and tail_ok:
+        # only text after the last sampled end-of-turn token: no drift, unless a message's
+        # own text is there (ids that stop before the conversation does)
+        x = lay.r_at(p)
+        if not any(e > x for _s, e, _i in lay.anchors()):
+            return TrajectoryCheck(False, None, None, None, None, **base)
+    message = lay.message_at(p, lay.r_at(p))
+    turn = next((k for k, t in enumerate(pend.turns) if t.start <= p < t.end), None)
+    if turn is None:
+        turn = next((k for k, t in enumerate(pend.turns) if t.message >= message),
+                    len(pend.turns) - 1)
+    return TrajectoryCheck(True, message, _first_cause(lay, p, a, b), p, turn,
+                           _spans(lay, a, b, p, tail_ok), **base)
+
+
+def renderer_for(tokenizer, chat_template: str | None = None, *,
+                 template_file: str | None = None) -> tuple[Renderer, object]:
+    """The (cached) `Renderer` and vocabulary for an alias/path (its own template, unless
+    ``chat_template`` (a template's text) or ``template_file`` names another), a transformers
+    tokenizer (its own template) or a `tokenizers.Tokenizer` (with ``chat_template``)."""
+    name = tokenizer if isinstance(tokenizer, str) else id(tokenizer)
+    key = ("renderer", name, chat_template, template_file)
+    hit = _CACHE.get(key)
+    if hit is not None:
+        _CACHE.move_to_end(key)
+        return hit[1]
+    from tmcli.measure.rollout_check import reencoder_for
+
+    vocab = reencoder_for(tokenizer).vocab
+    if isinstance(tokenizer, str):
+        from tmcli.sources import templates
+
+        if chat_template is None:
+            found = templates.chat_template(tokenizer, template_file)
+            text, specials = found.text, found.special_tokens
+        else:
+            text, specials = chat_template, templates.special_tokens(tokenizer)
+        renderer = Renderer(vocab.original, text, specials)
+    elif hasattr(tokenizer, "apply_chat_template"):
+        template = chat_template or getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise TmcliError("this tokenizer has no chat template", hint="pass chat_template")
+        renderer = Renderer(tokenizer.backend_tokenizer, template, hf=tokenizer)
+    else:
+        if not chat_template:
+            raise TmcliError("a tokenizers.Tokenizer carries no chat template",
+                             hint="pass chat_template (the template's text)")
+        renderer = Renderer(tokenizer, chat_template)
+    _remember(key, (tokenizer, (renderer, vocab)))
+    return renderer, vocab
+
+
+def check_trajectory(tokenizer, messages: list, prompt_ids, token_ids, response_mask=None, *,
+                     tools: list | None = None, chat_template: str | None = None,
+                     template_kwargs: dict | None = None) -> TrajectoryCheck:
+    """Whether a trainer that rebuilds this trajectory from ``messages`` trains on the ids it
+    sampled: ``prompt_ids`` (the first prompt as fed), ``token_ids`` (every id after it: the
+    sampled turns and the environment's) and ``response_mask`` (1 for the model's ids; None:
+    all of them, one turn). See the module docstring for the verdict."""
+    renderer, vocab = renderer_for(tokenizer, chat_template)
+    as_list = [_ids(x) for x in (prompt_ids, token_ids)]
+    mask = None if response_mask is None else _ids(response_mask)
+    pend = prepare(renderer, list(messages), *as_list, mask, tools=tools, kwargs=template_kwargs)
+    return finish(pend, renderer.encode([pend.text])[0], renderer, vocab)
+
+
+def _ids(values) -> list[int]:
+    """Plain ints from a list, numpy array or torch tensor."""
+    return [int(t) for t in (values.tolist() if hasattr(values, "tolist") else values)]

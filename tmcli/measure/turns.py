@@ -1,0 +1,143 @@
+"""Trajectories in `analyze`, `check`, `diff` and `filter`: each trajectory record is checked for
+drift (`tmcli.measure.trajectory`) and becomes one record per sampled turn, measured as any
+completion is (its ids in the context of the ids before it) and carrying its trajectory's
+verdict (`TurnColumns`), so every later stage works on turns as on any sample.
+
+A turn's context starts at the last special token before it: the measurement re-encodes the text
+between special tokens on its own, so that gives the same spans as the whole conversation
+before it, without re-encoding it for every turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tmcli.errors import InvalidRecord, TmcliError
+from tmcli.io.readers.base import Record
+
+BATCH = 32  # trajectories rendered, then encoded in one call
+
+
+@dataclass
+class TurnColumns:
+    """What a sampled turn's sample row carries of its trajectory: the trajectory's id, this
+    turn's index among the sampled turns and its message, and the trajectory's verdict
+    (``drift_turn``: the sampled turn at or after the first difference; ``drift_spans`` only on
+    that turn's row)."""
+
+    trajectory: str
+    turn: int
+    n_turns: int
+    message: int
+    drift: bool
+    drift_message: int | None
+    drift_cause: str | None
+    drift_turn: int | None
+    drift_position: int | None
+    drift_spans: list[dict] = field(default_factory=list)
+
+    def row(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _turn_records(rec: Record, check, vocab) -> list[Record]:
+    ids = list(rec.prompt_ids or []) + list(rec.token_ids or [])
+    special = np.zeros(len(ids), dtype=bool)
+    arr = np.asarray(ids, dtype=np.int64)
+    inside = (arr >= 0) & (arr < vocab.size)
+    special[inside] = vocab.special[arr[inside]]
+    spans = [{"position": s.position, "sampled": s.sampled, "rendered": s.rendered,
+              "message": s.message, "cause": s.cause} for s in check.spans]
+    out = []
+    for k, turn in enumerate(check.turns):
+        before = np.flatnonzero(special[: turn.start])
+        context = int(before[-1]) if len(before) else 0
+        cols = TurnColumns(rec.id, k, len(check.turns), turn.message, check.drift,
+                           check.message, check.cause, check.turn, check.position,
+                           spans if check.turn == k else [])
+        out.append(Record(rec.source, rec.line, f"{rec.id}/turn{k}", ids[turn.start : turn.end],
+                          ids[context : turn.start], rec.meta, turn=cols))
+    return out
+
+
+def _invalid(rec: Record, exc: TmcliError, user_given: bool) -> TmcliError:
+    """A trajectory's failure as that record's error (--skip-invalid counts it), except where
+    an option is at fault (a tokenizer or template the user gave)."""
+    if isinstance(exc, InvalidRecord):
+        return exc
+    from tmcli.measure.trajectory import TrajectoryError
+
+    if user_given and not isinstance(exc, TrajectoryError):
+        return exc
+    return InvalidRecord(rec.source, rec.line, f"trajectory: {exc.message}",
+                         hint=f"{exc.hint + '; ' if exc.hint else ''}or pass --skip-invalid "
+                         "to skip such records")
+
+
+def _unusable(rec: Record, exc: Exception) -> InvalidRecord:
+    from tmcli.errors import one_line
+
+    return InvalidRecord(rec.source, rec.line, f"unusable trajectory ({type(exc).__name__}: "
+                         f"{one_line(exc, 160, ellipsis=False)})",
+                         hint="fix or drop the line, or pass --skip-invalid to skip such lines")
+
+
+def expand(records: Iterable[Record], pool, *, skip_invalid: bool,
+           errors: list) -> Iterator[Record]:
+    """``records`` in order, each trajectory replaced by its sampled turns (checked in batches
+    of `BATCH`); a trajectory that cannot be checked raises, or with ``skip_invalid`` goes to
+    ``errors``."""
+    buffer: list[Record] = []
+    waiting = 0
+    for rec in records:
+        buffer.append(rec)
+        waiting += rec.trajectory is not None
+        if waiting >= BATCH:
+            yield from _flush(buffer, pool, skip_invalid, errors)
+            buffer, waiting = [], 0
+    yield from _flush(buffer, pool, skip_invalid, errors)
+
+
+def _flush(buffer: list[Record], pool, skip_invalid: bool, errors: list) -> Iterator[Record]:
+    from tmcli.measure import trajectory
+
+    results: dict[int, object] = {}
+    by_spec: dict[str, list] = {}
+    for k, rec in enumerate(buffer):
+        if rec.trajectory is None:
+            continue
+        spec = None
+        try:
+            spec = pool.spec_for(rec)
+            renderer, vocab = trajectory.renderer_for(spec, template_file=pool.chat_template)
+            t = rec.trajectory
+            pend = trajectory.prepare(renderer, t.messages, rec.prompt_ids or [],
+                                      rec.token_ids or [], t.mask, tools=t.tools,
+                                      kwargs=t.template_kwargs)
+            by_spec.setdefault(spec, []).append((k, pend, renderer, vocab))
+        except TmcliError as exc:
+            results[k] = _invalid(rec, exc, spec is not None and pool.user_given(spec))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            results[k] = _unusable(rec, exc)
+    for items in by_spec.values():
+        renderer = items[0][2]
+        encoded = renderer.encode([pend.text for _k, pend, _r, _v in items])
+        for (k, pend, _r, vocab), ids in zip(items, encoded):
+            try:
+                results[k] = (trajectory.finish(pend, ids, renderer, vocab), vocab)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                results[k] = _unusable(buffer[k], exc)
+    for k, rec in enumerate(buffer):
+        if rec.trajectory is None:
+            yield rec
+            continue
+        got = results[k]
+        if isinstance(got, TmcliError):
+            if not skip_invalid or not isinstance(got, InvalidRecord):
+                raise got
+            errors.append(got)
+            continue
+        yield from _turn_records(rec, *got)
