@@ -230,7 +230,8 @@ def render(diff: dict):
     if diff.get("drift"):
         _drift(t, diff["drift"])
     if not diff["spans"]:
-        t.append("  canonical: no difference\n", style="green")
+        t.append("  the turn's ids: canonical\n" if diff.get("drift")
+                 else "  canonical: no difference\n", style="green")
         return t
     t.append(f"  {diff['kind']}: {diff['noncanonical_tokens']} of {diff['n_tokens']} tokens "
              f"in {diff['n_spans']} span(s)\n")
@@ -265,8 +266,8 @@ def _drift(t, drift: dict) -> None:
         t.append(f"  drift span at token {sp['position']} (message {sp['message']}): ")
         t.append(sp["cause"], style="yellow")
         t.append("\n")
-        _row(t, "sampled", SEP.join(sp["sampled_tokens"]), "red")
-        _row(t, "rendered", SEP.join(sp["rendered_tokens"]), "green")
+        _row(t, "sampled", SEP.join(sp["sampled_tokens"]) or "(nothing)", "red")
+        _row(t, "rendered", SEP.join(sp["rendered_tokens"]) or "(nothing)", "green")
 
 
 def _row(t, label: str, value: str, style: str) -> None:

@@ -2,5 +2,7 @@
 re-encoding aligned by byte offsets (`alignment`, `reencode`), why each span differs (`causes`),
 text-quality proxies (`text_quality`), the study script's own arithmetic (`study_script`), the
 per-sample table (`sample_table`), records measured in batches on every core (`records`,
-`parallel`), and the in-loop rollout check (`rollout_check`).
+`parallel`), the in-loop rollout check (`rollout_check`), and multi-turn trajectories: the
+drift check against their chat template (`trajectory`) and their sampled turns as samples
+(`turns`).
 """
