@@ -25,6 +25,8 @@ with the sampled ids (first prompt + everything after it):
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -34,8 +36,9 @@ from tmcli.errors import TmcliError, one_line
 
 CAUSES = ("template", "tokenization")
 _CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 8
+_CACHE_SIZE = 16
 _MAX_DIFF = 40_000  # ids compared span by span; past this the rest is one span
+_RUN = re.compile(b"\x01+")  # a run of ids the model sampled, in the mask's bytes
 
 
 @dataclass
@@ -87,24 +90,30 @@ class TrajectoryError(TmcliError):
 
 
 class Renderer:
-    """One tokenizer with its chat template: renders messages with transformers'
-    `apply_chat_template` and encodes the text as its ``tokenize=True`` does."""
+    """One tokenizer with a chat template: renders messages with transformers'
+    `apply_chat_template` and encodes the text as its ``tokenize=True`` does. The transformers
+    tokenizer and the encoder are built once per tokenizer, whatever the template."""
 
     def __init__(self, tokenizer, template: str, special_tokens: dict | None = None, *,
                  hf=None):
-        from tmcli.sources.tokenizers import private_copy
+        key = ("hf", id(tokenizer), json.dumps(special_tokens or {}, sort_keys=True), id(hf))
+        hit = _CACHE.get(key)
+        if hit is None:
+            from tmcli.sources.tokenizers import private_copy
 
-        if hf is None:
-            from transformers import PreTrainedTokenizerFast
-            from transformers.utils import logging as hf_logging
+            if hf is None:  # (it copies the tokenizer it is given)
+                from transformers import PreTrainedTokenizerFast
+                from transformers.utils import logging as hf_logging
 
-            hf_logging.set_verbosity_error()
-            hf = PreTrainedTokenizerFast(
-                tokenizer_object=private_copy(tokenizer, encode_special_tokens=False),
-                chat_template=template, **(special_tokens or {}))
-        self.hf, self.template = hf, template
-        self.encoder = private_copy(tokenizer, encode_special_tokens=bool(
-            getattr(hf, "split_special_tokens", False)))
+                hf_logging.set_verbosity_error()
+                hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **(special_tokens or {}))
+            split = bool(getattr(hf, "split_special_tokens", False))
+            encoder = tokenizer if tokenizer.encode_special_tokens == split \
+                else private_copy(tokenizer, encode_special_tokens=split)  # (never changed)
+            hit = (tokenizer, (hf, encoder))
+            _remember(key, hit)
+        self.hf, self.encoder = hit[1]
+        self.template = template
 
     def render(self, messages: list, tools, kwargs: dict) -> str:
         try:
@@ -156,16 +165,16 @@ class _Pending:
 
     messages: list
     text: str
-    ids: np.ndarray  # prompt ids + ids after the prompt
-    mask: np.ndarray  # 1 where the model sampled the id
+    ids: list[int]  # prompt ids + ids after the prompt
+    mask: bytes  # 1 where the model sampled the id
     turns: list[Turn]
 
 
-def prepare(renderer: Renderer, messages: list, prompt_ids, token_ids, mask=None, *,
-            tools=None, kwargs: dict | None = None) -> _Pending:
+def prepare(renderer: Renderer, messages: list, prompt_ids: list[int], token_ids: list[int],
+            mask: list[int] | None = None, *, tools=None, kwargs: dict | None = None) -> _Pending:
     """Lay a trajectory out (its sampled turns, each the assistant message it is) and render
     it; `TrajectoryError` for a record that cannot be checked."""
-    prompt, after = list(prompt_ids), list(token_ids)
+    prompt, after = prompt_ids, token_ids
     if not after:
         raise TrajectoryError("no ids after the first prompt (the ids are no longer than the "
                               "prompt)", hint="token_ids / response_ids hold every id after "
@@ -179,10 +188,16 @@ def prepare(renderer: Renderer, messages: list, prompt_ids, token_ids, mask=None
     elif len(mask) != len(after):
         raise TrajectoryError(f"the mask has {len(mask)} entries for {len(after)} ids after "
                               "the prompt", hint="one 0/1 per id after the first prompt")
-    full_mask = np.zeros(len(prompt) + len(after), dtype=np.int8)
-    full_mask[len(prompt):] = mask
-    edges = np.diff(np.r_[0, full_mask, 0])
-    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    try:
+        full_mask = bytes(len(prompt)) + bytes(mask)
+    except (TypeError, ValueError):
+        full_mask = b"?"
+    if full_mask.translate(None, b"\x00\x01"):
+        raise TrajectoryError("the mask holds values other than 0 and 1",
+                              hint="1 marks an id the model sampled, 0 one the environment "
+                              "added")
+    runs = [m.span() for m in _RUN.finditer(full_mask)]
+    starts, ends = [s for s, _e in runs], [e for _s, e in runs]
     assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if not len(starts):
         raise TrajectoryError("the mask marks no id as sampled by the model",
@@ -193,8 +208,22 @@ def prepare(renderer: Renderer, messages: list, prompt_ids, token_ids, mask=None
                               hint="check that messages and ids are the same conversation")
     turns = [Turn(m, int(s), int(e)) for m, s, e in zip(assistant[-len(starts):], starts, ends)]
     text = renderer.render(messages, tools, kwargs or {})
-    ids = np.asarray(prompt + after, dtype=np.int64)
-    return _Pending(messages, text, ids, full_mask, turns)
+    return _Pending(messages, text, prompt + after, full_mask, turns)
+
+
+def _texts(message: dict) -> list[bytes]:
+    """A message's own text, in order: its content (or content blocks' text), then each tool
+    call's name and string arguments."""
+    texts = []
+    content = message.get("content")
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        texts += [b.get("text") for b in content if isinstance(b, dict)]
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        texts += [fn.get("name"), fn.get("arguments")] if isinstance(fn, dict) else []
+    return [t.encode("utf-8", "surrogatepass") for t in texts if isinstance(t, str) and t.strip()]
 
 
 def _anchors(messages: list, data: bytes) -> list[tuple[int, int, int]]:
@@ -204,25 +233,26 @@ def _anchors(messages: list, data: bytes) -> list[tuple[int, int, int]]:
     out = []
     limit = len(data)
     for i in range(len(messages) - 1, -1, -1):
-        m = messages[i]
-        texts = []
-        content = m.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts += [b.get("text") for b in content if isinstance(b, dict)]
-        for call in m.get("tool_calls") or []:
-            fn = call.get("function", call) if isinstance(call, dict) else {}
-            texts += [fn.get("name"), fn.get("arguments")] if isinstance(fn, dict) else []
         found = []
-        for t in reversed([t for t in texts if isinstance(t, str) and t.strip()]):
-            k = data.rfind(t.encode("utf-8", "surrogatepass"), 0, limit)
+        for t in reversed(_texts(messages[i])):
+            k = data.rfind(t, 0, limit)
             if k >= 0:
-                found.append((k, k + len(t.encode("utf-8", "surrogatepass"))))
+                found.append((k, k + len(t)))
                 limit = k
         if found:
             out.append((min(s for s, _ in found), max(e for _, e in found), i))
     return out[::-1]
+
+
+def _clean_tail(pend: _Pending, tail: list[int], table: list[bytes]) -> bool | None:
+    """Whether the rendered ids past the sampled ones are only template text after the last
+    message's own text (None: cannot tell without the tokenizer's offsets)."""
+    data = pend.text.encode("utf-8", "surrogatepass")
+    spelled = b"".join(table[i] if 0 <= i < len(table) else b"\0" for i in tail)
+    if not data.endswith(spelled):
+        return None
+    last = next((e for _s, e, _i in reversed(_anchors(pend.messages[-1:], data))), 0)
+    return last <= len(data) - len(spelled)
 
 
 class _Layout:
@@ -233,7 +263,7 @@ class _Layout:
         table, lengths = spellings(vocab)
         self.pend, self.table = pend, table
         size = len(table)
-        a = pend.ids
+        a = np.asarray(pend.ids, dtype=np.int64)
         self.s_len = np.where((a >= 0) & (a < size), lengths[np.clip(a, 0, size - 1)], 0)
         self.s_end = np.cumsum(self.s_len)
         self.sampled = b"".join(table[i] if 0 <= i < size else b"" for i in a.tolist())
@@ -259,11 +289,12 @@ class _Layout:
 
     def message_at(self, q: int, x: int) -> int:
         """The message of sampled position ``q`` (its turn's, if the model sampled it), else
-        of rendered byte ``x``: the first message whose text ends after it."""
+        of rendered byte ``x``: the first message whose text ends at or after it (a difference
+        right at the end of a message's text is that message's; markup after it, the next's)."""
         pend = self.pend
         if q < len(pend.mask) and pend.mask[q]:
             return next(t.message for t in pend.turns if t.start <= q < t.end)
-        return next((i for _s, e, i in self.anchors() if e > x), len(pend.messages) - 1)
+        return next((i for _s, e, i in self.anchors() if e >= x), len(pend.messages) - 1)
 
     def cause(self, q: int, sampled: list[int], rendered_from: int, rendered_to: int) -> str:
         """``tokenization`` when the sampled ids from ``q`` spell the rendered text of tokens
@@ -289,6 +320,9 @@ def _first_cause(lay: _Layout, p: int, a: np.ndarray, b: np.ndarray) -> str:
 
 
 def _spans(lay: _Layout, a: np.ndarray, b: np.ndarray, p: int, tail_ok: bool) -> list[DriftSpan]:
+    if tail_ok:  # the rendered ids after the last sampled end-of-turn token are no span
+        ends = np.flatnonzero(b[p:] == a[-1])
+        b = b[: p + int(ends[-1]) + 1] if len(ends) else b
     n = min(len(a), len(b)) - p
     tail = np.flatnonzero(a[len(a) - n :][::-1] != b[len(b) - n :][::-1]) if n > 0 else []
     suffix = int(tail[0]) if len(tail) else max(n, 0)
@@ -309,22 +343,24 @@ def _spans(lay: _Layout, a: np.ndarray, b: np.ndarray, p: int, tail_ok: bool) ->
 
 def finish(pend: _Pending, rendered_ids: list[int], renderer: Renderer, vocab) -> TrajectoryCheck:
     """The verdict on a prepared trajectory, given the encoding of its rendered text."""
-    a, b = pend.ids, np.asarray(rendered_ids, dtype=np.int64)
+    ids = pend.ids
+    base = dict(turns=pend.turns, rendered_ids=rendered_ids, n_ids=len(ids))
+    if ids == rendered_ids:  # (lists compared in C: the common cases cost next to nothing)
+        return TrajectoryCheck(False, None, None, None, None, **base)
+    last = ids[-1]
+    tail_ok = bool(0 <= last < len(vocab.special) and vocab.special[last] and pend.mask[-1])
+    clean = False
+    if tail_ok and rendered_ids[: len(ids)] == ids:
+        clean = _clean_tail(pend, rendered_ids[len(ids) :], spellings(vocab)[0])
+        if clean:  # only text after the last sampled end-of-turn token, no message's
+            return TrajectoryCheck(False, None, None, None, None, **base)
+    a, b = np.asarray(ids, dtype=np.int64), np.asarray(rendered_ids, dtype=np.int64)
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
-    p = int(differ[0]) if len(differ) else (None if len(a) == len(b) else n)
-    base = dict(turns=pend.turns, rendered_ids=list(rendered_ids), n_ids=len(a))
-    if p is None:
-        return TrajectoryCheck(False, None, None, None, None, **base)
+    p = int(differ[0]) if len(differ) else n
     lay = _Layout(pend, b, renderer, vocab)
-    last = int(a[-1]) if len(a) else -1
-    tail_ok = bool(0 <= last < len(vocab.special) and vocab.special[last] and pend.mask[-1])
-    if p == len(a) and tail_ok:
-        # only text after the last sampled end-of-turn token: no drift, unless a message's
-        # own text is there (ids that stop before the conversation does)
-        x = lay.r_at(p)
-        if not any(e > x for _s, e, _i in lay.anchors()):
-            return TrajectoryCheck(False, None, None, None, None, **base)
+    if clean is None and not any(e > lay.r_at(p) for _s, e, _i in lay.anchors()):
+        return TrajectoryCheck(False, None, None, None, None, **base)
     message = lay.message_at(p, lay.r_at(p))
     turn = next((k for k, t in enumerate(pend.turns) if t.start <= p < t.end), None)
     if turn is None:
@@ -386,5 +422,5 @@ def check_trajectory(tokenizer, messages: list, prompt_ids, token_ids, response_
 
 
 def _ids(values) -> list[int]:
-    """Plain ints from a list, numpy array or torch tensor."""
-    return [int(t) for t in (values.tolist() if hasattr(values, "tolist") else values)]
+    """A list of ids from a list, numpy array or torch tensor."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)

@@ -113,13 +113,17 @@ def _flush(buffer: list[Record], pool, skip_invalid: bool, errors: list) -> Iter
         try:
             spec = pool.spec_for(rec)
             renderer, vocab = trajectory.renderer_for(spec, template_file=pool.chat_template)
-            t = rec.trajectory
+        except TmcliError as exc:
+            results[k] = _invalid(rec, exc, spec is not None and pool.user_given(spec))
+            continue
+        t = rec.trajectory
+        try:  # what the record holds: a failure here is the record's
             pend = trajectory.prepare(renderer, t.messages, rec.prompt_ids or [],
                                       rec.token_ids or [], t.mask, tools=t.tools,
                                       kwargs=t.template_kwargs)
             by_spec.setdefault(spec, []).append((k, pend, renderer, vocab))
         except TmcliError as exc:
-            results[k] = _invalid(rec, exc, spec is not None and pool.user_given(spec))
+            results[k] = _invalid(rec, exc, False)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             results[k] = _unusable(rec, exc)
     for items in by_spec.values():

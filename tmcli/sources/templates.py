@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,18 @@ def _from_config(path: Path) -> tuple[str | None, dict]:
 
 
 def _from_gguf(path: Path, spec: str) -> tuple[str | None, dict]:
+    """A GGUF's template and special tokens, read once and kept in the cache (parsing a GGUF's
+    metadata, its 50k-token vocabulary included, takes seconds)."""
+    import hashlib
+
+    from tmcli.sources.aliases import cache_dir
+    from tmcli.sources.locate import Source
+
+    key = Source(path.parent, path.name).key
+    cached = cache_dir() / "templates" / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    if cached.is_file():
+        got = json.loads(cached.read_text(encoding="utf-8"))
+        return got["template"], got["special_tokens"]
     import gguf
 
     from tmcli.sources.gguf import gguf_string
@@ -80,13 +93,19 @@ def _from_gguf(path: Path, spec: str) -> tuple[str | None, dict]:
 
     fields = gguf.GGUFReader(str(path)).fields
     specials = {}
-    for key, name in _GGUF_IDS.items():
-        f = fields.get(f"tokenizer.ggml.{name}")
+    for name, field_name in _GGUF_IDS.items():
+        f = fields.get(f"tokenizer.ggml.{field_name}")
         if f is not None and f.data:
             text = load_tokenizer(spec).id_to_token(int(f.parts[f.data[0]][0]))
             if text:
-                specials[key] = text
-    return gguf_string(fields, "tokenizer.chat_template") or None, specials
+                specials[name] = text
+    template = gguf_string(fields, "tokenizer.chat_template") or None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"template": template, "special_tokens": specials}),
+                   encoding="utf-8")
+    os.replace(tmp, cached)
+    return template, specials
 
 
 @functools.lru_cache(maxsize=16)
