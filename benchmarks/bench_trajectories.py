@@ -43,7 +43,7 @@ def paragraphs() -> list[str]:
 
 def conversations(spec: str, n: int, turns: int, drift: bool) -> list[dict]:
     """Trajectories as an agent loop samples them (ChatML), and whether each was made to drift."""
-    from tmcli.measure.trajectory import renderer_for
+    from tmcli.measure.chat_render import renderer_for
 
     renderer, vocab = renderer_for(spec)
     encode = vocab.original.encode
@@ -96,7 +96,7 @@ def main() -> None:
     import orjson
 
     import tmcli
-    from tmcli.measure.trajectory import renderer_for
+    from tmcli.measure.chat_render import renderer_for
 
     for spec in args.template or ["qwen3", "smollm2-135m"]:
         items = conversations(spec, args.n, args.turns, args.drift)

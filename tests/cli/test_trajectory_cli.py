@@ -9,7 +9,19 @@ import json
 import orjson
 import polars as pl
 import pytest
-from trajectory_data import A1, A2, Q1, Q2, SYSTEM, enc, qwen, render_ids, trajectory, turn, user_env
+from trajectory_data import (
+    A1,
+    A2,
+    Q1,
+    Q2,
+    SYSTEM,
+    enc,
+    qwen,
+    render_ids,
+    trajectory,
+    turn,
+    user_env,
+)
 from typer.testing import CliRunner
 
 from tmcli.cli import app

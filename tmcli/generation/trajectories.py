@@ -114,14 +114,14 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
     from tmcli import __version__
     from tmcli.generation.engines import EngineOptions, load_engine, resolve_engine
     from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
-    from tmcli.measure.trajectory import renderer_for
+    from tmcli.measure.chat_render import renderer_for
     from tmcli.sources.models import model_prompt_tokenizer, needs_conversion
     from tmcli.sources.tokenizers import tokenizer_name
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
-    prompts = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
+    chosen = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
     temperatures = list(dict.fromkeys(float(t) for t in temperatures))
-    if not models or not prompts:
+    if not models or not chosen:
         raise TmcliError("no model or no prompts given", hint="pass --model and --prompts")
     if any(t < 0 or t != t for t in temperatures) or not temperatures:
         raise TmcliError("temperatures must be >= 0", hint="e.g. --temperatures 0,1")
@@ -129,7 +129,7 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
                         ("--threads", threads)):
         if value is not None and value <= 0:
             raise TmcliError(f"{flag} must be positive, got {value}")
-    groups = conversations_of(prompts, turns)
+    groups = conversations_of(chosen, turns)
     progress = progress or _Quiet()
     out = Path(output)
     repair_tail(out)

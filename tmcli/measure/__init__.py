@@ -3,6 +3,6 @@ re-encoding aligned by byte offsets (`alignment`, `reencode`), why each span dif
 text-quality proxies (`text_quality`), the study script's own arithmetic (`study_script`), the
 per-sample table (`sample_table`), records measured in batches on every core (`records`,
 `parallel`), the in-loop rollout check (`rollout_check`), and multi-turn trajectories: the
-drift check against their chat template (`trajectory`) and their sampled turns as samples
-(`turns`).
+drift check against their chat template (`trajectory`, rendering with `chat_render`) and
+their sampled turns as samples (`turns`).
 """

@@ -25,18 +25,17 @@ with the sampled ids (first prompt + everything after it):
 from __future__ import annotations
 
 import difflib
-import json
 import re
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tmcli.errors import TmcliError, one_line
+from tmcli.measure.chat_render import Renderer, TrajectoryError, renderer_for, spellings
+
+__all__ = ["CAUSES", "DriftSpan", "Renderer", "TrajectoryCheck", "TrajectoryError", "Turn",
+           "check_trajectory", "finish", "prepare", "renderer_for"]
 
 CAUSES = ("template", "tokenization")
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 16
 _MAX_DIFF = 40_000  # ids compared span by span; past this the rest is one span
 _RUN = re.compile(b"\x01+")  # a run of ids the model sampled, in the mask's bytes
 
@@ -83,80 +82,6 @@ class TrajectoryCheck:
 
     def __bool__(self) -> bool:  # `if check_trajectory(...)`: it trains on what it sampled
         return not self.drift
-
-
-class TrajectoryError(TmcliError):
-    """A trajectory that cannot be checked (its record's fault: a mask, no sampled ids...)."""
-
-
-class Renderer:
-    """One tokenizer with a chat template: renders messages with transformers'
-    `apply_chat_template` and encodes the text as its ``tokenize=True`` does. The transformers
-    tokenizer and the encoder are built once per tokenizer, whatever the template."""
-
-    def __init__(self, tokenizer, template: str, special_tokens: dict | None = None, *,
-                 hf=None):
-        key = ("hf", id(tokenizer), json.dumps(special_tokens or {}, sort_keys=True), id(hf))
-        hit = _CACHE.get(key)
-        if hit is None:
-            from tmcli.sources.tokenizers import private_copy
-
-            if hf is None:  # (it copies the tokenizer it is given)
-                from transformers import PreTrainedTokenizerFast
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.set_verbosity_error()
-                hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **(special_tokens or {}))
-            split = bool(getattr(hf, "split_special_tokens", False))
-            encoder = tokenizer if tokenizer.encode_special_tokens == split \
-                else private_copy(tokenizer, encode_special_tokens=split)  # (never changed)
-            hit = (tokenizer, (hf, encoder))
-            _remember(key, hit)
-        self.hf, self.encoder = hit[1]
-        self.template = template
-
-    def render(self, messages: list, tools, kwargs: dict) -> str:
-        try:
-            return self.hf.apply_chat_template(messages, tools=tools, tokenize=False,
-                                               chat_template=self.template, **kwargs)
-        except Exception as exc:  # jinja's errors, or the template's raise_exception
-            raise TrajectoryError(f"the chat template fails on these messages "
-                                  f"({type(exc).__name__}: {one_line(exc, 160)})",
-                                  hint="fix the messages (or pass the template they were "
-                                  "sampled with: --chat-template FILE)") from None
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.encoder.encode_batch_fast(texts, add_special_tokens=False)]
-
-    def offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Each rendered token's (start, end) byte offsets in ``text``, from the tokenizer's
-        own character offsets (used when its ids do not spell the text byte for byte)."""
-        enc = self.encoder.encode(text, add_special_tokens=False)
-        byte_at = np.zeros(len(text) + 1, dtype=np.int64)
-        byte_at[1:] = np.cumsum([len(ch.encode("utf-8", "surrogatepass")) for ch in text])
-        spans = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2).clip(0, len(text))
-        return byte_at[spans[:, 0]], byte_at[spans[:, 1]]
-
-
-def spellings(vocab) -> tuple[list[bytes], np.ndarray]:
-    """Each id's text as the template writes it: its bytes, a special token its content (ids the
-    tokenizer lacks spell nothing); and the byte lengths. Built once per vocabulary."""
-    key = id(vocab)
-    hit = _CACHE.get(("spell", key))
-    if hit is not None:
-        return hit[1]
-    table = list(vocab.token_bytes)
-    for i in np.flatnonzero(vocab.special):
-        table[i] = (vocab.original.id_to_token(int(i)) or "").encode("utf-8")
-    lengths = np.fromiter(map(len, table), dtype=np.int64, count=len(table))
-    _remember(("spell", key), (vocab, (table, lengths)))
-    return table, lengths
-
-
-def _remember(key, value) -> None:
-    _CACHE[key] = value  # the object is kept, so its id cannot be reused
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
 
 
 @dataclass
@@ -214,7 +139,7 @@ def prepare(renderer: Renderer, messages: list, prompt_ids: list[int], token_ids
 def _texts(message: dict) -> list[bytes]:
     """A message's own text, in order: its content (or content blocks' text), then each tool
     call's name and string arguments."""
-    texts = []
+    texts: list = []
     content = message.get("content")
     if isinstance(content, str):
         texts.append(content)
@@ -324,13 +249,11 @@ def _spans(lay: _Layout, a: np.ndarray, b: np.ndarray, p: int, tail_ok: bool) ->
         ends = np.flatnonzero(b[p:] == a[-1])
         b = b[: p + int(ends[-1]) + 1] if len(ends) else b
     n = min(len(a), len(b)) - p
-    tail = np.flatnonzero(a[len(a) - n :][::-1] != b[len(b) - n :][::-1]) if n > 0 else []
-    suffix = int(tail[0]) if len(tail) else max(n, 0)
+    tail = np.flatnonzero(a[len(a) - n :][::-1] != b[len(b) - n :][::-1]) if n > 0 else None
+    suffix = int(tail[0]) if tail is not None and len(tail) else max(n, 0)
     x, y = a[p : len(a) - suffix].tolist(), b[p : len(b) - suffix].tolist()
-    if len(x) + len(y) > _MAX_DIFF:
-        ops = [("replace", 0, len(x), 0, len(y))]
-    else:
-        ops = difflib.SequenceMatcher(None, x, y, autojunk=False).get_opcodes()
+    ops: list = [("replace", 0, len(x), 0, len(y))] if len(x) + len(y) > _MAX_DIFF else \
+        difflib.SequenceMatcher(None, x, y, autojunk=False).get_opcodes()
     out = []
     for tag, i1, i2, j1, j2 in ops:
         if tag == "equal" or (tail_ok and tag == "insert" and i1 == len(x) and not suffix):
@@ -344,67 +267,34 @@ def _spans(lay: _Layout, a: np.ndarray, b: np.ndarray, p: int, tail_ok: bool) ->
 def finish(pend: _Pending, rendered_ids: list[int], renderer: Renderer, vocab) -> TrajectoryCheck:
     """The verdict on a prepared trajectory, given the encoding of its rendered text."""
     ids = pend.ids
-    base = dict(turns=pend.turns, rendered_ids=rendered_ids, n_ids=len(ids))
+
+    def verdict(message: int | None = None, cause: str | None = None, p: int | None = None,
+                turn: int | None = None, spans: list | None = None) -> TrajectoryCheck:
+        return TrajectoryCheck(message is not None, message, cause, p, turn, spans or [],
+                               pend.turns, rendered_ids, len(ids))
+
     if ids == rendered_ids:  # (lists compared in C: the common cases cost next to nothing)
-        return TrajectoryCheck(False, None, None, None, None, **base)
+        return verdict()
     last = ids[-1]
     tail_ok = bool(0 <= last < len(vocab.special) and vocab.special[last] and pend.mask[-1])
-    clean = False
+    clean: bool | None = False
     if tail_ok and rendered_ids[: len(ids)] == ids:
         clean = _clean_tail(pend, rendered_ids[len(ids) :], spellings(vocab)[0])
         if clean:  # only text after the last sampled end-of-turn token, no message's
-            return TrajectoryCheck(False, None, None, None, None, **base)
+            return verdict()
     a, b = np.asarray(ids, dtype=np.int64), np.asarray(rendered_ids, dtype=np.int64)
     n = min(len(a), len(b))
     differ = np.flatnonzero(a[:n] != b[:n])
     p = int(differ[0]) if len(differ) else n
     lay = _Layout(pend, b, renderer, vocab)
     if clean is None and not any(e > lay.r_at(p) for _s, e, _i in lay.anchors()):
-        return TrajectoryCheck(False, None, None, None, None, **base)
+        return verdict()
     message = lay.message_at(p, lay.r_at(p))
     turn = next((k for k, t in enumerate(pend.turns) if t.start <= p < t.end), None)
     if turn is None:
         turn = next((k for k, t in enumerate(pend.turns) if t.message >= message),
                     len(pend.turns) - 1)
-    return TrajectoryCheck(True, message, _first_cause(lay, p, a, b), p, turn,
-                           _spans(lay, a, b, p, tail_ok), **base)
-
-
-def renderer_for(tokenizer, chat_template: str | None = None, *,
-                 template_file: str | None = None) -> tuple[Renderer, object]:
-    """The (cached) `Renderer` and vocabulary for an alias/path (its own template, unless
-    ``chat_template`` (a template's text) or ``template_file`` names another), a transformers
-    tokenizer (its own template) or a `tokenizers.Tokenizer` (with ``chat_template``)."""
-    name = tokenizer if isinstance(tokenizer, str) else id(tokenizer)
-    key = ("renderer", name, chat_template, template_file)
-    hit = _CACHE.get(key)
-    if hit is not None:
-        _CACHE.move_to_end(key)
-        return hit[1]
-    from tmcli.measure.rollout_check import reencoder_for
-
-    vocab = reencoder_for(tokenizer).vocab
-    if isinstance(tokenizer, str):
-        from tmcli.sources import templates
-
-        if chat_template is None:
-            found = templates.chat_template(tokenizer, template_file)
-            text, specials = found.text, found.special_tokens
-        else:
-            text, specials = chat_template, templates.special_tokens(tokenizer)
-        renderer = Renderer(vocab.original, text, specials)
-    elif hasattr(tokenizer, "apply_chat_template"):
-        template = chat_template or getattr(tokenizer, "chat_template", None)
-        if not template:
-            raise TmcliError("this tokenizer has no chat template", hint="pass chat_template")
-        renderer = Renderer(tokenizer.backend_tokenizer, template, hf=tokenizer)
-    else:
-        if not chat_template:
-            raise TmcliError("a tokenizers.Tokenizer carries no chat template",
-                             hint="pass chat_template (the template's text)")
-        renderer = Renderer(tokenizer, chat_template)
-    _remember(key, (tokenizer, (renderer, vocab)))
-    return renderer, vocab
+    return verdict(message, _first_cause(lay, p, a, b), p, turn, _spans(lay, a, b, p, tail_ok))
 
 
 def check_trajectory(tokenizer, messages: list, prompt_ids, token_ids, response_mask=None, *,
@@ -415,9 +305,9 @@ def check_trajectory(tokenizer, messages: list, prompt_ids, token_ids, response_
     sampled turns and the environment's) and ``response_mask`` (1 for the model's ids; None:
     all of them, one turn). See the module docstring for the verdict."""
     renderer, vocab = renderer_for(tokenizer, chat_template)
-    as_list = [_ids(x) for x in (prompt_ids, token_ids)]
     mask = None if response_mask is None else _ids(response_mask)
-    pend = prepare(renderer, list(messages), *as_list, mask, tools=tools, kwargs=template_kwargs)
+    pend = prepare(renderer, list(messages), _ids(prompt_ids), _ids(token_ids), mask,
+                   tools=tools, kwargs=template_kwargs)
     return finish(pend, renderer.encode([pend.text])[0], renderer, vocab)
 
 

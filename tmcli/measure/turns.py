@@ -88,23 +88,35 @@ def _unusable(rec: Record, exc: Exception) -> InvalidRecord:
 def expand(records: Iterable[Record], pool, *, skip_invalid: bool,
            errors: list) -> Iterator[Record]:
     """``records`` in order, each trajectory replaced by its sampled turns (checked in batches
-    of `BATCH`); a trajectory that cannot be checked raises, or with ``skip_invalid`` goes to
-    ``errors``."""
+    of `BATCH`; other records pass straight through when none is waiting); a trajectory that
+    cannot be checked raises, or with ``skip_invalid`` goes to ``errors``. A bad line in the
+    input raises after what was read before it."""
     buffer: list[Record] = []
     waiting = 0
-    for rec in records:
+    records = iter(records)
+    while True:
+        try:
+            rec = next(records)
+        except StopIteration:
+            break
+        except InvalidRecord:
+            yield from _flush(buffer, pool, skip_invalid, errors)
+            raise
+        if rec.trajectory is None and not buffer:
+            yield rec
+            continue
         buffer.append(rec)
         waiting += rec.trajectory is not None
-        if waiting >= BATCH:
+        if waiting >= BATCH or len(buffer) >= 4 * BATCH:
             yield from _flush(buffer, pool, skip_invalid, errors)
             buffer, waiting = [], 0
     yield from _flush(buffer, pool, skip_invalid, errors)
 
 
 def _flush(buffer: list[Record], pool, skip_invalid: bool, errors: list) -> Iterator[Record]:
-    from tmcli.measure import trajectory
+    from tmcli.measure import chat_render, trajectory
 
-    results: dict[int, object] = {}
+    results: dict[int, tuple | TmcliError] = {}
     by_spec: dict[str, list] = {}
     for k, rec in enumerate(buffer):
         if rec.trajectory is None:
@@ -112,7 +124,7 @@ def _flush(buffer: list[Record], pool, skip_invalid: bool, errors: list) -> Iter
         spec = None
         try:
             spec = pool.spec_for(rec)
-            renderer, vocab = trajectory.renderer_for(spec, template_file=pool.chat_template)
+            renderer, vocab = chat_render.renderer_for(spec, template_file=pool.chat_template)
         except TmcliError as exc:
             results[k] = _invalid(rec, exc, spec is not None and pool.user_given(spec))
             continue
@@ -139,9 +151,9 @@ def _flush(buffer: list[Record], pool, skip_invalid: bool, errors: list) -> Iter
             yield rec
             continue
         got = results[k]
-        if isinstance(got, TmcliError):
-            if not skip_invalid or not isinstance(got, InvalidRecord):
-                raise got
-            errors.append(got)
+        if isinstance(got, tuple):
+            yield from _turn_records(rec, *got)
             continue
-        yield from _turn_records(rec, *got)
+        if not skip_invalid or not isinstance(got, InvalidRecord):
+            raise got
+        errors.append(got)

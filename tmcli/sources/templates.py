@@ -62,7 +62,7 @@ def _from_config(path: Path) -> tuple[str | None, dict]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise TmcliError(f"cannot read {path} ({exc})", hint="check the file") from None
-    specials = {k: t for k in SPECIAL_KEYS if (t := _token_text(config.get(k)))}
+    specials: dict = {k: t for k in SPECIAL_KEYS if (t := _token_text(config.get(k)))}
     extra = [t for v in config.get("additional_special_tokens") or [] if (t := _token_text(v))]
     if extra:
         specials["additional_special_tokens"] = extra
@@ -123,7 +123,7 @@ def _own(spec: str) -> tuple[str | None, str, dict]:
     path = Path(spec).expanduser()
     source = Source(path.parent) if path.is_file() and path.suffix != ".gguf" \
         else resolve_source(spec)
-    if source.gguf_file:
+    if source.gguf_file and source.directory is not None:
         where = source.directory / source.gguf_file
         template, specials = _from_gguf(where, spec)
         return template, f"{where} (tokenizer.chat_template)", specials
