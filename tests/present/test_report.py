@@ -142,8 +142,8 @@ def test_fraction_figure_plots_the_measured_fractions_and_fit(analysis):
 
 
 def test_window_profile_takes_nearest_temperature_and_says_so(analysis):
-    fig = position.window_profile(analysis.samples, analysis.groups, analysis.window, (1.9, 0.8),
-                                 n_resamples=N_RESAMPLES)
+    fig = position.window_profile(analysis.pooled_windows, analysis.groups, analysis.window,
+                                  (1.9, 0.8))
     titles = [a.text for a in fig.layout.annotations]
     assert "T=2: all models pooled" in titles and "T=0.8: per model" in titles
     assert any("T=1.9 was not run; showing nearest T=2" in t for t in titles)
