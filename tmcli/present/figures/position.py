@@ -114,8 +114,13 @@ def heatmaps(groups: pl.DataFrame, window: int) -> go.Figure:
             row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(title_text="token positions", type="category")
     fig.update_yaxes(title_text="temperature", type="category")
+    # One scale for every panel, as wide as the data and centred on 0 (white: no net change).
+    # Plotly's own would span the colour axis' nominal range, and ±4% of data on it looks blank.
+    reach = max((float(np.nanmax(np.abs(t.z), initial=0.0)) for t in fig.data), default=0.0)
+    reach = reach or 1e-3
     fig.update_layout(title="Mean compression by temperature and position",
-                      coloraxis=dict(colorscale="RdBu_r", cmid=0, colorbar=dict(tickformat=".1%")),
+                      coloraxis=dict(colorscale="RdBu_r", cmin=-reach, cmax=reach,
+                                     colorbar=dict(tickformat=".1%")),
                       **dict(LAYOUT, height=height))
     return _warn(fig, groups, f"⚠ in a cell: fewer than {FEW_SAMPLES} samples reach that window; "
                               "hover for the 95% CI")
@@ -140,15 +145,18 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
                                   "median position %{customdata[3]:.0f}",
                                   "n=%{customdata[0]} samples"])))
         _hollow(fig, df["temperature"], y, df["few_samples"], i, label)
+        # one legend entry per series (it toggles all three lines); the title says which is which
         fig.add_trace(go.Scatter(
             x=df["temperature"], y=df["median_position"], mode="lines", legendgroup=label,
-            name=f"{label}: median position", line=dict(color=_colour(i), dash="dot", width=1.5),
+            name=f"{label}: median position", showlegend=False,
+            line=dict(color=_colour(i), dash="dot", width=1.5),
             hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "median position %{y:.0f}"])))
         if "centre_noncanonical" in df.columns:
             y = df["centre_noncanonical"]
             fig.add_trace(go.Scatter(
                 x=df["temperature"], y=y, mode="lines+markers", legendgroup=label,
-                name=f"{label}: non-canonical tokens", line=dict(color=_colour(i), dash="dash"),
+                name=f"{label}: non-canonical tokens", showlegend=False,
+                line=dict(color=_colour(i), dash="dash"),
                 marker=dict(size=7, symbol="diamond-open"),
                 error_y=dict(type="data", symmetric=False, color=_colour(i, 0.4),
                              array=(df["centre_noncanonical_hi"] - y).fill_nan(None),
