@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tmcli.cli.app import _Command, app
+from tmcli.sources.aliases import DEFAULT_MODEL, alias_names
 
 # -- generate ---------------------------------------------------------------------------------------
 
@@ -114,7 +115,7 @@ def generate(
     output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL file to append records to; "
                                         "rerunning the same command resumes it.")],
     model: Annotated[Optional[list[str]], typer.Option(
-        "--model", "-m", metavar="SPEC", help="Alias (smollm2-135m, gemma3-270m), local path, GGUF file or hub id. "
+        "--model", "-m", metavar="SPEC", help=f"Alias ({', '.join(alias_names(models=True))}), local path, GGUF file or hub id. "
         "Repeat for several models.")] = None,
     temperatures: Annotated[str, typer.Option(
         "--temperatures", "-t", metavar="T,T|A:B:STEP", help="List (0,1,2) or start:stop:step range (0:2:0.2, stop "
@@ -169,7 +170,7 @@ def generate(
     from tmcli.generation.sweep import generate as run_generate
     from tmcli.generation.sweep import parse_temperatures
 
-    models = model or ["smollm2-135m"]
+    models = model or [DEFAULT_MODEL]
     bar = _Progress(enabled=not quiet and sys.stderr.isatty())
     lines = _LineProgress() if not quiet and not bar.enabled else None
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from tmcli.errors import TmcliError
 from tmcli.generation.constrain import CANONICAL_MODES
 from tmcli.generation.prompts import Prompt
+from tmcli.sources.aliases import DEFAULT_MODEL
 
 
 @dataclass
@@ -159,7 +160,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     prompts = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
     temperatures = list(dict.fromkeys(float(t) for t in temperatures))
     if not models:
-        raise TmcliError("no model given", hint="pass --model (e.g. --model smollm2-135m)")
+        raise TmcliError("no model given", hint=f"pass --model (e.g. --model {DEFAULT_MODEL})")
     if not prompts:
         raise TmcliError("no prompts given", hint="pass --prompts FILE")
     if not temperatures or any(t < 0 or t != t for t in temperatures):
