@@ -159,7 +159,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     heap: list = []
     sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
     try:
-        kept, recent = [], []
+        kept: list[pl.DataFrame] = []
+        recent: list[pl.DataFrame] = []
 
         def flush():
             # A few large chunks (and parquet row groups): per-batch ones cost ~30% more memory.

@@ -27,10 +27,10 @@ def _matrix(lists: pl.Series) -> np.ndarray:
     if hasattr(arr, "combine_chunks"):
         arr = arr.combine_chunks()
     lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    out = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
+    out: np.ndarray = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
     if lengths.sum():
         values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
-        rows = np.repeat(np.arange(len(arr)), lengths)
+        rows: np.ndarray = np.repeat(np.arange(len(arr)), lengths)
         cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         out[rows, cols] = values
     return out
@@ -245,7 +245,7 @@ def paired_difference(mode: pl.DataFrame, base: pl.DataFrame, name: str,
     joined = _per_prompt(mode, name).join(_per_prompt(base, name), on="prompt_index",
                                           suffix="_base").sort("prompt_index")
     d = (joined[name] - joined[name + "_base"]).to_numpy()
-    out = {f"diff_{name}_n": len(d)}
+    out: dict[str, float | int | None] = {f"diff_{name}_n": len(d)}
     if len(d):
         m, lo, hi = stats.mean_ci(d, n_resamples, seed)
         out.update({f"diff_{name}": m, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})

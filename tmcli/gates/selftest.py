@@ -109,8 +109,9 @@ def _control(tok, enc: Reencoder) -> bool:
     word = " together"
     ids = tok.encode(word, add_special_tokens=False).ids
     table = enc.vocab.bytes_to_id()
-    spelled = [table.get(ch.encode()) for ch in word]
-    if None in spelled:
+    found = [table.get(ch.encode()) for ch in word]
+    spelled = [t for t in found if t is not None]
+    if len(spelled) < len(found):
         return False
     m = enc.measure([Sample(spelled)])[0]
     return m["kind"] == "merged" and m["n_reencoded"] == len(ids)

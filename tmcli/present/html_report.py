@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -19,6 +20,9 @@ from tmcli.aggregate.groups import FEW_SAMPLES
 from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
 from tmcli.present.figures import modes, position, temperature
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -42,7 +46,7 @@ def default_temperatures(groups: pl.DataFrame) -> tuple[float, ...]:
     return tuple(got for _w, got in temperature.nearest_temperatures(run, STUDY_TEMPERATURES))
 
 
-def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
+def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure]]:
     """(anchor id, caption, figure) for every figure of the report, in reading order.
 
     ``temperatures``: those of the by-position figure (None: `default_temperatures`)."""

@@ -98,7 +98,7 @@ def canonical_comparison(comparison: pl.DataFrame) -> go.Figure:
                 if all(v is None for v in y):
                     empty.add(title)
                     continue
-                _band(fig, x, lo, hi, _colour(i, 0.18), label, **where)
+                _band(fig, x, lo, hi, _colour(i, 0.18), label, row=r, col=c)
                 lone = dict(type="data", symmetric=False, color=_colour(i, 0.6),  # no band
                             array=[hi[0] - y[0]], arrayminus=[y[0] - lo[0]])
                 count = f"{col}_n" if f"{col}_n" in df.columns else "n_noncanonical"

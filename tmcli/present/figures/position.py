@@ -55,7 +55,7 @@ def window_profile(pooled: pl.DataFrame, groups: pl.DataFrame, window: int,
             g = row.row(0, named=True)
             m = np.array(g["window_mean"], dtype=float)
             x = np.array(g["window_centre"], dtype=float)  # where each window's tokens are
-            starts = np.arange(len(m)) * window
+            starts: np.ndarray = np.arange(len(m)) * window
             col = 1 if label == "all models" else 2
             _band(fig, x, g["window_lo"], g["window_hi"], _colour(i, 0.18), label, row=r, col=col)
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
