@@ -92,7 +92,7 @@ class Engine(abc.ABC):
         (`tmcli.generation.constrain.CANONICAL_MODES`; ``every`` for retokenize), ``on_step``
         is called with the tokens decoded since its last call (for progress)."""
 
-    def close(self) -> None:  # noqa: B027 (optional: most engines hold nothing to release)
+    def close(self) -> None:  # noqa: B027 (optional: an engine that holds nothing needs none)
         """Give memory (and, for vLLM, its worker processes) back."""
 
 
