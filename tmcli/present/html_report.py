@@ -11,8 +11,8 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import plotly.graph_objects as go
 import polars as pl
 
 from tmcli import __version__
@@ -20,9 +20,6 @@ from tmcli.aggregate.groups import FEW_SAMPLES
 from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
 from tmcli.present.figures import modes, position, temperature
-
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
 
 HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
