@@ -72,7 +72,7 @@ def token_strings(vocab, ids) -> list[str]:
 
 
 def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: list,
-             chunk: int = 64) -> Iterator[tuple[Record, str, object, dict]]:
+             chunk: int = 64) -> Iterator[tuple[Record, str, object, SampleMetrics]]:
     """(record, tokenizer spec, sample, metrics) in input order, measured ``chunk`` at a time."""
     from tmcli.measure.records import _prepare
 
