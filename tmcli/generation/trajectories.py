@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tmcli.errors import TmcliError
+from tmcli.generation.progress import NoProgress, Progress
 from tmcli.generation.prompts import Prompt
 from tmcli.generation.sweep import GenerateInterrupted, GenerateSummary, row_seed
 
@@ -108,7 +109,7 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
                           seed: int = 0, device: str = "auto", dtype: str = "auto",
                           threads: int | None = None, batch_size: int | None = None,
                           trust_remote_code: bool = False, engine: str = "auto",
-                          progress=None) -> GenerateSummary:
+                          progress: Progress | None = None) -> GenerateSummary:
     """One trajectory record per (model, conversation, temperature) into ``output`` (JSONL),
     resuming; see the module docstring. ``progress`` is as for `sweep.generate`."""
     from tmcli import __version__
@@ -130,7 +131,7 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
         if value is not None and value <= 0:
             raise TmcliError(f"{flag} must be positive, got {value}")
     groups = conversations_of(chosen, turns)
-    progress = progress or _Quiet()
+    progress = progress or NoProgress()
     out = Path(output)
     repair_tail(out)
     done = existing_ids(out)
@@ -153,14 +154,13 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
                     continue
                 name = resolve_engine(engine, spec, device)
                 if needs_conversion(spec):
-                    getattr(progress, "note", progress.describe)(
-                        f"converting {spec} to a checkpoint (first use, 20-90 s)")
+                    progress.note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
                 progress.describe(f"loading {spec}")
                 started = time.perf_counter()
                 eng = load_engine(engine, spec, EngineOptions(
                     device=device, dtype=dtype, threads=threads,
                     trust_remote_code=trust_remote_code,
-                    progress=getattr(progress, "bars", True)), resolved=name)
+                    progress=progress.bars), resolved=name)
                 summary.load_seconds += time.perf_counter() - started
                 try:
                     _run(eng, convs, renderer, vocab, writer, summary, progress, turns=turns,
@@ -171,12 +171,6 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
     except KeyboardInterrupt:
         raise GenerateInterrupted(summary) from None
     return summary
-
-
-class _Quiet:
-    def start(self, total: int) -> None: ...
-    def describe(self, text: str) -> None: ...
-    def advance(self, tokens: int) -> None: ...
 
 
 def _run(eng, convs: list[_Conversation], renderer, vocab, writer, summary, progress, *,

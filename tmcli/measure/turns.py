@@ -11,36 +11,13 @@ before it, without re-encoding it for every turn.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from tmcli.errors import InvalidRecord, TmcliError
-from tmcli.io.readers.base import Record
+from tmcli.io.readers.base import Record, TurnColumns
 
 BATCH = 32  # trajectories rendered, then encoded in one call
-
-
-@dataclass
-class TurnColumns:
-    """What a sampled turn's sample row carries of its trajectory: the trajectory's id, this
-    turn's index among the sampled turns and its message, and the trajectory's verdict
-    (``drift_turn``: the sampled turn at or after the first difference; ``drift_spans`` only on
-    that turn's row)."""
-
-    trajectory: str
-    turn: int
-    n_turns: int
-    message: int
-    drift: bool
-    drift_message: int | None
-    drift_cause: str | None
-    drift_turn: int | None
-    drift_position: int | None
-    drift_spans: list[dict] = field(default_factory=list)
-
-    def row(self) -> dict:
-        return dict(self.__dict__)
 
 
 def _turn_records(rec: Record, check, vocab) -> list[Record]:

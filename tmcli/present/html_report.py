@@ -12,6 +12,7 @@ import html
 import math
 from pathlib import Path
 
+import plotly.graph_objects as go
 import polars as pl
 
 from tmcli import __version__
@@ -42,7 +43,7 @@ def default_temperatures(groups: pl.DataFrame) -> tuple[float, ...]:
     return tuple(got for _w, got in temperature.nearest_temperatures(run, STUDY_TEMPERATURES))
 
 
-def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
+def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure]]:
     """(anchor id, caption, figure) for every figure of the report, in reading order.
 
     ``temperatures``: those of the by-position figure (None: `default_temperatures`)."""
@@ -71,7 +72,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
         ("mean", "Mean of (n − len(re-encoding)) / n per sample. Signed: a lengthened sample "
          "counts negative.", temperature.mean_compression(g)),
         ("windows", "Mean compression per window of positions, all models pooled and per model.",
-         position.window_profile(analysis.samples, g, window, temperatures)),
+         position.window_profile(analysis.pooled_windows, g, window, temperatures)),
         ("heatmap", "Each cell: mean compression of one window at one temperature.",
          position.heatmaps(g, window)),
         ("gravity", "Compression-weighted mean position. Above the median position means "
@@ -81,7 +82,8 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
         ("rate", "Tokens inside differing spans over all tokens, comparable with later studies' "
          "per-token figures.", position.token_rate(g)),
         ("survival", "Share of completions still canonical after each number of tokens: once a "
-         "completion diverges it leaves the curve.", position.first_divergence(analysis.samples)),
+         "completion diverges it leaves the curve.", position.first_divergence(analysis.survival,
+                                                             analysis.group_by)),
         *canonical,
     ]
 
@@ -214,7 +216,7 @@ def warnings(analysis, temperatures=None) -> list[str]:
     if analysis.meta.get("n_duplicates"):
         out.append(f"{analysis.meta['n_duplicates']} duplicate record(s) were counted once "
                    "(--keep-duplicates counts every copy).")
-    bad = int(analysis.samples["byte_exact"].not_().sum())
+    bad = int(g["n_not_byte_exact"].sum())
     if bad:
         out.append(f"{bad} sample(s) could not be compared byte-exactly (invalid bytes or a "
                    "normaliser); their figures rest on an id-level diff.")
@@ -323,14 +325,12 @@ def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> 
             own[anchor] = block
         else:
             sections.append(block)
-    canonical = ""
-    if "canonical" in own:
-        canonical = (
-            "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
-            "free generation (off) at the same model and temperature. Δ: mean over prompts run "
-            "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
-            "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
-            f"{comparison_table(analysis.comparison)}{own['canonical']}")
+    canonical = (
+        "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
+        "free generation (off) at the same model and temperature. Δ: mean over prompts run "
+        "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
+        "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
+        f"{comparison_table(analysis.comparison)}{own['canonical']}") if "canonical" in own else ""
     canonical += trajectories.section(analysis, own.get("trajectories"))
     warn = warnings(analysis, temperatures)
     banner = ("<div class=banner><b>⚠ Read with care</b><ul>"

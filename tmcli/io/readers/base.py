@@ -31,6 +31,28 @@ class Trajectory:
 
 
 @dataclass
+class TurnColumns:
+    """What a sampled turn's sample row carries of its trajectory: the trajectory's id, this
+    turn's index among the sampled turns and its message, and the trajectory's verdict
+    (``drift_turn``: the sampled turn at or after the first difference; ``drift_spans`` only on
+    that turn's row). Filled by `tmcli.measure.turns`."""
+
+    trajectory: str
+    turn: int
+    n_turns: int
+    message: int
+    drift: bool
+    drift_message: int | None
+    drift_cause: str | None
+    drift_turn: int | None
+    drift_position: int | None
+    drift_spans: list[dict] = field(default_factory=list)
+
+    def row(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
 class Record:
     """One completion read from a file, before re-encoding.
 
@@ -48,8 +70,8 @@ class Record:
     logprob_tokens: list | None = None
     # a trajectory record (messages + ids as sampled), checked by `tmcli.measure.turns`
     trajectory: Trajectory | None = None
-    # one sampled turn of a checked trajectory: its `tmcli.measure.turns.TurnColumns`
-    turn: object | None = None
+    # one sampled turn of a checked trajectory (`tmcli.measure.turns`)
+    turn: TurnColumns | None = None
 
 
 @dataclass(frozen=True)
