@@ -43,10 +43,21 @@ def runs(mask: list[int]) -> list[tuple[int, int]]:
     return out
 
 
-def test_generated_trajectories_are_token_in_token_out_and_checked(tmp_path):
+@pytest.fixture
+def torch_threads():
+    """--threads sets torch's threads for the whole process: give the next tests theirs back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_generated_trajectories_are_token_in_token_out_and_checked(tmp_path, torch_threads):
     out = tmp_path / "chats.jsonl"
     args = ["generate", "--prompts", CHAT, "--turns", "2", "--n-prompts", "4",
-            "--temperatures", "0,1", "--max-new-tokens", "16", "--quiet", "-o", out]
+            "--temperatures", "0,1", "--max-new-tokens", "16", "--threads", "1", "--quiet",
+            "-o", out]  # one thread: a few rows decode as fast, without spinning on shared cores
     r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     records = [json.loads(x) for x in out.read_text().splitlines()]
