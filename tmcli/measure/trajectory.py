@@ -100,6 +100,8 @@ def prepare(renderer: Renderer, messages: list, prompt_ids: list[int], token_ids
     """Lay a trajectory out (its sampled turns, each the assistant message it is) and render
     it; `TrajectoryError` for a record that cannot be checked."""
     prompt, after = prompt_ids, token_ids
+    if not messages:
+        raise TrajectoryError("no messages", hint="a trajectory needs its conversation")
     if not after:
         raise TrajectoryError("no ids after the first prompt (the ids are no longer than the "
                               "prompt)", hint="token_ids / response_ids hold every id after "
