@@ -82,13 +82,15 @@ def test_analyze_on_ray_equals_analyze_of_the_concatenation(local_ray, shards, t
     # the per-sample dataset: one part per shard, all columns, readable as a stored analysis
     assert sorted(p.name for p in out.iterdir()) == \
         ["_tmcli.json", *(f"part-0000{i}.parquet" for i in range(4))]
-    parts = pl.concat([pl.read_parquet(p) for p in sorted(out.glob("part-*.parquet"))])
+    parts = pl.read_parquet(out / "*.parquet")  # the parts as one table, in shard order
     assert parts.height == local.samples.height + 1  # the duplicate is written, counted once
     assert parts["spans"].dtype == pl.List and parts["id"].to_list()[:5] == \
         local.samples["id"].to_list()[:5]
     stored = load_analysis(str(out))
     assert_frame_equal(stored.groups, local.groups)
     assert stored.examples == local.examples and len(local.examples) == 12
+    r = runner.invoke(app, ["check", str(out), "--max-fraction-noncanonical", "0.001"])
+    assert r.exit_code == 1 and "FAIL" in r.stdout  # a stored analysis for `check`, `report`
 
 
 def test_a_bad_line_in_a_shard_is_the_local_one_line_error(local_ray, shards, tmp_path):

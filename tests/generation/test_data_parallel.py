@@ -132,12 +132,19 @@ def test_a_replica_killed_mid_run_loses_and_duplicates_nothing(local_ray, one_pr
     assert _ids_and_tokens(records) == _ids_and_tokens(one_process)
 
 
-def test_data_parallel_errors_are_one_line(cache, tmp_path):
+def test_data_parallel_errors_are_one_line(local_ray, tmp_path):
     runner = CliRunner()
     base = ["generate", "-p", "-", "-t", "0", "--max-new-tokens", "2", "--engine", "fused",
             "-o", str(tmp_path / "o.jsonl")]
     result = runner.invoke(app, base + ["--data-parallel-size", "0"], input="hello\n")
     assert result.exit_code == 2 and "--data-parallel-size must be positive" in result.output
+    # more replicas than the cluster has room for: Ray would wait for ever
+    result = runner.invoke(app, base + ["--data-parallel-size", "3"], input="a\nb\nc\n")
+    assert result.exit_code == 2 and "3 replicas of 1 CPU(s) need 3, and the Ray cluster has 2" \
+        in result.output and "--data-parallel-size" in result.output.split(";")[1]
+    result = runner.invoke(app, base + ["--data-parallel-size", "2", "--threads", "4"],
+                           input="a\nb\n")
+    assert result.exit_code == 2 and "a replica needs 4 CPUs" in result.output
     for address, says in (("127.0.0.1:1", "cannot reach the Ray cluster at 127.0.0.1:1"),
                           ("head-node", "--ray-address 'head-node' is not HOST:PORT")):
         result = runner.invoke(app, base + ["--ray-address", address], input="hello\n")

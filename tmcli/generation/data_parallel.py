@@ -108,13 +108,23 @@ def _placement(ray, name: str, options: EngineOptions, n: int) -> tuple[dict, in
     """Ray resources per replica, and the CPU threads its engine may use: on GPUs, the GPUs
     its engine needs (vLLM: its tensor-parallel size); on CPUs, an equal share of the cores
     that fits on one node (``--threads`` when given)."""
-    if options.device == "cuda":
-        gpus = options.tensor_parallel_size if name == "vllm" else 1
-        return {"num_cpus": 1, "num_gpus": gpus}, options.threads
-    nodes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")]
-    total = int(ray.cluster_resources().get("CPU", 1))
-    threads = options.threads or max(1, min(total // n, int(max(nodes, default=1))))
-    return {"num_cpus": threads}, threads
+    kind = "GPU" if options.device == "cuda" else "CPU"
+    nodes = [int(node["Resources"].get(kind, 0)) for node in ray.nodes() if node.get("Alive")]
+    total = int(ray.cluster_resources().get(kind, 0))
+    if kind == "GPU":
+        need, threads = (options.tensor_parallel_size if name == "vllm" else 1), options.threads
+    else:
+        need = threads = options.threads or max(1, min(total // n, max(nodes, default=1)))
+    # Ray would wait for ever for what no node has: say so instead
+    if need > max(nodes, default=0):
+        raise TmcliError(f"a replica needs {need} {kind}s, and the largest node of the Ray "
+                         f"cluster has {max(nodes, default=0)}",
+                         hint="use a smaller --tensor-parallel-size (a replica lives on one node)"
+                         if kind == "GPU" else "use fewer --threads")
+    if need * n > total:
+        raise TmcliError(f"{n} replicas of {need} {kind}(s) need {need * n}, and the Ray cluster "
+                         f"has {total}", hint="use a smaller --data-parallel-size")
+    return ({"num_cpus": 1, "num_gpus": need} if kind == "GPU" else {"num_cpus": need}), threads
 
 
 def _get(ray, ref):
