@@ -22,6 +22,7 @@ import glob
 import logging
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import orjson
@@ -72,7 +73,6 @@ def measure_shard(index: int, path: str, *, output: str | None, tokenizer, windo
     errors: list = []
     heap: list = []
     pool = TokenizerPool(tokenizer, window=window, context=context)
-    frames = []
     with reported_against(path):
         records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                                skip_invalid=skip_invalid, errors=errors)
@@ -193,7 +193,7 @@ def _run(ray, shards: list[str], settings: dict, workers: int | None) -> list[di
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = sys.stderr.isatty()  # Ray Data's own bars, on a terminal only
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # progress lines; errors come here
     size = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -213,13 +213,13 @@ def _summarise(rows: list[dict], shards: list[str], settings: dict, **kwargs) ->
             raise pickle.loads(row["error"])
     errors = [InvalidRecord(s, line, detail, hint=hint)
               for row in rows for s, line, detail, hint in orjson.loads(row["skipped"])]
-    frames = [pl.from_arrow(_read_ipc(row["samples"])) for row in rows]
-    samples = in_memory(pl.concat([f for f in frames if f.height], how="vertical")) \
-        if any(f.height for f in frames) else in_memory(pl.DataFrame(schema=SAMPLE_SCHEMA))
-    if samples.height == 0:
+    frames = [pl.DataFrame(_read_ipc(row["samples"])) for row in rows]
+    frames = [f for f in frames if f.height]
+    if not frames:
         raise TmcliError("no usable records in the input",
                          hint=f"{len(errors)} invalid line(s) were skipped" if errors
                          else "the shards are empty")
+    samples = in_memory(pl.concat(frames))
     candidates = []
     for row in rows:
         for item in orjson.loads(row["examples"]):

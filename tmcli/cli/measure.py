@@ -75,7 +75,7 @@ def analyze(
     from tmcli.io.outputs import check_parquet_path
     from tmcli.present import terminal
 
-    if on_ray or ray_address:
+    if (on_ray or ray_address) and not is_stored_analysis(input):
         from tmcli.aggregate.analysis import parse_tokenizer_option
         from tmcli.aggregate.distributed import analyze_on_ray
 

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tmcli.errors import TmcliError
+from tmcli.errors import TmcliError, one_line
 from tmcli.generation.engines import EngineOptions
 
 RESTARTS = 2  # per replica: Ray restarts a dead replica and retries its batch this many times
@@ -74,9 +74,6 @@ class Replica:
     def load(self) -> dict:
         eng = self._engine()
         return {"pid": os.getpid(), "engine": eng.name, "device": eng.device}
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def batch_size(self, longest: int, requested: int | None, rows: int) -> int:
         return self._engine().batch_size(longest, requested, rows)
@@ -167,9 +164,15 @@ def run_replicated(engine: str, spec: str, options: EngineOptions, jobs: list,
     started = time.perf_counter()
     actors = [remote.remote(engine, spec, options, resolved, decode) for _ in shards]
     try:
-        loaded = [_get(ray, a.load.remote()) for a in actors]
-        sizes = [_get(ray, a.batch_size.remote(sweep["longest"], sweep["batch_size"], len(s)))
-                 for a, s in zip(actors, shards)]
+        try:  # all replicas load at once
+            loaded = [_get(ray, ref) for ref in [a.load.remote() for a in actors]]
+            sizes = [_get(ray, ref) for ref in [
+                a.batch_size.remote(sweep["longest"], sweep["batch_size"], len(s))
+                for a, s in zip(actors, shards)]]
+        except ray.exceptions.RayActorError as exc:
+            raise TmcliError(f"a replica of {spec} died while loading ({one_line(exc, 160)})",
+                             hint="out of memory? use a smaller --data-parallel-size; the "
+                                  "reason is in /tmp/ray/session_latest/logs") from None
         summary.load_seconds += time.perf_counter() - started
         queues = [deque(_Unit(b, {j.prompt.index: ids[j.prompt.index] for j in b})
                         for b in plan(s, lengths, size)) for s, size in zip(shards, sizes)]
@@ -211,8 +214,6 @@ def _dispatch(ray, actors, queues, writer, summary, progress, note, sweep, max_n
 
 def _lost(i: int, unit: _Unit, alive: set, queues: list, note, exc) -> None:
     """Replica ``i`` is gone for good: its batches (``unit`` and those queued) go to the others."""
-    from tmcli.errors import one_line
-
     unit.lost += 1
     if unit.lost > 1:
         raise TmcliError(f"a batch of {len(unit.jobs)} rows was lost with two replicas "
@@ -224,8 +225,8 @@ def _lost(i: int, unit: _Unit, alive: set, queues: list, note, exc) -> None:
         alive.discard(i)
         orphans += list(queues[i])
         queues[i].clear()
-        note(f"replica {i} was lost ({one_line(exc, 120)}); "
-             f"its rows go to the {len(alive)} others")
+        note(f"replica {i} was lost ({one_line(exc, 120)}); its unfinished batches go to "
+             f"the {len(alive)} replica(s) left")
     if not alive:
         raise TmcliError("every replica was lost", hint="see the Ray logs (/tmp/ray/session_latest"
                          "/logs); rerunning the command resumes") from None
