@@ -109,6 +109,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_canonical.py
 	$(BIN)/python benchmarks/bench_check_ids.py
+	$(BIN)/python benchmarks/bench_data_parallel.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
