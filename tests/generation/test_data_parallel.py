@@ -95,6 +95,8 @@ class _Killer:
     """Progress that SIGKILLs a busy replica's process when the first batch is written, then the
     process Ray restarted in its place (its one restart spent: lost for good)."""
 
+    bars = False
+
     def __init__(self):
         self.first: set[int] = set()
         self.killed: list[int] = []

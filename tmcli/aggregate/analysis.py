@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from tmcli import __version__
+from tmcli.aggregate.curves import pooled_window_profile, survival
 from tmcli.aggregate.groups import canonical_comparison, drop_duplicates, sigmoid_fits, summarise
 from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
@@ -34,7 +35,8 @@ DEFAULT_GROUP_BY = ("model", "temperature")
 @dataclass
 class Analysis:
     """The result of analysing one input: per-sample rows (without `DETAIL_COLUMNS`, which
-    `analyze --output` writes), group summaries, sigmoid fits."""
+    `analyze --output` writes), group summaries, sigmoid fits, and every other number the
+    report draws (`tmcli.aggregate.curves`)."""
 
     samples: pl.DataFrame
     groups: pl.DataFrame
@@ -47,9 +49,14 @@ class Analysis:
     meta: dict = field(default_factory=dict)
     # canonical modes vs free generation (`groups.canonical_comparison`); empty with one mode
     comparison: pl.DataFrame | None = None
+    # per group: the share still canonical after each number of tokens (`curves.survival`)
+    survival: pl.DataFrame | None = None
+    # per temperature, all models pooled: mean compression by window (`curves.pooled_window_profile`)
+    pooled_windows: pl.DataFrame | None = None
 
     def to_json(self) -> dict:
-        """Group summaries, fits and the canonical comparison as plain JSON (`--json`)."""
+        """Group summaries, fits, the canonical comparison and the curves along the completion
+        (survival, pooled window profile) as plain JSON (`--json`)."""
         return {
             "tmcli_version": __version__,
             "window": self.window,
@@ -59,8 +66,9 @@ class Analysis:
             "n_skipped": len(self.skipped),
             "groups": _jsonable(self.groups.to_dicts()),
             "sigmoid_fits": _jsonable(self.fits.to_dicts()),
-            "canonical_comparison": _jsonable(self.comparison.to_dicts()
-                                              if self.comparison is not None else []),
+            "canonical_comparison": _rows(self.comparison),
+            "survival": _rows(self.survival),
+            "pooled_window_profile": _rows(self.pooled_windows),
             "meta": _jsonable(self.meta),
         }
 
@@ -73,6 +81,10 @@ class Analysis:
             "window": self.window,
             "window_method": self.method,
         }
+
+
+def _rows(frame: pl.DataFrame | None) -> list:
+    return _jsonable(frame.to_dicts()) if frame is not None else []
 
 
 def _jsonable(obj):
@@ -92,7 +104,7 @@ def _example(item, pool: TokenizerPool) -> dict:
     g = list(smp.token_ids)
     segments = []
     pos = 0
-    for span, cause in zip(m["spans"], m["causes"]):
+    for span, cause in zip(m.spans, m.causes):
         p, before, after = span["position"], span["before"], span["after"]
         if p > pos:
             segments.append({"generated": [vocab.piece(t) for t in g[pos:p]], "differs": False})
@@ -104,9 +116,9 @@ def _example(item, pool: TokenizerPool) -> dict:
         segments.append({"generated": [vocab.piece(t) for t in g[pos:]], "differs": False})
     return {
         "id": rec.id, "model": str(rec.meta.get("model") or spec),
-        "temperature": rec.meta.get("temperature"), "n_tokens": m["n_tokens"],
-        "noncanonical_tokens": m["noncanonical_tokens"], "n_spans": m["n_spans"],
-        "compression": m["compression"], "prompt": rec.meta.get("prompt"),
+        "temperature": rec.meta.get("temperature"), "n_tokens": m.n_tokens,
+        "noncanonical_tokens": m.noncanonical_tokens, "n_spans": m.n_spans,
+        "compression": m.compression, "prompt": rec.meta.get("prompt"),
         "segments": segments,
     }
 
@@ -148,7 +160,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     heap: list = []
     sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
     try:
-        kept, recent = [], []
+        kept: list[pl.DataFrame] = []
+        recent: list[pl.DataFrame] = []
 
         def flush():
             # A few large chunks (and parquet row groups): per-batch ones cost ~30% more memory.
@@ -222,7 +235,9 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
                     window=window, method=method, examples=list(examples or []),
                     skipped=list(skipped or []), meta=meta,
-                    comparison=canonical_comparison(samples, n_resamples=n_resamples))
+                    comparison=canonical_comparison(samples, n_resamples=n_resamples),
+                    survival=survival(samples, keys),
+                    pooled_windows=pooled_window_profile(samples, window, n_resamples))
 
 
 def default_group_by(samples: pl.DataFrame) -> list[str]:

@@ -182,7 +182,7 @@ def analyze_on_ray(inputs: str, *, address: str | None = None, output: str | Non
         if folder is not None:
             (folder / DATASET_METADATA).write_bytes(orjson.dumps(analysis.stored_metadata()))
     except BaseException:
-        if created:
+        if created and folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return analysis

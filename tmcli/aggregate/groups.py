@@ -27,10 +27,10 @@ def _matrix(lists: pl.Series) -> np.ndarray:
     if hasattr(arr, "combine_chunks"):
         arr = arr.combine_chunks()
     lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    out = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
+    out: np.ndarray = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
     if lengths.sum():
         values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
-        rows = np.repeat(np.arange(len(arr)), lengths)
+        rows: np.ndarray = np.repeat(np.arange(len(arr)), lengths)
         cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         out[rows, cols] = values
     return out
@@ -83,6 +83,21 @@ def drop_duplicates(samples: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return (samples.filter(first), dropped) if dropped else (samples, 0)
 
 
+def window_profile(df, window: int, n_resamples: int = 2000, seed: int = 0, *,
+                   tokens: np.ndarray | None = None) -> dict:
+    """Mean compression per window of positions (``window_mean``, its bootstrap ``window_lo``/
+    ``window_hi``, ``window_n`` samples reaching it, ``window_centre`` where its tokens are) and
+    the centre of gravity (``cog``, ``cog_lo``, ``cog_hi``) of a group's rows."""
+    tokens = _matrix(df["window_tokens"]) if tokens is None else tokens
+    wb = stats.window_bootstrap(_matrix(df["window_delta"]), tokens, window,
+                                min(n_resamples, 1000), seed)
+    return {"window_mean": wb["window_mean"].tolist(), "window_lo": wb["window_lo"].tolist(),
+            "window_hi": wb["window_hi"].tolist(),
+            "window_n": (tokens > 0).sum(axis=0).astype(int).tolist(),
+            "window_centre": wb["window_centre"].tolist(),  # where the windows' tokens are
+            "cog": wb["cog"], "cog_lo": wb["cog_lo"], "cog_hi": wb["cog_hi"]}
+
+
 def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Every figure of one group, each with its interval and the sample count beside it."""
     n = df.height
@@ -106,14 +121,9 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
                                     df["n_tokens"].to_numpy(), n_resamples, seed)
     out.update(token_rate=rate, token_rate_lo=rlo, token_rate_hi=rhi)
 
-    delta = _matrix(df["window_delta"])
     tokens = _matrix(df["window_tokens"])
-    wb = stats.window_bootstrap(delta, tokens, window, min(n_resamples, 1000), seed)
-    out["window_mean"] = wb["window_mean"].tolist()
-    out["window_lo"] = wb["window_lo"].tolist()
-    out["window_hi"] = wb["window_hi"].tolist()
-    out["window_n"] = (tokens > 0).sum(axis=0).astype(int).tolist()
-    out["window_centre"] = wb["window_centre"].tolist()  # where the windows' tokens are
+    wb = window_profile(df, window, n_resamples, seed, tokens=tokens)
+    out.update({k: v for k, v in wb.items() if k.startswith("window_")})
     out["centre_of_gravity"] = wb["cog"]
     out["centre_of_gravity_lo"] = wb["cog_lo"]
     out["centre_of_gravity_hi"] = wb["cog_hi"]
@@ -235,7 +245,7 @@ def paired_difference(mode: pl.DataFrame, base: pl.DataFrame, name: str,
     joined = _per_prompt(mode, name).join(_per_prompt(base, name), on="prompt_index",
                                           suffix="_base").sort("prompt_index")
     d = (joined[name] - joined[name + "_base"]).to_numpy()
-    out = {f"diff_{name}_n": len(d)}
+    out: dict[str, float | int | None] = {f"diff_{name}_n": len(d)}
     if len(d):
         m, lo, hi = stats.mean_ci(d, n_resamples, seed)
         out.update({f"diff_{name}": m, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from tmcli.cli.app import _Command, app
+from tmcli.sources.aliases import DEFAULT_MODEL, alias_names
+
+if TYPE_CHECKING:
+    from tmcli.generation.progress import Progress
 
 # -- generate ---------------------------------------------------------------------------------------
 
 class _Progress:
-    """A Rich bar on stderr (tokens, tokens/s, ETA); only on a terminal and without --quiet."""
+    """A Rich bar on stderr (tokens, tokens/s, ETA); only on a terminal and without --quiet.
+    A `tmcli.generation.progress.Progress`, as `_LineProgress` is."""
+
+    bars = True  # model conversion may draw its own
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -107,6 +114,15 @@ class _LineProgress:
     def stop(self) -> None: ...
 
 
+def _progress(quiet: bool) -> tuple[_Progress, Progress | None]:
+    """(the Rich bar, to stop at the end; what to report progress to): the bar on a terminal,
+    plain lines off one, nothing with --quiet."""
+    bar = _Progress(enabled=not quiet and sys.stderr.isatty())
+    if bar.enabled:
+        return bar, bar
+    return bar, None if quiet else _LineProgress()
+
+
 @app.command(cls=_Command)
 def generate(
     prompts: Annotated[str, typer.Option("--prompts", "-p", metavar="PATH", help="Prompt file: one prompt per line, "
@@ -114,7 +130,7 @@ def generate(
     output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL file to append records to; "
                                         "rerunning the same command resumes it.")],
     model: Annotated[Optional[list[str]], typer.Option(
-        "--model", "-m", metavar="SPEC", help="Alias (smollm2-135m, gemma3-270m), local path, GGUF file or hub id. "
+        "--model", "-m", metavar="SPEC", help=f"Alias ({', '.join(alias_names(models=True))}), local path, GGUF file or hub id. "
         "Repeat for several models.")] = None,
     temperatures: Annotated[str, typer.Option(
         "--temperatures", "-t", metavar="T,T|A:B:STEP", help="List (0,1,2) or start:stop:step range (0:2:0.2, stop "
@@ -174,9 +190,8 @@ def generate(
     from tmcli.generation.sweep import generate as run_generate
     from tmcli.generation.sweep import parse_temperatures
 
-    models = model or ["smollm2-135m"]
-    bar = _Progress(enabled=not quiet and sys.stderr.isatty())
-    lines = _LineProgress() if not quiet and not bar.enabled else None
+    models = model or [DEFAULT_MODEL]
+    bar, shown = _progress(quiet)
 
     def run():
         temps = parse_temperatures(temperatures)
@@ -191,7 +206,7 @@ def generate(
                             data_parallel_size=data_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization,
                             max_model_len=max_model_len, ray_address=ray_address,
-                            progress=bar if bar.enabled else lines)
+                            progress=shown)
 
     from tmcli.generation.sweep import GenerateInterrupted
 
@@ -232,17 +247,21 @@ def score(
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(
         "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) it may "
         "reserve.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
     from tmcli.generation.sweep import parse_temperatures
     from tmcli.scoring.nll import score as run_score
 
     temps = parse_temperatures(temperatures) if temperatures else None
-    summary = run_score(input, output, model=model, temperatures=temps,
-                        device=device, dtype=dtype, threads=threads, engine=engine,
-                        tensor_parallel_size=tensor_parallel_size,
-                        gpu_memory_utilization=gpu_memory_utilization)
+    bar, shown = _progress(quiet)
+    try:
+        summary = run_score(input, output, model=model, temperatures=temps,
+                            device=device, dtype=dtype, threads=threads, engine=engine,
+                            tensor_parallel_size=tensor_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization, progress=shown)
+    finally:
+        bar.stop()
     if not quiet:
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
         typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "

@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 
 from tmcli.cli.app import _Command, _Group, app
+from tmcli.sources.aliases import alias_names
 
 # -- models ---------------------------------------------------------------------------------------
 
 models_app = typer.Typer(cls=_Group, no_args_is_help=False, add_completion=False,
                          help="The offline models and tokenizers behind the aliases "
-                         "(smollm2-135m, gemma3-270m, gpt2, mistral-v1, llama3, qwen3): list or install them.")
+                         f"({', '.join(alias_names())}): list or install them.")
 app.add_typer(models_app, name="models")
 
 

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
@@ -76,7 +77,7 @@ class CheckResult:
         return EXIT_OK if self.passed else EXIT_CHECK_FAILED
 
 
-def validate_thresholds(thresholds: dict[str, float | None],
+def validate_thresholds(thresholds: Mapping[str, float | None],
                         on_mismatch: str | None = None) -> dict[str, float]:
     """The thresholds given (None values dropped), or the one-line error for a bad one."""
     if on_mismatch is not None and on_mismatch not in ON_MISMATCH:
@@ -102,7 +103,7 @@ def validate_thresholds(thresholds: dict[str, float | None],
     return limits
 
 
-def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
+def run_check(analysis, thresholds: Mapping[str, float | None], *, per_group: bool = False,
               use_upper: bool = False, on_mismatch: str | None = None) -> CheckResult:
     """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored), and
     list its non-canonical samples under an ``on_mismatch`` policy (see the module doc)."""

@@ -54,19 +54,21 @@ class Replica:
     """One engine on a Ray worker (the class `ray.remote` wraps). The engine loads on first use,
     so a replica Ray restarts after a crash reloads it before the batch it retries."""
 
-    def __init__(self, engine: str, spec: str, options: EngineOptions, resolved: str | None,
-                 decode: Callable):
-        self.args = (engine, spec, options, resolved)
+    def __init__(self, engine: str, spec: str, options: EngineOptions, resolved: str,
+                 registered: str | type, decode: Callable):
+        self.args = (engine, spec, options, resolved, registered)
         self.decode_unit = decode
         self.engine = None
         self.tok = None
 
     def _engine(self):
         if self.engine is None:
-            from tmcli.generation.engines import load_engine
+            from tmcli.generation.engines import ENGINES, load_engine, register_engine
             from tmcli.sources.tokenizers import load_tokenizer
 
-            engine, spec, options, resolved = self.args
+            engine, spec, options, resolved, registered = self.args
+            if resolved not in ENGINES:  # registered in the driver only (`register_engine`)
+                register_engine(resolved, registered)
             self.engine = load_engine(engine, spec, options, resolved=resolved)
             self.tok = load_tokenizer(self.engine.tokenizer)
         return self.engine
@@ -141,28 +143,30 @@ def _get(ray, ref):
 
 def run_replicated(engine: str, spec: str, options: EngineOptions, jobs: list,
                    ids: dict[int, list[int]], writer, summary, progress, *, replicas: int,
-                   plan: Callable, decode: Callable, sweep: dict,
-                   resolved: str | None = None) -> None:
+                   plan: Callable, decode: Callable, sweep: dict, resolved: str) -> None:
     """Decode ``jobs`` of model ``spec`` on ``replicas`` Ray actors (Ray must be running: see
     `tmcli.measure.ray_udf.ray_session`), writing each batch's records with ``writer``.
     ``plan(jobs, lengths, size)`` cuts a shard into batches and ``decode(engine, tokenizer,
     jobs, ids, sweep)`` turns one into records on a replica (`sweep._batches` and
     `sweep.decode_unit`, given by the caller); ``sweep``: `sweep._sweep`'s keyword arguments.
-    ``resolved``: the engine ``engine`` stands for (None: each replica resolves ``auto``)."""
+    ``resolved``: the registered engine ``engine`` stands for (`resolve_engine`), sent to the
+    replicas with its registry entry, so an engine registered here loads there too."""
     import ray
 
-    note = getattr(progress, "note", progress.describe)
+    from tmcli.generation.engines import ENGINES
+
+    note = progress.note
     max_new = sweep["max_new_tokens"]
     lengths = {k: len(v) for k, v in ids.items()}
     shards = shard(jobs, lengths, replicas, max_new)
-    name = resolved or "auto"
-    resources, threads = _placement(ray, name, options, len(shards))
+    resources, threads = _placement(ray, resolved, options, len(shards))
     options = replace(options, threads=threads, data_parallel_size=1)
     remote = ray.remote(Replica).options(max_restarts=RESTARTS, max_task_retries=RESTARTS,
                                          **resources)
     progress.describe(f"loading {spec} on {len(shards)} replicas")
     started = time.perf_counter()
-    actors = [remote.remote(engine, spec, options, resolved, decode) for _ in shards]
+    actors = [remote.remote(engine, spec, options, resolved, ENGINES[resolved], decode)
+              for _ in shards]
     try:
         try:  # all replicas load at once
             loaded = [_get(ray, ref) for ref in [a.load.remote() for a in actors]]

@@ -25,7 +25,10 @@ from pathlib import Path
 
 from tmcli.errors import TmcliError
 from tmcli.generation.constrain import CANONICAL_MODES
+from tmcli.generation.engines import Engine
+from tmcli.generation.progress import NoProgress, Progress
 from tmcli.generation.prompts import Prompt
+from tmcli.sources.aliases import DEFAULT_MODEL
 
 
 @dataclass
@@ -118,12 +121,6 @@ def _is_oom(exc: BaseException) -> bool:
         or "can't allocate" in text
 
 
-class _NoProgress:
-    def start(self, total: int) -> None: ...
-    def describe(self, text: str) -> None: ...
-    def advance(self, tokens: int) -> None: ...
-
-
 class GenerateInterrupted(KeyboardInterrupt):
     """Ctrl-C during `generate`: what was saved (every record before it is complete and fsynced)."""
 
@@ -136,11 +133,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
              *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, engine="auto", canonical: str = "off",
+             trust_remote_code: bool = False, engine: str | Engine = "auto", canonical: str = "off",
              retokenize_every: int = 1, tensor_parallel_size: int = 1,
              data_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
              max_model_len: int | None = None, ray_address: str | None = None,
-             progress=None) -> GenerateSummary:
+             progress: Progress | None = None) -> GenerateSummary:
     """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
 
     ``engine`` is a name from `tmcli.generation.engines.ENGINE_CHOICES`, or an engine already loaded
@@ -148,9 +145,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     (a vLLM engine takes a while to start). ``tensor_parallel_size`` applies to vLLM;
     ``data_parallel_size`` > 1 (or a ``ray_address``) decodes on that many engine replicas on Ray
     (`tmcli.generation.data_parallel`), with the same records.
-    ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
-    ``advance(tokens)``, and optionally ``note(text)`` for one-off messages (the CLI passes a Rich
-    bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
+    ``progress`` is told how far the run is (a `tmcli.generation.progress.Progress`: the CLI passes
+    a Rich bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
     `GenerateInterrupted`, which carries the summary of what was saved."""
     from tmcli import __version__
     from tmcli.generation.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
@@ -162,7 +158,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     prompts = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
     temperatures = list(dict.fromkeys(float(t) for t in temperatures))
     if not models:
-        raise TmcliError("no model given", hint="pass --model (e.g. --model smollm2-135m)")
+        raise TmcliError("no model given", hint=f"pass --model (e.g. --model {DEFAULT_MODEL})")
     if not prompts:
         raise TmcliError("no prompts given", hint="pass --prompts FILE")
     if not temperatures or any(t < 0 or t != t for t in temperatures):
@@ -188,9 +184,9 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                          hint="pass the engine's name (e.g. engine='fused') instead")
     if loaded is None and engine not in ENGINE_CHOICES:
         raise TmcliError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINE_CHOICES))
-    show_bars = progress is not None and getattr(progress, "bars", True)
-    progress = progress or _NoProgress()
-    note = getattr(progress, "note", progress.describe)
+    show_bars = progress is not None and progress.bars
+    progress = progress or NoProgress()
+    note = progress.note
     out = Path(output)
     repair_tail(out)
     done = existing_ids(out)
@@ -299,12 +295,12 @@ def decode_unit(eng, tok, jobs: list[_Job], ids: dict[int, list[int]], sweep: di
     """One batch of ``jobs`` decoded by `_sweep` (``sweep``: its keyword arguments) on a
     data-parallel replica: its records, and their new tokens."""
     out, summary = _Collect(), GenerateSummary("")
-    _sweep(eng, jobs, ids, out, summary, _NoProgress(), tok, **{**sweep, "batch_size": len(jobs)})
+    _sweep(eng, jobs, ids, out, summary, NoProgress(), tok, **{**sweep, "batch_size": len(jobs)})
     return out.records, summary.new_tokens
 
 
-def _sweep(eng, jobs: list[_Job], ids: dict[int, list[int]], writer, summary: GenerateSummary,
-           progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
+def _sweep(eng: Engine, jobs: list[_Job], ids: dict[int, list[int]], writer,
+           summary: GenerateSummary, progress: Progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
            retokenize_every: int, batch_size: int | None, version: str) -> None:
     """Decode one model's jobs batch by batch on ``eng``, writing each batch's records.
     ``longest``: the longest prompt plus ``max_new_tokens``."""

@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from tmcli.errors import TmcliError
 
@@ -43,7 +44,7 @@ def import_ray():
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, quiet: bool = True) -> Iterator[object]:
+def ray_session(address: str | None = None, *, quiet: bool = True) -> Iterator[Any]:
     """Ray, ready to use: the session this process already has (left running), the cluster at
     ``address`` (``--ray-address``; else ``$RAY_ADDRESS``), or a local Ray on this machine's
     cores started now and stopped at the end. Yields the ``ray`` module."""

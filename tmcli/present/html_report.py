@@ -12,6 +12,7 @@ import html
 import math
 from pathlib import Path
 
+import plotly.graph_objects as go
 import polars as pl
 
 from tmcli import __version__
@@ -42,7 +43,7 @@ def default_temperatures(groups: pl.DataFrame) -> tuple[float, ...]:
     return tuple(got for _w, got in temperature.nearest_temperatures(run, STUDY_TEMPERATURES))
 
 
-def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
+def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure]]:
     """(anchor id, caption, figure) for every figure of the report, in reading order.
 
     ``temperatures``: those of the by-position figure (None: `default_temperatures`)."""
@@ -70,7 +71,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
         ("mean", "Mean of (n − len(re-encoding)) / n per sample. Signed: a lengthened sample "
          "counts negative.", temperature.mean_compression(g)),
         ("windows", "Mean compression per window of positions, all models pooled and per model.",
-         position.window_profile(analysis.samples, g, window, temperatures)),
+         position.window_profile(analysis.pooled_windows, g, window, temperatures)),
         ("heatmap", "Each cell: mean compression of one window at one temperature.",
          position.heatmaps(g, window)),
         ("gravity", "Compression-weighted mean position. Above the median position means "
@@ -80,7 +81,8 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
         ("rate", "Tokens inside differing spans over all tokens, comparable with later studies' "
          "per-token figures.", position.token_rate(g)),
         ("survival", "Share of completions still canonical after each number of tokens: once a "
-         "completion diverges it leaves the curve.", position.first_divergence(analysis.samples)),
+         "completion diverges it leaves the curve.", position.first_divergence(analysis.survival,
+                                                             analysis.group_by)),
         *canonical,
     ]
 
@@ -213,7 +215,7 @@ def warnings(analysis, temperatures=None) -> list[str]:
     if analysis.meta.get("n_duplicates"):
         out.append(f"{analysis.meta['n_duplicates']} duplicate record(s) were counted once "
                    "(--keep-duplicates counts every copy).")
-    bad = int(analysis.samples["byte_exact"].not_().sum())
+    bad = int(g["n_not_byte_exact"].sum())
     if bad:
         out.append(f"{bad} sample(s) could not be compared byte-exactly (invalid bytes or a "
                    "normaliser); their figures rest on an id-level diff.")

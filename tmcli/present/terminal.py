@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich import box
@@ -144,7 +145,7 @@ def _print_split(console: Console, tables: list[Table]) -> None:
 
 
 def _print_tables(console: Console, title: str, columns: list[Column], legend: str,
-                  notes: list[str] = ()) -> None:
+                  notes: Sequence[str] = ()) -> None:
     """A title, the fitted tables, then the legend and notes as prose (wrapped at the width)."""
     tables, stacked = fit(columns, console)
     if any(f.interval for col in columns for f in col.cells):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from tmcli.errors import TmcliError
+from tmcli.generation.progress import NoProgress, Progress
 
 
 @dataclass
@@ -128,13 +129,14 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
           temperatures: Sequence[float] | None = None, device: str = "auto",
           dtype: str = "auto", threads: int | None = None, batch: int = 64,
           engine: str = "transformers", gpu_memory_utilization: float | None = None,
-          tensor_parallel_size: int = 1, progress: Callable[[int], None] | None = None
+          tensor_parallel_size: int = 1, progress: Progress | None = None
           ) -> ScoreSummary:
     """Add ``nll_token``/``nll_char`` to each record of ``input`` and append it to ``output``.
 
     With ``temperatures``, only records at those temperatures are scored; the others are copied
     through unchanged, so the output still holds every record. ``engine`` is ``transformers``
-    (the model's forward) or ``vllm`` (its prompt logprobs)."""
+    (the model's forward) or ``vllm`` (its prompt logprobs). ``progress`` is told the
+    completion tokens to score and those scored (a `tmcli.generation.progress.Progress`)."""
     from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
     from tmcli.sources.models import load_model
 
@@ -168,9 +170,12 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
 
     if threads:
         torch.set_num_threads(threads)
+    progress = progress or NoProgress()
+    progress.start(sum(len(o["token_ids"]) for objs in todo.values() for o in objs))
     started = time.perf_counter()
     with RecordWriter(out) as writer:
         for spec, objs in todo.items():
+            progress.describe(f"scoring with {spec}")
             if loaded is not None:
                 if spec != loaded.spec:
                     raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {spec}")
@@ -195,7 +200,8 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
     return summary
 
 
-def _score_records(lm, spec: str, objs: list[dict], batch: int, writer, summary, progress) -> None:
+def _score_records(lm, spec: str, objs: list[dict], batch: int, writer, summary,
+                   progress: Progress) -> None:
     """Score ``objs`` (records of model ``spec``) on ``lm`` in batches and write them."""
     from tmcli.measure.reencode import Reencoder
     from tmcli.measure.token_bytes import vocab_for
@@ -220,5 +226,4 @@ def _score_records(lm, spec: str, objs: list[dict], batch: int, writer, summary,
             summary.tokens += n
         writer.write(part)
         summary.written += len(part)
-        if progress is not None:
-            progress(len(part))
+        progress.advance(sum(len(o["token_ids"]) for o in part))
