@@ -86,8 +86,9 @@ def measure_shard(index: int, path: str, *, output: str | None, tokenizer, windo
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, kept.schema) as stream:
         stream.write_table(kept)
-    examples = [{"key": [key[0], key[1], -key[2]], "example": _example(item, pool)}
-                for item in heap for key in [item[0]]]
+    # a heap item's key is (non-canonical tokens, spans, -its order in the shard)
+    examples = [{"key": [item[0][0], item[0][1], -item[0][2]], "example": _example(item, pool)}
+                for item in heap]
     return {"index": index, "samples": sink.getvalue().to_pybytes(),
             "skipped": orjson.dumps([[e.source, e.line, e.detail, e.hint] for e in errors]),
             "examples": orjson.dumps(examples), "tokenizers": orjson.dumps(sorted(pool._encoders))}
