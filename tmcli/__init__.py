@@ -39,6 +39,8 @@ __all__ = [
     "span_cause",
     "load_engine",
     "EngineOptions",
+    "analyze_on_ray",
+    "ray",
 ]
 
 _LAZY = {
@@ -71,13 +73,18 @@ _LAZY = {
     "span_cause": "tmcli.measure.causes",
     "load_engine": "tmcli.generation.engines",
     "EngineOptions": "tmcli.generation.engines",
+    "analyze_on_ray": "tmcli.aggregate.distributed",
 }
+# Modules exported under another name: `tmcli.ray.CheckIds` (importing it does not import Ray).
+_MODULES = {"ray": "tmcli.measure.ray_udf"}
 
 
 def __getattr__(name: str):
+    import importlib
+
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tmcli' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -186,12 +187,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
             raise TmcliError("no usable records in the input",
                              hint=f"{len(errors)} invalid line(s) were skipped" if errors
                              else "the input is empty")
-        info = {
-            "tokenizers": sorted(pool._encoders),
-            "window": window, "window_method": method, "context": context,
-            "n_samples": samples.height, "n_skipped": len(errors), "tmcli_version": __version__,
-            **(meta or {}),
-        }
+        info = run_meta(sorted(pool._encoders), window=window, method=method, context=context,
+                        n_samples=samples.height, n_skipped=len(errors), extra=meta)
         examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
         analysis = summarise_samples(samples, group_by=group_by, window=window, method=method,
                                      n_resamples=n_resamples, examples=examples, skipped=errors,
@@ -203,6 +200,14 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
             sink.abort()
         raise
     return analysis
+
+
+def run_meta(tokenizers: list[str], *, window: int, method: str, context: bool, n_samples: int,
+             n_skipped: int, extra: dict | None = None) -> dict:
+    """What an analysis records about its run (`Analysis.meta`)."""
+    return {"tokenizers": tokenizers, "window": window, "window_method": method,
+            "context": context, "n_samples": n_samples, "n_skipped": n_skipped,
+            "tmcli_version": __version__, **(extra or {})}
 
 
 def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, window: int,
@@ -246,17 +251,22 @@ def default_group_by(samples: pl.DataFrame) -> list[str]:
 
 def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
                  skip_invalid: bool = False, **kwargs) -> Analysis:
-    """`analyze_records` over a file (``-`` for stdin) in any supported format.
-
-    Whatever goes wrong while reading or measuring it is reported against the file: an OS error
-    names it (a read error names no file of its own), and any other failure becomes a one-line
-    `TmcliError` (exit 2 in the CLI) instead of a traceback."""
+    """`analyze_records` over a file (``-`` for stdin) in any supported format."""
     errors: list = []
-    try:
+    with reported_against(path):
         records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                                skip_invalid=skip_invalid, errors=errors)
         return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
                                meta={"inputs": [path]}, **kwargs)
+
+
+@contextmanager
+def reported_against(path: str):
+    """Whatever goes wrong while reading or measuring ``path``, reported against the file: an OS
+    error names it (a read error names no file of its own), and any other failure becomes a
+    one-line `TmcliError` (exit 2 in the CLI) instead of a traceback."""
+    try:
+        yield
     except InvalidRecord as exc:
         if "--skip-invalid" in str(exc):
             raise

@@ -171,8 +171,13 @@ def generate(
         "--tensor-parallel-size", help="vllm: split the model over this many GPUs (over nodes "
         "with a Ray cluster).")] = 1,
     data_parallel_size: Annotated[int, typer.Option(
-        "--data-parallel-size", help="vllm: model replicas (vLLM's offline engine runs one per "
-        "process: see the README).")] = 1,
+        "--data-parallel-size", help="Engine replicas on Ray (any engine; each vLLM replica "
+        "with its own --tensor-parallel-size GPUs), rows sharded over them, one writer here. "
+        "Needs pip install 'tmcli[ray]'.")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (`ray start --head` "
+        "prints it) for --data-parallel-size; without it a local Ray starts and stops with the "
+        "command.")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(
         "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) vLLM may "
         "reserve (default: vLLM's 0.92 on a GPU, a small KV cache on a CPU).")] = None,
@@ -217,7 +222,8 @@ def generate(
                             tensor_parallel_size=tensor_parallel_size,
                             data_parallel_size=data_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization,
-                            max_model_len=max_model_len, progress=shown)
+                            max_model_len=max_model_len, ray_address=ray_address,
+                            progress=shown)
 
     from tmcli.generation.sweep import GenerateInterrupted
 

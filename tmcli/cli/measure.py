@@ -61,6 +61,13 @@ def analyze(
     skip_invalid: SkipOpt = False,
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 2000,
     keep_duplicates: KeepDupOpt = False,
+    on_ray: Annotated[bool, typer.Option(
+        "--ray", help="INPUT is a folder or quoted glob of shards, measured on Ray workers "
+        "(pip install 'tmcli[ray]'); --output then names a folder for the per-sample Parquet "
+        "dataset.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="HOST:PORT", help="With --ray: join this Ray cluster (the shards "
+        "and --output on storage every node sees); without it a local Ray runs.")] = None,
     chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Re-encode completions and report how often and where they are non-canonical; check
@@ -71,13 +78,29 @@ def analyze(
     from tmcli.io.outputs import check_parquet_path
     from tmcli.present import terminal
 
-    stored = is_stored_analysis(input)
-    if output:
-        check_parquet_path(output)  # before the analysis, not after it
-    result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
-                       group_by, prompt_ids_field=prompt_ids_field, n_resamples=resamples,
-                       keep_duplicates=keep_duplicates,
-                       **({} if stored else {"output": output, "chat_template": chat_template}))
+    if (on_ray or ray_address) and not is_stored_analysis(input):
+        if chat_template:
+            fail("--chat-template is not supported with --ray (shards are checked with each "
+                 "tokenizer's own template); run without --ray to use it")
+        from tmcli.aggregate.analysis import parse_tokenizer_option
+        from tmcli.aggregate.distributed import analyze_on_ray
+
+        stored = False
+        result = analyze_on_ray(
+            input, address=ray_address, output=output,
+            tokenizer=parse_tokenizer_option(tokenizer), window=window, method=window_method,
+            context=context, group_by=_groups(group_by), ids_field=ids_field,
+            prompt_ids_field=prompt_ids_field, skip_invalid=skip_invalid,
+            n_resamples=resamples, keep_duplicates=keep_duplicates)
+    else:
+        stored = is_stored_analysis(input)
+        if output:
+            check_parquet_path(output)  # before the analysis, not after it
+        result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid,
+                           context, group_by, prompt_ids_field=prompt_ids_field,
+                           n_resamples=resamples, keep_duplicates=keep_duplicates,
+                           **({} if stored else {"output": output,
+                                                 "chat_template": chat_template}))
     if output:
         if stored:
             write_parquet(result, output)
