@@ -73,6 +73,11 @@ demo: install
 	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --window 16 --output $(DEMO)/samples.parquet
 	$(BIN)/tmcli report $(DEMO)/samples.parquet --html $(DEMO)/report.html
 	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
+	# multi-turn conversations on SmolLM2's chat template, token-in/token-out, checked for drift
+	$(BIN)/tmcli generate --model smollm2-135m --prompts sample_data/chat_prompts.txt --turns 2 \
+	  --temperatures 0,1 --max-new-tokens 32 --n-prompts 8 -o $(DEMO)/chats.jsonl
+	$(BIN)/tmcli analyze $(DEMO)/chats.jsonl
+	$(BIN)/tmcli diff $(DEMO)/chats.jsonl --limit 3
 	@echo "demo done: open $(DEMO)/report.html"
 
 # The study's sweep on both offline models (resumable: rerun to continue where it stopped):
@@ -113,6 +118,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_canonical.py
 	$(BIN)/python benchmarks/bench_check_ids.py
 	$(BIN)/python benchmarks/bench_data_parallel.py
+	$(BIN)/python benchmarks/bench_trajectories.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis

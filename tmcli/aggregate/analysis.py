@@ -144,11 +144,13 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                     skip_invalid: bool = False, errors: list | None = None,
                     n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None,
                     jobs: int | None = None, output: str | None = None,
-                    keep_duplicates: bool = False) -> Analysis:
+                    keep_duplicates: bool = False, chat_template: str | None = None) -> Analysis:
     """Measure every record and summarise by group (the whole of `tmcli analyze`).
 
     ``output`` (.parquet) receives every sample row as it is measured, the per-span detail
-    included; it is created before the first record is read, so a bad path fails at once."""
+    included; it is created before the first record is read, so a bad path fails at once.
+    Trajectories (records with ``messages``) are checked for drift with their tokenizer's chat
+    template, or the one in the file ``chat_template``, and measured turn by turn."""
     if window < 1:
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
     if method not in ("aligned", "study"):
@@ -156,7 +158,7 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     from tmcli.io.outputs import ParquetSink
 
     errors = [] if errors is None else errors
-    pool = TokenizerPool(tokenizer, window=window, context=context)
+    pool = TokenizerPool(tokenizer, window=window, context=context, chat_template=chat_template)
     heap: list = []
     sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
     try:

@@ -165,8 +165,55 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["n_normalized"] = int(df["normalized"].sum()) if "normalized" in df.columns else 0
     out.update(quality_summary(df, n_resamples, seed))
     out.update(cause_counts(df))  # spans per cause (tmcli.measure.causes)
+    out.update(drift_summary(df))
     out["few_samples"] = n < FEW_SAMPLES
     return out
+
+
+DRIFT_CAUSES = ("template", "tokenization")  # tmcli.measure.trajectory.CAUSES
+
+
+def drift_summary(df) -> dict:
+    """Trajectories of a group (the samples that are their sampled turns, counted once each):
+    how many, how many drift (share with its Wilson interval), and how many by cause. Empty when
+    the group holds no trajectory."""
+    if "drift" not in df.columns:
+        return {}
+    first = (df["turn"] == 0).fill_null(False).to_numpy()  # one row per trajectory
+    if not first.any():
+        return {}
+    drift = df["drift"].fill_null(False).to_numpy()[first].astype(bool)
+    causes = np.asarray(df["drift_cause"].to_list(), dtype=object)[first]
+    n, k = int(first.sum()), int(drift.sum())
+    lo, hi = stats.wilson(k, n)
+    out = {"n_trajectories": n, "n_drift": k, "fraction_drift": k / n,
+           "fraction_drift_lo": lo, "fraction_drift_hi": hi}
+    for cause in DRIFT_CAUSES:
+        out[f"n_drift_{cause}"] = int((drift & (causes == cause)).sum())
+    return out
+
+
+def drift_by_turn(samples: pl.DataFrame) -> pl.DataFrame:
+    """Per sampled turn index: the trajectories that reach it, how many first drift there (the
+    drift's ``drift_turn``), by cause, and that share of the trajectories reaching the turn
+    (Wilson interval). Empty when the samples hold no trajectory."""
+    schema = {"turn": pl.Int64, "n_trajectories": pl.Int64, "n_drift": pl.Int64,
+              **{f"n_drift_{c}": pl.Int64 for c in DRIFT_CAUSES},
+              "fraction_drift": pl.Float64, "fraction_drift_lo": pl.Float64,
+              "fraction_drift_hi": pl.Float64}
+    if "turn" not in samples.columns:
+        return pl.DataFrame(schema=schema)
+    turns = samples.filter(pl.col("turn").is_not_null())
+    here = pl.col("drift").fill_null(False) & (pl.col("drift_turn") == pl.col("turn"))
+    out = turns.group_by("turn").agg(
+        pl.len().alias("n_trajectories"), here.sum().alias("n_drift"),
+        *[(here & (pl.col("drift_cause") == c)).sum().alias(f"n_drift_{c}")
+          for c in DRIFT_CAUSES]).sort("turn")
+    bounds = [stats.wilson(int(k), int(n)) for k, n in zip(out["n_drift"], out["n_trajectories"])]
+    return out.with_columns(
+        fraction_drift=pl.col("n_drift") / pl.col("n_trajectories"),
+        fraction_drift_lo=pl.Series([b[0] for b in bounds], dtype=pl.Float64),
+        fraction_drift_hi=pl.Series([b[1] for b in bounds], dtype=pl.Float64)).cast(schema)
 
 
 QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")

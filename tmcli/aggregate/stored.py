@@ -17,7 +17,12 @@ import polars as pl
 from tmcli.aggregate.analysis import analyze_file, summarise_samples
 from tmcli.errors import TmcliError
 from tmcli.io.outputs import META_KEY, PARQUET_SUFFIXES, replacing
-from tmcli.measure.sample_table import DETAIL_COLUMNS, SAMPLE_SCHEMA, in_memory
+from tmcli.measure.sample_table import (
+    DETAIL_COLUMNS,
+    SAMPLE_SCHEMA,
+    TRAJECTORY_COLUMNS,
+    in_memory,
+)
 
 # In the folder `analyze --ray --output` writes (parts `part-NNNNN.parquet`, one per shard): the
 # metadata a single file keeps in its footer.
@@ -67,6 +72,12 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
             table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
     defaults = {"causes": pa.list_(pa.string()), "normalized": pa.bool_(),
                 "cut_bytes": pa.int64(), "unknown_ids": pa.int64()}
+    for name in TRAJECTORY_COLUMNS:  # files written before trajectories existed: all null
+        if name not in table.column_names:
+            kind = SAMPLE_SCHEMA[name]
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()
+                                        if kind == pl.String else pa.bool_()
+                                        if kind == pl.Boolean else pa.int64()))
     for name, kind in defaults.items():  # files written before these columns existed
         if name not in table.column_names:
             fill = pa.nulls(table.num_rows, kind) if name == "causes" else \

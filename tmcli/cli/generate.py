@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from tmcli.cli.app import _Command, app
+from tmcli.errors import TmcliError
 from tmcli.sources.aliases import DEFAULT_MODEL, alias_names
 
 if TYPE_CHECKING:
@@ -184,6 +185,11 @@ def generate(
         "--max-model-len", help="vllm: longest sequence (prompt + new tokens) to plan for "
         "(default: the longest this run needs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    turns: Annotated[Optional[int], typer.Option(
+        "--turns", min=1, help="Multi-turn conversations with the model's chat template: each "
+        "takes N consecutive prompts as its user turns; written token-in/token-out with "
+        "messages and response_mask (trajectories). --max-new-tokens is per turn; a turn ends "
+        "at the end-of-turn token.")] = None,
 ) -> None:
     """Generate completions for models x temperatures x prompts into a JSONL file (resumable)."""
     from tmcli.generation.prompts import read_prompts
@@ -197,6 +203,17 @@ def generate(
         temps = parse_temperatures(temperatures)
         chosen = read_prompts(prompts, field=prompt_field, min_chars=min_chars,
                               n_prompts=n_prompts, shuffle=shuffle, seed=seed)
+        if turns is not None:  # trajectories: their own loop (tmcli.generation.trajectories)
+            from tmcli.generation.trajectories import generate_trajectories
+
+            if canonical != "off":
+                raise TmcliError("--canonical is not supported with --turns",
+                                 hint="drop one of them")
+            return generate_trajectories(
+                models, chosen, output, turns=turns, temperatures=temps,
+                max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
+                threads=threads, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                engine=engine, progress=shown)
         return run_generate(models, chosen, output, temperatures=temps,
                             max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, seed=seed,
                             device=device, dtype=dtype, threads=threads, batch_size=batch_size,

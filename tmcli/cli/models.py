@@ -27,12 +27,14 @@ def models(
         return
     from tmcli.present import terminal
     from tmcli.sources.aliases import statuses
+    from tmcli.sources.templates import has_chat_template
 
     rows = statuses()
     if json_out:
         import json
 
-        typer.echo(json.dumps([s.to_json() for s in rows], indent=2))
+        typer.echo(json.dumps([{**s.to_json(), "chat_template": has_chat_template(s.alias.name)}
+                               for s in rows], indent=2))
     else:
         terminal.print_models(rows)
 

@@ -29,6 +29,7 @@ THRESHOLDS = {
     "max_noncanonical_rate": "token_rate",
     "max_fraction_compressed": "fraction_compressed",
     "max_fraction_noncanonical": "fraction_noncanonical",
+    "max_fraction_drift": "fraction_drift",  # trajectories (tmcli.measure.trajectory)
 }
 FORMATS = ("text", "json", "github", "junit")
 ON_MISMATCH = ("error", "warn")
@@ -57,6 +58,7 @@ class Mismatch:
     n_spans: int
     kind: str
     causes: list[str]
+    message: int | None = None  # a drifting trajectory: the message of its first difference
 
 
 @dataclass
@@ -92,7 +94,8 @@ def validate_thresholds(thresholds: Mapping[str, float | None],
     if not limits and on_mismatch is None:
         raise TmcliError("no threshold given",
                          hint="pass at least one of --max-compression, --max-noncanonical-rate, "
-                         "--max-fraction-compressed, --max-fraction-noncanonical")
+                         "--max-fraction-compressed, --max-fraction-noncanonical, "
+                         "--max-fraction-drift")
     for name, value in limits.items():
         option = f"--{name.replace('_', '-')}"
         if not math.isfinite(value):
@@ -114,6 +117,10 @@ def run_check(analysis, thresholds: Mapping[str, float | None], *, per_group: bo
         keys = ["scope"]
         groups = summarise(analysis.samples.with_columns(scope=pl.lit("all")), keys,
                            analysis.window)
+    if "max_fraction_drift" in limits and "fraction_drift" not in groups.columns:
+        raise TmcliError("--max-fraction-drift needs trajectories, and the input holds none",
+                         hint="give records with messages and their sampled ids (see the "
+                         "README's trajectories section), or drop the option")
     outcomes = []
     for row in groups.iter_rows(named=True):
         label = ", ".join(f"{k}={row[k]}" for k in keys) if per_group else "all"
@@ -129,15 +136,29 @@ def run_check(analysis, thresholds: Mapping[str, float | None], *, per_group: bo
 
 
 def find_mismatches(analysis) -> list[Mismatch]:
-    """Every non-canonical sample of an `Analysis`, in input order."""
-    df = analysis.samples.filter(pl.col("noncanonical"))
-    cols = ["source", "line", "id", "first_divergence", "n_spans", "kind", "causes"]
-    return [Mismatch(r["source"] or "", r["line"] or 0, str(r["id"]), r["first_divergence"] or 0,
-                     r["n_spans"], r["kind"], list(r["causes"] or []))
-            for r in df.select(cols).iter_rows(named=True)]
+    """Every non-canonical sample of an `Analysis`, and every trajectory that drifts (once, at
+    the turn its first difference is in), in input order."""
+    samples = analysis.samples.with_row_index("_row")
+    df = samples.filter(pl.col("noncanonical"))
+    cols = ["_row", "source", "line", "id", "first_divergence", "n_spans", "kind", "causes"]
+    found = [(r["_row"], Mismatch(r["source"] or "", r["line"] or 0, str(r["id"]),
+                                  r["first_divergence"] or 0, r["n_spans"], r["kind"],
+                                  list(r["causes"] or [])))
+             for r in df.select(cols).iter_rows(named=True)]
+    if "drift" in samples.columns:
+        drifting = samples.filter(pl.col("drift").fill_null(False)
+                                  & (pl.col("turn") == pl.col("drift_turn")))
+        found += [(r["_row"], Mismatch(r["source"] or "", r["line"] or 0, str(r["trajectory"]),
+                                       r["drift_position"] or 0, 1, "drift",
+                                       [r["drift_cause"] or ""], r["drift_message"]))
+                  for r in drifting.iter_rows(named=True)]
+    return [m for _row, m in sorted(found, key=lambda x: x[0])]
 
 
 def _mismatch_text(m: Mismatch) -> str:
+    if m.kind == "drift":
+        return (f"{m.source}:{m.line}: trajectory {m.id} drifts from its chat template at "
+                f"message {m.message}, token {m.position} ({', '.join(m.causes)})")
     causes = ", ".join(dict.fromkeys(m.causes)) or m.kind
     return (f"{m.source}:{m.line}: sample {m.id} is non-canonical from token {m.position} "
             f"({m.n_spans} span(s): {causes})")

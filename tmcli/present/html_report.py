@@ -19,7 +19,7 @@ from tmcli import __version__
 from tmcli.aggregate.groups import FEW_SAMPLES
 from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
-from tmcli.present.figures import modes, position, temperature
+from tmcli.present.figures import modes, position, temperature, trajectories
 
 HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -61,6 +61,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure
                       "(from the records), characters per generated token, and the share of "
                       "distinct word bigrams (bootstrap bands).",
                       modes.canonical_comparison(comparison))]
+    canonical += trajectories.figures(analysis)  # its own section too
     return [
         ("fraction", "Share of samples whose re-encoding is shorter (the study's count), with "
          "95% Wilson intervals and the per-model logistic fit.",
@@ -315,22 +316,22 @@ def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> 
     from plotly.offline import get_plotlyjs
 
     figs = build_figures(analysis, temperatures)
-    sections, canonical = [], ""
+    sections, own = [], {}
     for anchor, caption, fig in figs:
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{anchor}",
                           config=PLOT_CONFIG, default_width="100%")
         block = f"<div class=figure><p class=caption>{_e(caption)}</p>{div}</div>"
-        if anchor == "canonical":  # its own section, after the figures
-            canonical = block
+        if anchor in ("canonical", "trajectories"):  # sections of their own, after the figures
+            own[anchor] = block
         else:
             sections.append(block)
-    if canonical:
-        canonical = (
-            "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
-            "free generation (off) at the same model and temperature. Δ: mean over prompts run "
-            "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
-            "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
-            f"{comparison_table(analysis.comparison)}{canonical}")
+    canonical = (
+        "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
+        "free generation (off) at the same model and temperature. Δ: mean over prompts run "
+        "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
+        "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
+        f"{comparison_table(analysis.comparison)}{own['canonical']}") if "canonical" in own else ""
+    canonical += trajectories.section(analysis, own.get("trajectories"))
     warn = warnings(analysis, temperatures)
     banner = ("<div class=banner><b>⚠ Read with care</b><ul>"
               + "".join(f"<li>{_e(w)}</li>" for w in warn) + "</ul></div>") if warn else ""
@@ -339,8 +340,8 @@ def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> 
         examples = "<p>No non-canonical completion in this input.</p>"
     inputs = ", ".join(map(str, analysis.meta.get("inputs", [])))
     nav = "".join(f'<a href="#{a}">{a}</a>' for a in
-                  ["summary", "figures", *(["canonical"] if canonical else []), "examples",
-                   "metadata"])
+                  ["summary", "figures", *(a for a in ("canonical", "trajectories") if a in own),
+                   "examples", "metadata"])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
