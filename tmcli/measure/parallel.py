@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from tmcli.measure.alignment import Sample
-from tmcli.measure.metrics import SampleMetrics
+from tmcli.measure.columns import MetricsBatch
 from tmcli.measure.reencode import Reencoder
 
 _WORKER_ENCODERS: dict[tuple, Reencoder] = {}
@@ -30,18 +30,20 @@ def _encoder(spec: str, window: int, context: bool) -> Reencoder:
 
 
 def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
-                  method: str) -> list[SampleMetrics]:
+                  method: str) -> MetricsBatch:
     """Worker entry point: metrics for samples of one tokenizer, text-quality proxies and span
-    causes included (all per sample, so all done where the work is spread over the cores)."""
+    causes included (all per sample, so all done where the work is spread over the cores), as
+    columns (cheap to send back: canonical samples are a length each)."""
     from tmcli.measure.causes import sample_causes
-    from tmcli.measure.text_quality import text_metrics
+    from tmcli.measure.text_quality import text_columns
 
     enc = _encoder(spec, window, context)
-    out = enc.measure(samples, method=method)
-    for m, s in zip(out, samples):
-        m.update(text_metrics(enc.vocab.spell(s.token_ids), len(s.token_ids)))
+    batch, datas = enc.measure_batch(samples, method=method)
+    for name, values in text_columns(datas, batch.n_tokens.tolist()).items():
+        batch.set_column(name, values)
+    for m in batch.measured.values():
         m.causes = sample_causes(enc.vocab, m)
-    return out
+    return batch
 
 
 def _fork_pool(jobs: int):
@@ -81,7 +83,7 @@ class Measurer:
         self._pool = None
         self._pending: deque = deque()
 
-    def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, list[dict]]]:
+    def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, MetricsBatch]]:
         """Queue a batch; yields the (tag, metrics) of batches that are complete, in order."""
         self._submitted += 1
         if self.jobs == 1 or self._submitted <= self.inline_batches:
@@ -101,7 +103,7 @@ class Measurer:
             t, f = self._pending.popleft()
             yield t, f.result()
 
-    def drain(self) -> Iterator[tuple[object, list[dict]]]:
+    def drain(self) -> Iterator[tuple[object, MetricsBatch]]:
         while self._pending:
             t, f = self._pending.popleft()
             yield t, f.result()

@@ -87,6 +87,17 @@ class Vocab:
             size, table = self.size, self.token_bytes
             return b"".join(table[i] if 0 <= i < size else b"" for i in ids)
 
+    def plain_bytes(self) -> list[bytes | None]:
+        """Per id, its bytes if it is a text token, None if it is special or unknown: spelling
+        through this table fails on any id that is not plain text, at no cost per id."""
+        table = self.__dict__.get("_plain")
+        if table is None:
+            table = self.__dict__["_plain"] = [
+                b if known and not special else None
+                for b, known, special in zip(self.token_bytes, self.known.tolist(),
+                                             self.special.tolist())]
+        return table
+
     def piece(self, token_id: int) -> str:
         """A readable form of one token for display (bytes decoded with replacement)."""
         if not 0 <= token_id < self.size or not self.known[token_id]:
