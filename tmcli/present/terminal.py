@@ -194,7 +194,7 @@ GROUPS_LEGEND = (
 
 def print_groups(analysis, console: Console | None = None) -> None:
     console = _console(console)
-    _print_tables(console, f"Re-encoding by group: {analysis.samples.height} samples",
+    _print_tables(console, f"Re-encoding by group: {analysis.n_samples} samples",
                   groups_columns(analysis), GROUPS_LEGEND)
 
 

@@ -1,0 +1,262 @@
+"""Group summaries from a stream of sample rows, in memory that does not grow with the input.
+
+A group's figures are sums over its samples (counts, totals, per-window sums, histograms of the
+integer positions whose medians are reported) plus, for every interval, the same sums under the
+weights of the Poisson bootstrap (`stats.PoissonBootstrap`): each sample enters each resample
+with a Poisson(1) weight drawn as it streams past, so a resample is a running sum and the group
+never needs its samples again. `GroupSums.add` takes one batch of a group's rows, `result` gives
+the row of `groups.summarise`. Only ``--window-method study`` keeps a list per sample: the script
+cut each group's window lists to the shortest one, known only at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import polars as pl
+
+from tmcli.aggregate import stats
+from tmcli.measure.causes import CAUSES, column
+
+FEW_SAMPLES = 30  # below this a group's figures get a visible warning
+KINDS = ("merged", "lengthened", "resegmented", "invalid_utf8", "unknown_id")
+QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")
+WINDOW_RESAMPLES = 1000  # at most, for the per-window figures and the centres
+# Columns of a group's resampled scalar sums: weight, then (count, total) of each mean
+_MEANS = ("compression", *QUALITY_MEANS)
+
+
+def matrix(lists: pl.Series) -> np.ndarray:
+    """(samples × windows) from a list column, short and missing lists padded with 0, built from
+    the column's flat values (no Python object per value)."""
+    arr = lists.rechunk().to_arrow()
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
+    if lengths.sum():
+        values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
+        rows = np.repeat(np.arange(len(arr)), lengths)
+        cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[rows, cols] = values
+    return out
+
+
+def _grow(a: np.ndarray, width: int) -> np.ndarray:
+    """``a`` widened (last axis) to ``width`` with zeros."""
+    if a.shape[-1] >= width:
+        return a
+    pad = [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])]
+    return np.pad(a, pad)
+
+
+def _median(hist: Counter) -> float:
+    """The median of integer values given as value -> count (the lower middle value for an
+    even count's midpoint average, as polars' median)."""
+    total = sum(hist.values())
+    if not total:
+        return math.nan
+    values = sorted(hist)
+    cum = np.cumsum([hist[v] for v in values])
+    lo = values[int(np.searchsorted(cum, (total - 1) // 2 + 1))]
+    hi = values[int(np.searchsorted(cum, total // 2 + 1))]
+    return (lo + hi) / 2
+
+
+class GroupSums:
+    """The running sums of one group (see the module doc); ``key`` seeds its resamples."""
+
+    def __init__(self, key: tuple, window: int, n_resamples: int, seed: int = 0):
+        self.window = window
+        self.boot = stats.PoissonBootstrap(n_resamples, key, seed)
+        self.n_win = min(n_resamples, WINDOW_RESAMPLES)
+        self.n = 0
+        self.sums: Counter = Counter()  # counts and totals
+        self.kinds: Counter = Counter()
+        self.causes: Counter = Counter()
+        self.lengths: Counter = Counter()  # n_tokens -> samples (the median position)
+        self.first: Counter = Counter()  # first divergence -> samples
+        self.lo = dict.fromkeys(_MEANS, math.inf)  # to tell a constant column
+        self.hi = dict.fromkeys(_MEANS, -math.inf)
+        self.n_chars: int | None = None
+        self.win = np.zeros((5, 1))  # delta, tokens, offsets, non-canonical, samples reaching
+        # resampled: total weight, non-canonical tokens, tokens, then (count, total) per mean
+        self.resampled = np.zeros((n_resamples, 3 + 2 * len(_MEANS)))
+        self.resampled_win = np.zeros((self.n_win, 4, 1))
+        self.study: dict = {}  # model -> per-sample study window lists
+        self.study_scores: list = []
+        self.prompts: dict = {}  # prompt_index -> [sum, count] per paired proxy
+
+    def add(self, df: pl.DataFrame) -> None:
+        """One batch of the group's rows, in input order."""
+        m = df.height
+        if not m:
+            return
+        self.n += m
+        n_tokens = df["n_tokens"].to_numpy().astype(float)
+        nc = df["noncanonical_tokens"].to_numpy().astype(float)
+        sums = self.sums
+        sums["n_tokens"] += int(n_tokens.sum())
+        sums["noncanonical_tokens"] += int(nc.sum())
+        sums["n_compressed"] += int((df["compression"].to_numpy() > 0).sum())
+        sums["n_noncanonical"] += int(df["noncanonical"].sum())
+        sums["n_boundary_merges"] += int(df["boundary_merge"].sum())
+        sums["n_not_byte_exact"] += int((~df["byte_exact"]).sum())
+        for name in ("invalid_bytes", "cut_bytes", "unknown_ids", "normalized"):
+            if name in df.columns:
+                sums[name] += int(df[name].sum())
+        self.kinds.update(df["kind"].to_list())
+        if "causes" in df.columns:
+            self.causes.update(c for cs in df["causes"].to_list() if cs for c in cs)
+        self.lengths.update(df["n_tokens"].to_list())
+        self.first.update(df["first_divergence"].drop_nulls().to_list())
+        if "n_chars" in df.columns and df["n_chars"].null_count() < m:
+            self.n_chars = (self.n_chars or 0) + int(df["n_chars"].sum())
+        cols = [np.ones(m), nc, n_tokens]
+        for name in _MEANS:
+            x = df[name].cast(pl.Float64).to_numpy() if name in df.columns else np.full(m, np.nan)
+            ok = ~np.isnan(x)
+            if ok.any():
+                self.lo[name] = min(self.lo[name], float(x[ok].min()))
+                self.hi[name] = max(self.hi[name], float(x[ok].max()))
+                sums["count:" + name] += int(ok.sum())
+                sums["total:" + name] += float(x[ok].sum())
+            cols += [ok.astype(float), np.where(ok, x, 0.0)]
+        weights = self.boot.weights(m)
+        self.resampled += weights.T @ np.column_stack(cols)
+        self._add_windows(df, weights[:, : self.n_win])
+        if "study_window_compression" in df.columns:
+            self._add_study(df)
+
+    def _add_windows(self, df: pl.DataFrame, weights: np.ndarray) -> None:
+        delta, tokens = matrix(df["window_delta"]), matrix(df["window_tokens"])
+        nc = matrix(df["window_noncanonical"])
+        width = max(delta.shape[1], tokens.shape[1], nc.shape[1], self.win.shape[1])
+        delta, tokens, nc = (_grow(a, width) for a in (delta, tokens, nc))
+        stack = np.stack([delta, tokens, tokens * (tokens - 1) / 2, nc])  # (4, m, width)
+        self.win = _grow(self.win, width)
+        self.win[:4] += stack.sum(axis=1)
+        self.win[4] += (tokens > 0).sum(axis=0)
+        self.resampled_win = _grow(self.resampled_win, width)
+        self.resampled_win += (weights.T @ stack.transpose(1, 0, 2).reshape(len(weights), -1)
+                               ).reshape(len(weights.T), 4, width)
+
+    def _add_study(self, df: pl.DataFrame) -> None:
+        for model, windows, whole in zip(df["model"].to_list(),
+                                         df["study_window_compression"].to_list(),
+                                         df["study_compression"].to_list()):
+            if windows is not None:
+                self.study.setdefault(model, []).append(windows)
+                self.study_scores.append(whole)
+
+    def add_prompts(self, df: pl.DataFrame, names: tuple[str, ...]) -> None:
+        """Per prompt_index sums of ``names`` (the canonical comparison's paired figures)."""
+        cols = [df["prompt_index"].to_list()] + [df[n].to_list() for n in names]
+        for index, *values in zip(*cols):
+            if index is None:
+                continue
+            entry = self.prompts.setdefault(index, [0.0, 0] * len(names))
+            for k, v in enumerate(values):
+                if v is not None and v == v:
+                    entry[2 * k] += v
+                    entry[2 * k + 1] += 1
+
+    # -- the group's figures ------------------------------------------------------------------
+    def mean(self, name: str) -> tuple[int, float, float, float]:
+        """Samples with a value of ``name``, and its mean with the interval."""
+        n = int(self.sums["count:" + name])
+        if not n:
+            return 0, math.nan, math.nan, math.nan
+        m = self.sums["total:" + name] / n
+        if n == 1 or self.lo[name] == self.hi[name]:
+            return n, m, m, m
+        k = 3 + 2 * _MEANS.index(name)
+        count, total = self.resampled[:, k], self.resampled[:, k + 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lo, hi = self.boot.interval(total / count, count > 0)
+        return n, m, lo, hi
+
+    def quality(self) -> dict:
+        """Mean and interval of each text-quality proxy over the samples that have it
+        (``<metric>_n``; null when none has it) and the group's total ``n_chars``."""
+        out: dict = {"n_chars": self.n_chars}
+        for name in QUALITY_MEANS:
+            n, m, lo, hi = self.mean(name)
+            out[name + "_n"] = n
+            out[name], out[name + "_lo"], out[name + "_hi"] = (m, lo, hi) if n else (None,) * 3
+        return out
+
+    def _token_rate(self) -> dict:
+        nc, total = self.sums["noncanonical_tokens"], self.sums["n_tokens"]
+        if total <= 0:
+            rate = lo = hi = math.nan
+        else:
+            rate = lo = hi = nc / total
+            if self.n > 1 and nc > 0:
+                r = self.resampled
+                lo, hi = stats.ratio_interval(r[:, 1], r[:, 2], r[:, 0] > 0)
+        return {"token_rate": rate, "token_rate_lo": lo, "token_rate_hi": hi}
+
+    def _windows(self) -> dict:
+        win, r = self.win, self.resampled_win
+        valid = self.resampled[: self.n_win, 0] > 0
+        wb = stats.window_figures(win[[0, 1, 2]], r[:, [0, 1, 2]], valid, self.window, self.n)
+        nc = stats.window_figures(win[[3, 1, 2]], r[:, [3, 1, 2]], valid, self.window, self.n)
+        return {
+            "window_mean": wb["window_mean"].tolist(), "window_lo": wb["window_lo"].tolist(),
+            "window_hi": wb["window_hi"].tolist(), "window_n": win[4].astype(int).tolist(),
+            "window_centre": wb["window_centre"].tolist(),  # where the windows' tokens are
+            "centre_of_gravity": wb["cog"], "centre_of_gravity_lo": wb["cog_lo"],
+            "centre_of_gravity_hi": wb["cog_hi"],
+            "median_position": stats.median_position_of(self.lengths),
+            # where the non-canonical tokens sit: weighted by the tokens in differing spans
+            # instead of the net saving, so it stays defined when lengthening cancels merging
+            "window_noncanonical_rate": nc["window_mean"].tolist(),
+            "centre_noncanonical": nc["cog"], "centre_noncanonical_lo": nc["cog_lo"],
+            "centre_noncanonical_hi": nc["cog_hi"],
+        }
+
+    def _study(self) -> dict:
+        from tmcli.aggregate.study_script import study_summary
+
+        out = study_summary(list(self.study.values()), self.n_win, 0)
+        sc = np.asarray(self.study_scores, dtype=float)
+        out["study_mean_compression"] = float(sc.mean())
+        k = int((sc > 0).sum())
+        out["study_n_compressed"] = k
+        out["study_fraction_compressed"] = k / len(sc)
+        out["study_fraction_compressed_lo"], out["study_fraction_compressed_hi"] = \
+            stats.wilson(k, len(sc))
+        return out
+
+    def result(self) -> dict:
+        """Every figure of the group, each with its interval and the sample count beside it."""
+        n = self.n
+        _k, m, lo, hi = self.mean("compression")
+        out: dict = {"n": n, "n_tokens": int(self.sums["n_tokens"]), "mean_compression": m,
+                     "mean_compression_lo": lo, "mean_compression_hi": hi}
+
+        def frac(name: str, k: int):
+            out[name] = k / n if n else math.nan
+            out[name + "_lo"], out[name + "_hi"] = stats.wilson(k, n)
+            out["n_" + name.removeprefix("fraction_")] = k
+
+        frac("fraction_compressed", int(self.sums["n_compressed"]))
+        frac("fraction_noncanonical", int(self.sums["n_noncanonical"]))
+        for kind in KINDS:
+            frac(f"fraction_{kind}", int(self.kinds.get(kind, 0)))
+        out.update(self._token_rate())
+        out.update(self._windows())
+        if self.study:
+            out.update(self._study())
+        out["median_first_divergence"] = _median(self.first)
+        for name in ("n_boundary_merges", "n_not_byte_exact", "invalid_bytes", "cut_bytes",
+                     "unknown_ids"):
+            out[name] = int(self.sums[name])
+        out["n_normalized"] = int(self.sums["normalized"])
+        out.update(self.quality())
+        out.update({column(c): int(self.causes.get(c, 0)) for c in CAUSES})
+        out["few_samples"] = n < FEW_SAMPLES
+        return out
