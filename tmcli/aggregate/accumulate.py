@@ -114,34 +114,59 @@ class GroupSums:
         self.first.update(df["first_divergence"].drop_nulls().to_list())
         if "n_chars" in df.columns and df["n_chars"].null_count() < m:
             self.n_chars = (self.n_chars or 0) + int(df["n_chars"].sum())
-        cols = [np.ones(m), nc, n_tokens]
-        for name in _MEANS:
+        cols, targets = [nc, n_tokens], [1, 2]  # resampled column 0 is the total weight
+        for j, name in enumerate(_MEANS):
             x = df[name].cast(pl.Float64).to_numpy() if name in df.columns else np.full(m, np.nan)
             ok = ~np.isnan(x)
-            if ok.any():
-                self.lo[name] = min(self.lo[name], float(x[ok].min()))
-                self.hi[name] = max(self.hi[name], float(x[ok].max()))
-                sums["count:" + name] += int(ok.sum())
-                sums["total:" + name] += float(x[ok].sum())
-            cols += [ok.astype(float), np.where(ok, x, 0.0)]
+            if not ok.any():
+                continue
+            self.lo[name] = min(self.lo[name], float(x[ok].min()))
+            self.hi[name] = max(self.hi[name], float(x[ok].max()))
+            sums["count:" + name] += int(ok.sum())
+            sums["total:" + name] += float(x[ok].sum())
+            if not ok.all():  # else its count is the total weight
+                cols.append(ok.astype(float))
+                targets.append(3 + 2 * j)
+            cols.append(np.where(ok, x, 0.0))
+            targets.append(4 + 2 * j)
         weights = self.boot.weights(m)
-        self.resampled += weights.T @ np.column_stack(cols)
+        total = weights.sum(axis=0)
+        self.resampled[:, 0] += total
+        self.resampled[:, targets] += weights.T @ np.column_stack(cols)
+        for j in range(len(_MEANS)):
+            if (3 + 2 * j) not in targets and (4 + 2 * j) in targets:
+                self.resampled[:, 3 + 2 * j] += total
         self._add_windows(df, weights[:, : self.n_win])
         if "study_window_compression" in df.columns:
             self._add_study(df)
 
     def _add_windows(self, df: pl.DataFrame, weights: np.ndarray) -> None:
+        """Window sums, and their resampled sums: the saved and non-canonical tokens of the
+        samples that have any, the tokens (and offsets) once per distinct row of them (the
+        completions of a run mostly share one length)."""
         delta, tokens = matrix(df["window_delta"]), matrix(df["window_tokens"])
         nc = matrix(df["window_noncanonical"])
         width = max(delta.shape[1], tokens.shape[1], nc.shape[1], self.win.shape[1])
         delta, tokens, nc = (_grow(a, width) for a in (delta, tokens, nc))
-        stack = np.stack([delta, tokens, tokens * (tokens - 1) / 2, nc])  # (4, m, width)
+        half = tokens * (tokens - 1) / 2
         self.win = _grow(self.win, width)
-        self.win[:4] += stack.sum(axis=1)
+        for k, a in enumerate((delta, tokens, half, nc)):
+            self.win[k] += a.sum(axis=0)
         self.win[4] += (tokens > 0).sum(axis=0)
-        self.resampled_win = _grow(self.resampled_win, width)
-        self.resampled_win += (weights.T @ stack.transpose(1, 0, 2).reshape(len(weights), -1)
-                               ).reshape(len(weights.T), 4, width)
+        r = self.resampled_win = _grow(self.resampled_win, width)
+        rows = np.flatnonzero(delta.any(axis=1) | nc.any(axis=1))
+        if len(rows):
+            both = weights[rows].T @ np.hstack([delta[rows], nc[rows]])
+            r[:, 0] += both[:, :width]
+            r[:, 3] += both[:, width:]
+        shapes, which = np.unique(tokens, axis=0, return_inverse=True)
+        if len(shapes) * 4 <= len(tokens):
+            member = which.ravel() == np.arange(len(shapes))[:, None]  # (shapes × rows)
+            both = (member.astype(float) @ weights).T @ np.hstack([shapes, shapes * (shapes - 1) / 2])
+        else:
+            both = weights.T @ np.hstack([tokens, half])
+        r[:, 1] += both[:, :width]
+        r[:, 2] += both[:, width:]
 
     def _add_study(self, df: pl.DataFrame) -> None:
         for model, windows, whole in zip(df["model"].to_list(),

@@ -26,6 +26,10 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (float(ci.low), float(ci.high))
 
 
+# Poisson(1)'s distribution function F(0..19); 1 - F(19) < 2**-53
+_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(20)])
+
+
 class PoissonBootstrap:
     """The Poisson bootstrap: resamples of a stream of samples, built as the samples pass.
 
@@ -48,8 +52,20 @@ class PoissonBootstrap:
         self.rng = np.random.default_rng([seed, int.from_bytes(digest, "little")])
 
     def weights(self, m: int) -> np.ndarray:
-        """The next ``m`` samples' weights, (m × resamples)."""
-        return self.rng.poisson(1.0, (m, self.n_resamples)).astype(np.float64)
+        """The next ``m`` samples' weights, (m × resamples): Poisson(1) by inversion of its
+        distribution function F on uniform u (the weight is the number of k with F(k) <= u),
+        a few vectorised comparisons per weight, the rare tail (u >= F(7), p = 1e-5) looked up."""
+        out = np.empty((m, self.n_resamples))
+        for start in range(0, m, 64):  # in blocks that stay in the cache
+            u = self.rng.random((min(64, m - start), self.n_resamples))
+            w = out[start : start + len(u)]
+            np.greater_equal(u, _POISSON_CDF[0], out=w, casting="unsafe")
+            for level in _POISSON_CDF[1:8]:
+                w += u >= level
+            tail = u >= _POISSON_CDF[7]
+            if tail.any():
+                w[tail] = np.searchsorted(_POISSON_CDF, u[tail], side="right")
+        return out
 
     @staticmethod
     def interval(values: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
