@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tmcli.measure.metrics import METRIC_COLUMNS, SampleMetrics, canonical_metrics
+from tmcli.measure.metrics import SampleMetrics, canonical_metrics
 
 # Columns whose value for a canonical sample is a constant, or the sample's length
 _CANONICAL = {
@@ -24,7 +24,7 @@ _CANONICAL = {
     "normalized": False, "invalid_bytes": 0, "unknown_ids": 0,
 }
 # Columns that are null unless given for the whole batch (`set_column`)
-_OPTIONAL = {f.name for f in fields(SampleMetrics) if f.default is None and f.name in METRIC_COLUMNS}
+_OPTIONAL = {f.name for f in fields(SampleMetrics) if f.default is None and "dtype" in f.metadata}
 _WINDOW_LISTS = ("window_delta", "window_tokens", "window_compression", "window_noncanonical")
 
 
@@ -112,6 +112,8 @@ class MetricsBatch:
         """Every column of `METRIC_COLUMNS` as a pyarrow array, one value per sample."""
         import polars as pl
         import pyarrow as pa
+
+        from tmcli.measure.metrics import METRIC_COLUMNS
 
         out: dict[str, Any] = {}
         windows = self._windows()

@@ -15,7 +15,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypedDict
 
 import numpy as np
-import polars as pl
 
 from tmcli.measure.alignment import Canonical
 
@@ -30,14 +29,23 @@ class DiffSpan(TypedDict):
     kind: str
 
 
-SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
-                  "kind": pl.String})
-
-
-def _column(dtype, *, default: Any = MISSING, factory: Any = MISSING) -> Any:
-    """A field stored as a column of the per-sample table with ``dtype`` (required unless it
-    has a default)."""
+def _column(dtype: str, *, default: Any = MISSING, factory: Any = MISSING) -> Any:
+    """A field stored as a column of the per-sample table with ``dtype``, a polars type by name
+    (``Int64``, ``List[Float64]``; ``Span`` is a `DiffSpan`), required unless it has a default.
+    Named, not imported: measuring (and generating, which measures) needs no polars."""
     return field(default=default, default_factory=factory, metadata={"dtype": dtype})
+
+
+def polars_dtype(name: str):
+    """The polars type named by a column's ``dtype``."""
+    import polars as pl
+
+    if name.startswith("List[") and name.endswith("]"):
+        return pl.List(polars_dtype(name[5:-1]))
+    if name == "Span":
+        return pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64),
+                          "after": pl.List(pl.Int64), "kind": pl.String})
+    return getattr(pl, name)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -48,43 +56,43 @@ class SampleMetrics:
     when the re-encoding is longer); windows are ``window`` tokens each, the last one shorter.
     """
 
-    n_tokens: int = _column(pl.Int64)
-    n_reencoded: int = _column(pl.Int64)
-    compression: float = _column(pl.Float64)
-    noncanonical: bool = _column(pl.Boolean)
-    kind: str = _column(pl.String)  # alignment.KINDS: the sample's dominant kind
-    n_spans: int = _column(pl.Int64)
-    noncanonical_tokens: int = _column(pl.Int64)
-    token_rate: float = _column(pl.Float64)
-    first_divergence: int | None = _column(pl.Int64)
-    boundary_merge: bool = _column(pl.Boolean)
-    prompt_noncanonical: bool = _column(pl.Boolean)
-    byte_exact: bool = _column(pl.Boolean)
-    normalized: bool = _column(pl.Boolean)
-    invalid_bytes: int = _column(pl.Int64)
-    cut_bytes: int = _column(pl.Int64)
-    unknown_ids: int = _column(pl.Int64)
-    spans: list[DiffSpan] = _column(pl.List(SPAN))
-    causes: list[str] = _column(pl.List(pl.String), factory=list)  # causes.CAUSES, one per span
-    window_delta: list[float] = _column(pl.List(pl.Float64))
-    window_tokens: list[int] = _column(pl.List(pl.Int64))
-    window_compression: list[float] = _column(pl.List(pl.Float64))
-    window_noncanonical: list[int] = _column(pl.List(pl.Int64))
+    n_tokens: int = _column("Int64")
+    n_reencoded: int = _column("Int64")
+    compression: float = _column("Float64")
+    noncanonical: bool = _column("Boolean")
+    kind: str = _column("String")  # alignment.KINDS: the sample's dominant kind
+    n_spans: int = _column("Int64")
+    noncanonical_tokens: int = _column("Int64")
+    token_rate: float = _column("Float64")
+    first_divergence: int | None = _column("Int64")
+    boundary_merge: bool = _column("Boolean")
+    prompt_noncanonical: bool = _column("Boolean")
+    byte_exact: bool = _column("Boolean")
+    normalized: bool = _column("Boolean")
+    invalid_bytes: int = _column("Int64")
+    cut_bytes: int = _column("Int64")
+    unknown_ids: int = _column("Int64")
+    spans: list[DiffSpan] = _column("List[Span]")
+    causes: list[str] = _column("List[String]", factory=list)  # causes.CAUSES, one per span
+    window_delta: list[float] = _column("List[Float64]")
+    window_tokens: list[int] = _column("List[Int64]")
+    window_compression: list[float] = _column("List[Float64]")
+    window_noncanonical: list[int] = _column("List[Int64]")
     # --window-method study (`study_script.study_metrics`)
-    study_compression: float | None = _column(pl.Float64, default=None)
-    study_window_compression: list[float] | None = _column(pl.List(pl.Float64), default=None)
+    study_compression: float | None = _column("Float64", default=None)
+    study_window_compression: list[float] | None = _column("List[Float64]", default=None)
     # text-quality proxies (`text_quality.text_metrics`)
-    n_chars: int | None = _column(pl.Int64, default=None)
-    chars_per_token: float | None = _column(pl.Float64, default=None)
-    distinct_2: float | None = _column(pl.Float64, default=None)
-    repetition_4: float | None = _column(pl.Float64, default=None)
+    n_chars: int | None = _column("Int64", default=None)
+    chars_per_token: float | None = _column("Float64", default=None)
+    distinct_2: float | None = _column("Float64", default=None)
+    repetition_4: float | None = _column("Float64", default=None)
     # a difference straddling the prompt/completion boundary ({"before", "after"} ids); not a
     # column (``boundary_merge`` is)
     boundary_span: dict | None = None
 
     def columns(self) -> dict[str, Any]:
         """The per-sample table's columns of this measurement, by name."""
-        return {name: getattr(self, name) for name in METRIC_COLUMNS}
+        return {name: getattr(self, name) for name in COLUMN_NAMES}
 
     def update(self, values: dict[str, Any]) -> None:
         """Set the fields named in ``values`` (the proxies, the study figures)."""
@@ -92,9 +100,16 @@ class SampleMetrics:
             setattr(self, name, value)
 
 
-METRIC_COLUMNS: dict[str, pl.DataType] = {
-    f.name: f.metadata["dtype"] for f in fields(SampleMetrics) if "dtype" in f.metadata
-}
+COLUMN_NAMES = tuple(f.name for f in fields(SampleMetrics) if "dtype" in f.metadata)
+
+
+def __getattr__(name: str):
+    if name == "METRIC_COLUMNS":  # {column: polars type}, built on first use
+        columns = {f.name: polars_dtype(f.metadata["dtype"]) for f in fields(SampleMetrics)
+                   if "dtype" in f.metadata}
+        globals()["METRIC_COLUMNS"] = columns
+        return columns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def window_count(n: int, window: int) -> int:
