@@ -276,6 +276,9 @@ def _sync(device: str) -> None:
 def speed(model: str, tmp: Path, device: str, small: bool, results: list) -> None:
     batches, tokens = ((2,), 4) if small else ((1, 16, 64, 256), 128)
     dtype = "float32" if device == "cpu" else "bfloat16"
+    for engine in ("fused", "transformers"):  # load, and warm the device's kernels, untimed
+        run(model, tmp / "speed.jsonl", prompts(2), device=device, engine=engine,
+            temperatures=[1.0], tokens=2, dtype=dtype)
     print(f"\ntokens/s, {tokens} new tokens per row, {dtype}, T = 1 ({device})")
     print(f"{'batch':>6} {'fused':>10} {'transformers':>13} {'HF generate':>12} {'fused/HF':>9}")
     for b in batches:
