@@ -143,7 +143,7 @@ def form_spans(form: Canonical, p: int) -> tuple[list[DiffSpan], dict | None, bo
     """The completion's spans in an aligned form (positions relative to the completion, which
     starts at ``p``), the boundary span if a difference straddles the prompt/completion
     boundary, and whether the prompt itself holds a difference."""
-    a, b = form.ids, form.canon
+    a, b = form.ids.tolist(), form.canon.tolist()  # sliced per span below
     raw = [(a0, a1, b0, b1, None) for a0, a1, b0, b1 in form.segments()]
     raw += [(i0, i1, None, None, kind) for i0, i1, kind in form.flagged]
     raw.sort(key=lambda r: r[0])
@@ -153,8 +153,8 @@ def form_spans(form: Canonical, p: int) -> tuple[list[DiffSpan], dict | None, bo
         if a1 <= p:
             prompt_nc = True
             continue
-        before = a[a0:a1].tolist()
-        after = before if kind else b[b0:b1].tolist()
+        before = a[a0:a1]
+        after = before if kind else b[b0:b1]
         if a0 < p:
             boundary = {"before": before, "after": after}
             continue

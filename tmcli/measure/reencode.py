@@ -289,10 +289,10 @@ class Reencoder:
                 k += 1
                 if canon == (full[job:] if job else full):
                     continue
-                lengths = vocab.lengths[np.asarray(full, dtype=np.int64)]
+                arr = np.asarray(full, dtype=np.int64)
                 items = [(SPECIAL, j, j + 1) for j in range(job)]
                 items.append((TEXT, job, len(full), texts[k - 1]))
-                form = self._assemble(full, items, lengths, [canon], 0, 0)
+                form = self._assemble(arr, items, vocab.lengths[arr], [canon], 0, 0)
             else:
                 items, lengths, invalid, cut = job
                 text_items = [it for it in items if it[0] == TEXT]

@@ -55,8 +55,15 @@ def text_columns(datas: list[bytes], n_tokens: list[int]) -> dict[str, list]:
         words = text.split()
         n_chars(len(text))
         per_token(len(text) / n if n else None)
-        d2(distinct_n(words, 2))
-        r4(repetition_n(words, 4))
+        count = len(words) - 1
+        bigrams = len(set(zip(words, words[1:]))) if count > 0 else 0
+        d2(bigrams / count if count > 0 else None)
+        if count < 3:
+            r4(None)
+        elif bigrams == count:  # no bigram repeats, so no 4-gram can
+            r4(0.0)
+        else:
+            r4(repetition_n(words, 4))
     return cols
 
 
