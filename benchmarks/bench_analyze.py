@@ -82,8 +82,12 @@ def make_data(path: Path, n: int, seed: int = 0, length: int = 1024,
                 g = list(stream[start + 64 : start + 64 + length])
                 if rng.random() < 0.3:
                     for _ in range(rng.randint(1, 3)):
-                        at = rng.randrange(len(g))
-                        g[at : at + 1] = split(g[at]) or g[at : at + 1]
+                        for _try in range(50):  # a token that has a two-token spelling
+                            at = rng.randrange(len(g))
+                            two = split(g[at])
+                            if two:
+                                g[at : at + 1] = two
+                                break
             for t in stream[start + 64 :] if kind == "noncanonical" else ():
                 if len(g) >= length:
                     break

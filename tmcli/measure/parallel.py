@@ -1,9 +1,10 @@
 """Measuring batches of samples on every core, results in input order.
 
-Re-encoding is CPU-bound Python + Rust work. The first batches are measured in-process, which
-builds the tokenizer tables and warms the per-piece cache; later batches go to worker processes
-forked from this one (on Linux), so they start with those tables and caches at no cost. Where
-fork is unavailable, or with one core, everything stays in-process.
+Re-encoding is CPU-bound Python + Rust work. Batches go to worker processes forked from this one
+(on Linux) when the first full batch is ready, by which time the tokenizer's tables are built
+here (checking the first record builds them), so the workers start with them at no cost. An
+input smaller than one batch, and every input where fork is unavailable or with one core, is
+measured in this process.
 """
 
 from __future__ import annotations
@@ -74,19 +75,18 @@ def default_jobs() -> int:
 class Measurer:
     """Submit (spec, samples) batches; iterate results in submission order."""
 
-    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None,
-                 inline_batches: int = 2):
+    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None):
         self.window, self.context, self.method = window, context, method
         self.jobs = default_jobs() if jobs is None else max(1, jobs)
-        self.inline_batches = inline_batches
-        self._submitted = 0
         self._pool = None
         self._pending: deque = deque()
 
-    def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, MetricsBatch]]:
-        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order."""
-        self._submitted += 1
-        if self.jobs == 1 or self._submitted <= self.inline_batches:
+    def submit(self, spec: str, samples: list[Sample], tag, *,
+               last: bool = False) -> Iterator[tuple[object, MetricsBatch]]:
+        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order.
+        ``last``: no full batch follows; if no worker has started, it is measured here (a
+        small input is not worth starting the workers for)."""
+        if self.jobs == 1 or (last and self._pool is None):
             yield from self.drain()
             yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
             return

@@ -165,9 +165,10 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
                         heapq.heapreplace(examples, item)
         return batch_frame(_record_columns(batch), metrics)
 
-    def submit(spec: str):
+    def submit(spec: str, last: bool = False):
         batch = pending.pop(spec)
-        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch):
+        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch,
+                                             last=last):
             yield emit(done, metrics)
 
     try:
@@ -186,7 +187,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
             if len(pending[spec]) >= batch_size:
                 yield from submit(spec)
         for spec in list(pending):
-            yield from submit(spec)
+            yield from submit(spec, last=True)
         for done, metrics in measurer.drain():
             yield emit(done, metrics)
     finally:
