@@ -24,6 +24,7 @@ FEW_SAMPLES = 30  # below this a group's figures get a visible warning
 KINDS = ("merged", "lengthened", "resegmented", "invalid_utf8", "unknown_id")
 QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")
 WINDOW_RESAMPLES = 1000  # at most, for the per-window figures and the centres
+BUFFER = 256  # a group's rows held before they are summed (`GroupSums.add`)
 # Columns of a group's resampled scalar sums: weight, then (count, total) of each mean
 _MEANS = ("compression", *QUALITY_MEANS)
 
@@ -83,17 +84,37 @@ class GroupSums:
         self.n_chars: int | None = None
         self.win = np.zeros((5, 1))  # delta, tokens, offsets, non-canonical, samples reaching
         # resampled: total weight, non-canonical tokens, tokens, then (count, total) per mean
-        self.resampled = np.zeros((n_resamples, 3 + 2 * len(_MEANS)))
+        self.n_resamples = n_resamples
+        self.resampled = np.zeros((0, 0))  # allocated with the first rows summed
         self.resampled_win = np.zeros((self.n_win, 4, 1))
+        self.held: list[pl.DataFrame] = []  # rows not summed yet (`BUFFER`)
+        self.n_held = 0
         self.study: dict = {}  # model -> per-sample study window lists
         self.study_scores: list = []
         self.prompts: dict = {}  # prompt_index -> [sum, count] per paired proxy
 
     def add(self, df: pl.DataFrame) -> None:
-        """One batch of the group's rows, in input order."""
-        m = df.height
-        if not m:
+        """One batch of the group's rows, in input order. Rows are held until the group has
+        `BUFFER` of them: a small group (one of thousands, grouped by prompt) costs its rows, not
+        the resampled sums; held or not, each row gets the same weights, in the same order."""
+        if df.height:
+            self.held.append(df)
+            self.n_held += df.height
+        if self.n_held >= BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Sum the rows held (before any figure is read)."""
+        if not self.held:
             return
+        df = self.held[0] if len(self.held) == 1 else pl.concat(self.held, how="vertical_relaxed")
+        self.held, self.n_held = [], 0
+        if not self.resampled.size:
+            self.resampled = np.zeros((self.n_resamples, 3 + 2 * len(_MEANS)))
+        self._add(df)
+
+    def _add(self, df: pl.DataFrame) -> None:
+        m = df.height
         self.n += m
         n_tokens = df["n_tokens"].to_numpy().astype(float)
         nc = df["noncanonical_tokens"].to_numpy().astype(float)
@@ -191,6 +212,7 @@ class GroupSums:
     # -- the group's figures ------------------------------------------------------------------
     def mean(self, name: str) -> tuple[int, float, float, float]:
         """Samples with a value of ``name``, and its mean with the interval."""
+        self.flush()
         n = int(self.sums["count:" + name])
         if not n:
             return 0, math.nan, math.nan, math.nan
@@ -258,6 +280,7 @@ class GroupSums:
 
     def result(self) -> dict:
         """Every figure of the group, each with its interval and the sample count beside it."""
+        self.flush()
         n = self.n
         _k, m, lo, hi = self.mean("compression")
         out: dict = {"n": n, "n_tokens": int(self.sums["n_tokens"]), "mean_compression": m,

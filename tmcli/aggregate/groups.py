@@ -123,6 +123,8 @@ class Summariser:
         """`canonical_comparison` of the rows added."""
         schema = _comparison_schema()
         finest = self.finest or {}
+        for sums in finest.values():
+            sums.flush()
         runs: dict[tuple, dict] = {}
         for (model, temp, mode), sums in finest.items():
             runs.setdefault((model, temp), {})[mode] = sums
