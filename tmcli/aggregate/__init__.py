@@ -1,5 +1,5 @@
-"""From per-sample rows to groups: statistics with intervals (`stats`), group summaries,
-sigmoid fits and the canonical-mode comparison (`groups`), the study script's group arithmetic
-(`study_script`), the `Analysis` result of `tmcli analyze` (`analysis`) and analyses stored as
-Parquet (`stored`).
+"""From per-sample rows to groups: statistics with intervals (`stats`), a group's running sums
+(`accumulate`), group summaries streamed, sigmoid fits and the canonical-mode comparison
+(`groups`), the study script's group arithmetic (`study_script`), the `Analysis` result of
+`tmcli analyze` (`analysis`) and analyses stored as Parquet (`stored`).
 """
