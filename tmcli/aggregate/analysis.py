@@ -22,14 +22,12 @@ import polars as pl
 
 from tmcli import __version__
 from tmcli.aggregate.curves import pooled_window_profile, survival
-from tmcli.aggregate.groups import canonical_comparison, drop_duplicates, sigmoid_fits, summarise
+from tmcli.aggregate.groups import Summariser, sigmoid_fits
 from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
 from tmcli.io.records import read_records
 from tmcli.measure.records import TokenizerPool, measure_records
 from tmcli.measure.sample_table import SAMPLE_SCHEMA, in_memory
-
-DEFAULT_GROUP_BY = ("model", "temperature")
 
 
 @dataclass
@@ -53,6 +51,13 @@ class Analysis:
     survival: pl.DataFrame | None = None
     # per temperature, all models pooled: mean compression by window (`curves.pooled_window_profile`)
     pooled_windows: pl.DataFrame | None = None
+    # per sampled turn of the trajectories: how many first drift there (`Summariser.drift_by_turn`)
+    drift_turns: pl.DataFrame | None = None
+
+    @property
+    def n_samples(self) -> int:
+        """Samples counted (``samples`` may be empty: `analyze_records` ``keep_samples``)."""
+        return int(self.meta.get("n_samples", self.samples.height))
 
     def to_json(self) -> dict:
         """Group summaries, fits, the canonical comparison and the curves along the completion
@@ -62,7 +67,7 @@ class Analysis:
             "window": self.window,
             "window_method": self.method,
             "group_by": self.group_by,
-            "n_samples": self.samples.height,
+            "n_samples": self.n_samples,
             "n_skipped": len(self.skipped),
             "groups": _jsonable(self.groups.to_dicts()),
             "sigmoid_fits": _jsonable(self.fits.to_dicts()),
@@ -144,22 +149,28 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                     skip_invalid: bool = False, errors: list | None = None,
                     n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None,
                     jobs: int | None = None, output: str | None = None,
-                    keep_duplicates: bool = False, chat_template: str | None = None) -> Analysis:
+                    keep_duplicates: bool = False, keep_samples: bool = True,
+                    chat_template: str | None = None) -> Analysis:
     """Measure every record and summarise by group (the whole of `tmcli analyze`).
 
-    ``output`` (.parquet) receives every sample row as it is measured, the per-span detail
-    included; it is created before the first record is read, so a bad path fails at once.
-    Trajectories (records with ``messages``) are checked for drift with their tokenizer's chat
-    template, or the one in the file ``chat_template``, and measured turn by turn."""
+    Group summaries are streamed (`groups.Summariser`): memory does not grow with the input,
+    except by ``samples`` when ``keep_samples`` (without it ``samples`` is empty, and
+    ``meta["n_samples"]`` counts them). ``output`` (.parquet) receives every sample row as it is
+    measured, the per-span detail included; it is created before the first record is read, so a
+    bad path fails at once. Trajectories (records with ``messages``) are checked for drift with
+    their tokenizer's chat template, or the one in the file ``chat_template``, and measured turn
+    by turn."""
     if window < 1:
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
     if method not in ("aligned", "study"):
         raise TmcliError(f"unknown window method '{method}'", hint="use aligned or study")
+    _check_keys(group_by, list(SAMPLE_SCHEMA))
     from tmcli.io.outputs import ParquetSink
 
     errors = [] if errors is None else errors
     pool = TokenizerPool(tokenizer, window=window, context=context, chat_template=chat_template)
     heap: list = []
+    summariser = Summariser(group_by, window, n_resamples, dedupe=not keep_duplicates)
     sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
     try:
         kept: list[pl.DataFrame] = []
@@ -167,32 +178,32 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
 
         def flush():
             # A few large chunks (and parquet row groups): per-batch ones cost ~30% more memory.
-            frame = pl.concat(recent, rechunk=True)
             if sink is not None:
-                sink.write(frame)
-            kept.append(in_memory(frame))
+                sink.write(pl.concat([f for f, _u in recent], rechunk=True))
+            if keep_samples:
+                kept.append(in_memory(pl.concat([u for _f, u in recent], rechunk=True)))
             recent.clear()
 
         for frame in measure_records(records, pool, method=method, batch_size=batch_size,
                                      skip_invalid=skip_invalid, errors=errors,
                                      examples=heap, n_examples=n_examples, jobs=jobs):
-            recent.append(frame)
+            unique = summariser.add(frame)
+            if sink is not None or keep_samples:
+                recent.append((frame, unique))
             if len(recent) == 32:
                 flush()
         if recent:
             flush()
         samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=SAMPLE_SCHEMA))
         kept.clear()
-        if samples.height == 0:
+        if summariser.n == 0:
             raise TmcliError("no usable records in the input",
                              hint=f"{len(errors)} invalid line(s) were skipped" if errors
                              else "the input is empty")
         info = run_meta(sorted(pool._encoders), window=window, method=method, context=context,
-                        n_samples=samples.height, n_skipped=len(errors), extra=meta)
+                        n_samples=summariser.n, n_skipped=len(errors), extra=meta)
         examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
-        analysis = summarise_samples(samples, group_by=group_by, window=window, method=method,
-                                     n_resamples=n_resamples, examples=examples, skipped=errors,
-                                     meta=info, keep_duplicates=keep_duplicates)
+        analysis = _analysis(summariser, samples, window, method, examples, errors, info)
         if sink is not None:
             sink.close(analysis.stored_metadata())
     except BaseException:
@@ -210,43 +221,51 @@ def run_meta(tokenizers: list[str], *, window: int, method: str, context: bool, 
             "tmcli_version": __version__, **(extra or {})}
 
 
+def _check_keys(keys: list[str] | None, columns: list[str]) -> None:
+    missing = [k for k in keys or [] if k not in columns]
+    if missing:
+        raise TmcliError(f"cannot group by {', '.join(missing)}",
+                         hint="choose from: " + ", ".join(columns))
+
+
+def _analysis(summariser: Summariser, samples: pl.DataFrame, window: int, method: str,
+              examples: list | None, skipped: list | None, meta: dict,
+              schema: dict = SAMPLE_SCHEMA) -> Analysis:
+    """The `Analysis` of the rows a `Summariser` was given."""
+    meta = dict(meta)
+    meta["n_duplicates"] = summariser.n_duplicates
+    meta["n_samples"] = summariser.n
+    if summariser.n_duplicates:
+        seen, unique = set(), []
+        for ex in examples or []:  # the same completion twice in the example viewer
+            key = tuple(ex.get(k) for k in ("id", "model", "temperature"))
+            if key not in seen:
+                seen.add(key)
+                unique.append(ex)
+        examples = unique
+    groups = summariser.groups()
+    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups),
+                    group_by=summariser.keys_used(), window=window, method=method,
+                    examples=list(examples or []), skipped=list(skipped or []), meta=meta,
+                    comparison=summariser.comparison(),
+                    survival=survival(summariser, schema),
+                    pooled_windows=pooled_window_profile(summariser),
+                    drift_turns=summariser.drift_by_turn())
+
+
 def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, window: int,
                       method: str, n_resamples: int = 2000, examples: list | None = None,
                       skipped: list | None = None, meta: dict | None = None,
                       keep_duplicates: bool = False) -> Analysis:
     """An `Analysis` from per-sample rows (just measured, or read back from parquet)."""
-    meta = dict(meta or {})
-    meta["n_duplicates"] = 0
-    if not keep_duplicates:
-        samples, meta["n_duplicates"] = drop_duplicates(samples)
-        if meta["n_duplicates"]:
-            seen, unique = set(), []
-            for ex in examples or []:  # the same completion twice in the example viewer
-                key = tuple(ex.get(k) for k in ("id", "model", "temperature"))
-                if key not in seen:
-                    seen.add(key)
-                    unique.append(ex)
-            examples = unique
-    meta["n_samples"] = samples.height
-    keys = list(group_by) if group_by else default_group_by(samples)
-    missing = [k for k in keys if k not in samples.columns]
-    if missing:
-        raise TmcliError(f"cannot group by {', '.join(missing)}",
-                         hint="choose from: " + ", ".join(samples.columns))
-    groups = summarise(samples, keys, window, n_resamples=n_resamples)
-    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
-                    window=window, method=method, examples=list(examples or []),
-                    skipped=list(skipped or []), meta=meta,
-                    comparison=canonical_comparison(samples, n_resamples=n_resamples),
-                    survival=survival(samples, keys),
-                    pooled_windows=pooled_window_profile(samples, window, n_resamples))
-
-
-def default_group_by(samples: pl.DataFrame) -> list[str]:
-    keys = list(DEFAULT_GROUP_BY)
-    if samples["canonical"].n_unique() > 1:
-        keys.insert(1, "canonical")
-    return keys
+    _check_keys(group_by, samples.columns)
+    summariser = Summariser(group_by, window, n_resamples, dedupe=not keep_duplicates)
+    unique = [summariser.add(samples.slice(start, 8192))
+              for start in range(0, samples.height, 8192)]
+    if summariser.n_duplicates:
+        samples = pl.concat(unique)
+    return _analysis(summariser, samples, window, method, examples, skipped, meta or {},
+                     dict(samples.schema))
 
 
 def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,

@@ -1,256 +1,230 @@
-"""Aggregation: per-group summaries and per-model sigmoid fits, from the per-sample table alone.
+"""Aggregation: per-group summaries, the canonical-mode comparison and per-model sigmoid fits,
+from per-sample rows alone, streamed (`Summariser`: memory does not grow with the rows).
 
-Working from the sample table (not from the records) lets `report` and `check` re-summarise a
-stored `analyze --output` parquet file without re-reading or re-encoding anything.
+Working from the sample rows (not from the records) lets `report` and `check` re-summarise a
+stored `analyze --output` parquet file without re-reading or re-encoding anything; the same rows
+in the same order give the same figures, intervals included.
 """
 
 from __future__ import annotations
 
-import math
+from collections import Counter
+from collections.abc import Iterable
 
-import numpy as np
 import polars as pl
 
 from tmcli.aggregate import stats
-from tmcli.measure.causes import cause_counts
+from tmcli.aggregate.accumulate import DRIFT_CAUSES, FEW_SAMPLES, QUALITY_MEANS, GroupSums
 
-FEW_SAMPLES = 30  # below this a group's figures get a visible warning
 # One sample = one id within its model, temperature and canonical mode (tools that number their
 # requests 0..N per run reuse ids across runs, which are different samples).
 DUPLICATE_KEY = ("id", "model", "temperature", "canonical")
-
-
-def _matrix(lists: pl.Series) -> np.ndarray:
-    """(samples × windows) from a list column, short and missing lists padded with 0, built from
-    the column's flat values (no Python object per value: groups can hold 10^5 samples)."""
-    arr = lists.rechunk().to_arrow()
-    if hasattr(arr, "combine_chunks"):
-        arr = arr.combine_chunks()
-    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    out: np.ndarray = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
-    if lengths.sum():
-        values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
-        rows: np.ndarray = np.repeat(np.arange(len(arr)), lengths)
-        cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        out[rows, cols] = values
-    return out
-
-
-class _Rows:
-    """The rows of one group, each column gathered only when asked for (``rows[name]``): a
-    large group is never copied whole. Has what `summarise_group` reads of a DataFrame."""
-
-    def __init__(self, samples: pl.DataFrame, rows: pl.Series):
-        self._samples, self._rows = samples, rows
-        self.height, self.columns = len(rows), samples.columns
-
-    def __getitem__(self, name: str) -> pl.Series:
-        return self._samples[name].gather(self._rows)
-
-
-def groups_in_order(samples: pl.DataFrame, keys: list[str], *, copy: bool = True):
-    """(key tuple, rows) per group, groups sorted by key (nulls last), rows in input order:
-    a DataFrame with ``copy``, else a `_Rows`; a single group is ``samples`` itself.
-
-    Groups come from dense integer codes of the key columns (a few bytes per row) rather than a
-    sorted copy of the table or a group-by over it, which cost 100+ bytes per row."""
-    code = np.zeros(samples.height, dtype=np.int64)
-    for k in keys:
-        ranks = samples[k].rank("dense").cast(pl.Int64).fill_null(0).to_numpy()  # null: 0
-        # made dense again after each key, so many keys of many values cannot overflow
-        code = np.unique(code * (int(ranks.max(initial=0)) + 1) + ranks, return_inverse=True)[1]
-    order = np.argsort(code, kind="stable")
-    starts = np.flatnonzero(np.diff(code[order], prepend=-1))
-    bounds = list(zip(starts, [*starts[1:], len(order)]))
-    first = samples.select(keys)[order[starts]]
-    null_last = [tuple((v is None, v) for v in row) for row in first.iter_rows()]
-    for i in sorted(range(len(bounds)), key=null_last.__getitem__):
-        key, (a, b) = first.row(i), bounds[i]
-        if len(bounds) == 1:
-            yield key, samples
-        else:
-            rows = pl.Series(order[a:b])
-            yield key, samples[rows] if copy else _Rows(samples, rows)
-
-
-def drop_duplicates(samples: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """``samples`` with each `DUPLICATE_KEY` once (its first row), and how many rows went."""
-    if samples["id"].n_unique() == samples.height:  # the usual case, and the cheapest test
-        return samples, 0
-    keys = [k for k in DUPLICATE_KEY if k in samples.columns]
-    first = samples.select(pl.struct(keys).is_first_distinct()).to_series()
-    dropped = samples.height - int(first.sum())
-    return (samples.filter(first), dropped) if dropped else (samples, 0)
-
-
-def window_profile(df, window: int, n_resamples: int = 2000, seed: int = 0, *,
-                   tokens: np.ndarray | None = None) -> dict:
-    """Mean compression per window of positions (``window_mean``, its bootstrap ``window_lo``/
-    ``window_hi``, ``window_n`` samples reaching it, ``window_centre`` where its tokens are) and
-    the centre of gravity (``cog``, ``cog_lo``, ``cog_hi``) of a group's rows."""
-    tokens = _matrix(df["window_tokens"]) if tokens is None else tokens
-    wb = stats.window_bootstrap(_matrix(df["window_delta"]), tokens, window,
-                                min(n_resamples, 1000), seed)
-    return {"window_mean": wb["window_mean"].tolist(), "window_lo": wb["window_lo"].tolist(),
-            "window_hi": wb["window_hi"].tolist(),
-            "window_n": (tokens > 0).sum(axis=0).astype(int).tolist(),
-            "window_centre": wb["window_centre"].tolist(),  # where the windows' tokens are
-            "cog": wb["cog"], "cog_lo": wb["cog_lo"], "cog_hi": wb["cog_hi"]}
-
-
-def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Every figure of one group, each with its interval and the sample count beside it."""
-    n = df.height
-    comp = df["compression"].to_numpy()
-    mean, lo, hi = stats.mean_ci(comp, n_resamples, seed)
-    out = {"n": n, "n_tokens": int(df["n_tokens"].sum()),
-           "mean_compression": mean, "mean_compression_lo": lo, "mean_compression_hi": hi}
-
-    def frac(name: str, k: int):
-        out[name] = k / n if n else math.nan
-        out[name + "_lo"], out[name + "_hi"] = stats.wilson(k, n)
-        out["n_" + name.removeprefix("fraction_")] = k
-
-    frac("fraction_compressed", int((comp > 0).sum()))
-    frac("fraction_noncanonical", int(df["noncanonical"].sum()))
-    kinds = df["kind"].value_counts()
-    counts = dict(zip(kinds["kind"].to_list(), kinds["count"].to_list()))
-    for kind in ("merged", "lengthened", "resegmented", "invalid_utf8", "unknown_id"):
-        frac(f"fraction_{kind}", int(counts.get(kind, 0)))
-    rate, rlo, rhi = stats.ratio_ci(df["noncanonical_tokens"].to_numpy(),
-                                    df["n_tokens"].to_numpy(), n_resamples, seed)
-    out.update(token_rate=rate, token_rate_lo=rlo, token_rate_hi=rhi)
-
-    tokens = _matrix(df["window_tokens"])
-    wb = window_profile(df, window, n_resamples, seed, tokens=tokens)
-    out.update({k: v for k, v in wb.items() if k.startswith("window_")})
-    out["centre_of_gravity"] = wb["cog"]
-    out["centre_of_gravity_lo"] = wb["cog_lo"]
-    out["centre_of_gravity_hi"] = wb["cog_hi"]
-    out["median_position"] = stats.median_position(df["n_tokens"].to_numpy())
-    # Where the non-canonical tokens sit: the same centre, weighted by the tokens in differing
-    # spans instead of the net saving, so it stays defined when lengthening cancels merging.
-    nc = stats.window_bootstrap(_matrix(df["window_noncanonical"]).astype(float), tokens, window,
-                                min(n_resamples, 1000), seed)
-    out["window_noncanonical_rate"] = nc["window_mean"].tolist()
-    out["centre_noncanonical"] = nc["cog"]
-    out["centre_noncanonical_lo"] = nc["cog_lo"]
-    out["centre_noncanonical_hi"] = nc["cog_hi"]
-    if "study_window_compression" in df.columns and df["study_window_compression"].null_count() < n:
-        from tmcli.aggregate.study_script import study_summary
-
-        by_model: dict = {}  # the script cut each model's lists to that model's shortest
-        scores = []
-        for model, windows, whole in zip(df["model"].to_list(),
-                                         df["study_window_compression"].to_list(),
-                                         df["study_compression"].to_list()):
-            if windows is not None:
-                by_model.setdefault(model, []).append(windows)
-                scores.append(whole)
-        out.update(study_summary(list(by_model.values()), min(n_resamples, 1000), seed))
-        sc = np.asarray(scores, dtype=float)
-        out["study_mean_compression"] = float(sc.mean())
-        k = int((sc > 0).sum())
-        out["study_n_compressed"] = k
-        out["study_fraction_compressed"] = k / len(sc)
-        out["study_fraction_compressed_lo"], out["study_fraction_compressed_hi"] = \
-            stats.wilson(k, len(sc))
-    fd = df["first_divergence"].drop_nulls()
-    out["median_first_divergence"] = float(fd.median()) if fd.len() else math.nan
-    out["n_boundary_merges"] = int(df["boundary_merge"].sum())
-    out["n_not_byte_exact"] = int((~df["byte_exact"]).sum())
-    out["invalid_bytes"] = int(df["invalid_bytes"].sum())
-    for name in ("cut_bytes", "unknown_ids"):
-        out[name] = int(df[name].sum()) if name in df.columns else 0
-    out["n_normalized"] = int(df["normalized"].sum()) if "normalized" in df.columns else 0
-    out.update(quality_summary(df, n_resamples, seed))
-    out.update(cause_counts(df))  # spans per cause (tmcli.measure.causes)
-    out.update(drift_summary(df))
-    out["few_samples"] = n < FEW_SAMPLES
-    return out
-
-
-DRIFT_CAUSES = ("template", "tokenization")  # tmcli.measure.trajectory.CAUSES
-
-
-def drift_summary(df) -> dict:
-    """Trajectories of a group (the samples that are their sampled turns, counted once each):
-    how many, how many drift (share with its Wilson interval), and how many by cause. Empty when
-    the group holds no trajectory."""
-    if "drift" not in df.columns:
-        return {}
-    first = (df["turn"] == 0).fill_null(False).to_numpy()  # one row per trajectory
-    if not first.any():
-        return {}
-    drift = df["drift"].fill_null(False).to_numpy()[first].astype(bool)
-    causes = np.asarray(df["drift_cause"].to_list(), dtype=object)[first]
-    n, k = int(first.sum()), int(drift.sum())
-    lo, hi = stats.wilson(k, n)
-    out = {"n_trajectories": n, "n_drift": k, "fraction_drift": k / n,
-           "fraction_drift_lo": lo, "fraction_drift_hi": hi}
-    for cause in DRIFT_CAUSES:
-        out[f"n_drift_{cause}"] = int((drift & (causes == cause)).sum())
-    return out
-
-
-def drift_by_turn(samples: pl.DataFrame) -> pl.DataFrame:
-    """Per sampled turn index: the trajectories that reach it, how many first drift there (the
-    drift's ``drift_turn``), by cause, and that share of the trajectories reaching the turn
-    (Wilson interval). Empty when the samples hold no trajectory."""
-    schema = {"turn": pl.Int64, "n_trajectories": pl.Int64, "n_drift": pl.Int64,
-              **{f"n_drift_{c}": pl.Int64 for c in DRIFT_CAUSES},
-              "fraction_drift": pl.Float64, "fraction_drift_lo": pl.Float64,
-              "fraction_drift_hi": pl.Float64}
-    if "turn" not in samples.columns:
-        return pl.DataFrame(schema=schema)
-    turns = samples.filter(pl.col("turn").is_not_null())
-    here = pl.col("drift").fill_null(False) & (pl.col("drift_turn") == pl.col("turn"))
-    out = turns.group_by("turn").agg(
-        pl.len().alias("n_trajectories"), here.sum().alias("n_drift"),
-        *[(here & (pl.col("drift_cause") == c)).sum().alias(f"n_drift_{c}")
-          for c in DRIFT_CAUSES]).sort("turn")
-    bounds = [stats.wilson(int(k), int(n)) for k, n in zip(out["n_drift"], out["n_trajectories"])]
-    return out.with_columns(
-        fraction_drift=pl.col("n_drift") / pl.col("n_trajectories"),
-        fraction_drift_lo=pl.Series([b[0] for b in bounds], dtype=pl.Float64),
-        fraction_drift_hi=pl.Series([b[1] for b in bounds], dtype=pl.Float64)).cast(schema)
-
-
-QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")
+DEFAULT_GROUP_BY = ("model", "temperature")
+FINEST = ("model", "temperature", "canonical")  # the default groups, before modes are known
 PAIRED = ("nll_token", "chars_per_token")
 
 
-def _null_ci(out: dict, name: str) -> None:
-    out[name] = out[name + "_lo"] = out[name + "_hi"] = None
+_BLAS: list = []
 
 
-def quality_summary(df: pl.DataFrame, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Mean and bootstrap CI of each text-quality proxy over the samples that have it.
+def _one_blas_thread():
+    """The resampled sums are small matrix products: BLAS threads only wait for cores that the
+    measuring processes use (10-80x slower than one thread on a busy machine)."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
 
-    ``<metric>_n`` counts those samples; the mean and its bounds are null when none has it
-    (e.g. NLLs from records that carry none). ``n_chars`` is the group's total characters.
-    """
-    out: dict = {}
-    if "n_chars" in df.columns:
-        out["n_chars"] = int(df["n_chars"].sum()) if df["n_chars"].null_count() < df.height else None
-    for name in QUALITY_MEANS:
-        values = df[name].drop_nulls().to_numpy() if name in df.columns else np.array([])
-        out[name + "_n"] = len(values)
-        if len(values):
-            out[name], out[name + "_lo"], out[name + "_hi"] = stats.mean_ci(values, n_resamples, seed)
-        else:
-            _null_ci(out, name)
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def group_order(key: tuple) -> tuple:
+    return tuple((v is None, v) for v in key)  # sorted by key, nulls last
+
+
+class Summariser:
+    """Group summaries of sample rows given in batches (`add`), in input order.
+
+    ``keys`` None groups by model and temperature, and by canonical mode too when the rows hold
+    several (`keys_used`), known only at the end: rows are kept by model, temperature and mode,
+    which are those groups either way, and which the canonical comparison reads. With
+    ``dedupe`` a row whose `DUPLICATE_KEY` was seen before is dropped (and counted): rows are
+    remembered by a 128-bit hash of that key (16 bytes per row, the only memory per row)."""
+
+    def __init__(self, keys: list[str] | None, window: int, n_resamples: int = 2000,
+                 seed: int = 0, *, dedupe: bool = False, comparison: bool = True,
+                 curves: bool = True):
+        self.keys, self.window = (list(keys) if keys else None), window
+        self.n_resamples, self.seed, self.dedupe = n_resamples, seed, dedupe
+        self.finest: dict[tuple, GroupSums] | None = {} if keys is None or comparison else None
+        self.explicit: dict[tuple, GroupSums] = {}
+        self.curves = curves  # the pooled window profile (`curves.pooled_window_profile`)
+        self.pooled: dict[tuple, GroupSums] = {}  # per temperature, every model together
+        self.turns: Counter = Counter()  # (turn, what) -> trajectories (`drift_by_turn`)
+        self.seen: set[int] = set()
+        self.n = self.n_duplicates = 0
+
+    def add(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Add a batch of rows; returns those counted (without duplicates, with ``dedupe``)."""
+        if self.dedupe and frame.height:
+            frame = self._new(frame)
+        self.n += frame.height
+        with _one_blas_thread():
+            if self.finest is not None:
+                self._route(frame, FINEST, self.finest, prompts=True)
+            if self.keys is not None:
+                self._route(frame, self.keys, self.explicit)
+            if self.curves:
+                self._route(frame.filter(pl.col("temperature").is_not_null()), ["temperature"],
+                            self.pooled, windows_only=True)
+        if "turn" in frame.columns:
+            self._add_turns(frame)
+        return frame
+
+    def _route(self, frame: pl.DataFrame, keys, table: dict, prompts: bool = False,
+               windows_only: bool = False) -> None:
+        parts = frame.partition_by(list(keys), maintain_order=True, as_dict=True) \
+            if frame.height else {}
+        for key, part in parts.items():
+            sums = table.get(key)
+            if sums is None:
+                sums = table[key] = GroupSums(key, self.window, self.n_resamples, self.seed,
+                                              windows_only=windows_only)
+            sums.add(part)
+            if prompts and "prompt_index" in part.columns:
+                sums.add_prompts(part, PAIRED)
+
+    def _new(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` without the rows seen before (in it or in earlier batches)."""
+        cols = [c for c in DUPLICATE_KEY if c in frame.columns]
+        key = pl.struct(cols)
+        hashes = frame.select(a=key.hash(seed=1), b=key.hash(seed=2))
+        found = [(a << 64) | b for a, b in zip(hashes["a"].to_list(), hashes["b"].to_list())]
+        fresh = set(found)
+        if len(fresh) == len(found) and self.seen.isdisjoint(fresh):
+            self.seen |= fresh
+            return frame
+        keep = []
+        for h in found:
+            keep.append(h not in self.seen)
+            self.seen.add(h)
+        self.n_duplicates += keep.count(False)
+        return frame.filter(pl.Series(keep))
+
+    def _add_turns(self, frame: pl.DataFrame) -> None:
+        turns = frame.filter(pl.col("turn").is_not_null())
+        if not turns.height:
+            return
+        here = pl.col("drift").fill_null(False) & (pl.col("drift_turn") == pl.col("turn"))
+        counts = turns.group_by("turn").agg(
+            pl.len().alias("n_trajectories"), here.sum().alias("n_drift"),
+            *[(here & (pl.col("drift_cause") == c)).fill_null(False).sum()
+              .alias(f"n_drift_{c}") for c in DRIFT_CAUSES])
+        for row in counts.iter_rows(named=True):
+            for name, value in row.items():
+                if name != "turn":
+                    self.turns[row["turn"], name] += int(value)
+
+    def drift_by_turn(self) -> pl.DataFrame:
+        """Per sampled turn index: the trajectories that reach it, how many first drift there
+        (the drift's ``drift_turn``), by cause, and that share of the trajectories reaching the
+        turn (Wilson interval). Empty when the rows hold no trajectory."""
+        schema = {"turn": pl.Int64, "n_trajectories": pl.Int64, "n_drift": pl.Int64,
+                  **{f"n_drift_{c}": pl.Int64 for c in DRIFT_CAUSES},
+                  "fraction_drift": pl.Float64, "fraction_drift_lo": pl.Float64,
+                  "fraction_drift_hi": pl.Float64}
+        rows = []
+        for turn in sorted({t for t, _name in self.turns}):
+            n, k = self.turns[turn, "n_trajectories"], self.turns[turn, "n_drift"]
+            lo, hi = stats.wilson(k, n)
+            rows.append({"turn": turn, "n_trajectories": n, "n_drift": k,
+                         **{f"n_drift_{c}": self.turns[turn, f"n_drift_{c}"]
+                            for c in DRIFT_CAUSES},
+                         "fraction_drift": k / n, "fraction_drift_lo": lo,
+                         "fraction_drift_hi": hi})
+        return pl.DataFrame(rows, schema=schema)
+
+    def keys_used(self) -> list[str]:
+        if self.keys is not None:
+            return self.keys
+        modes = {key[2] for key in self.finest or {}}
+        return ["model", "canonical", "temperature"] if len(modes) > 1 else list(DEFAULT_GROUP_BY)
+
+    def table(self) -> tuple[list[str], dict[tuple, GroupSums]]:
+        """The groups' keys and their sums."""
+        keys = self.keys_used()
+        if self.keys is not None:
+            return keys, self.explicit
+        index = [FINEST.index(k) for k in keys]  # the finest groups, under the keys used
+        return keys, {tuple(key[i] for i in index): sums
+                      for key, sums in (self.finest or {}).items()}
+
+    def groups(self) -> pl.DataFrame:
+        """One row per group (keys in order, sorted), the group's figures as columns."""
+        keys, table = self.table()
+        rows = []
+        for key in sorted(table, key=group_order):
+            row = dict(zip(keys, key))
+            row.update(table[key].result())
+            rows.append(row)
+        return _groups_frame(rows)
+
+    def comparison(self, baseline: str = "off") -> pl.DataFrame:
+        """`canonical_comparison` of the rows added."""
+        schema = _comparison_schema()
+        finest = self.finest or {}
+        for sums in finest.values():
+            sums.flush()
+        runs: dict[tuple, dict] = {}
+        for (model, temp, mode), sums in finest.items():
+            runs.setdefault((model, temp), {})[mode] = sums
+        if len({key[2] for key in finest}) < 2:
+            return pl.DataFrame(schema=schema)
+        rows = []
+        for run in sorted(runs, key=group_order):
+            modes = runs[run]
+            if baseline not in modes or len(modes) < 2:
+                continue
+            base = modes[baseline]
+            for mode in [baseline, *sorted(set(modes) - {baseline})]:
+                rows.append(self._comparison_row(run, mode, modes[mode], base, baseline))
+        return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+
+    def _comparison_row(self, run: tuple, mode: str, g: GroupSums, base: GroupSums,
+                        baseline: str) -> dict:
+        n, k = g.n, int(g.sums["n_noncanonical"])
+        row = {"model": run[0], "temperature": run[1], "canonical": mode, "n": n,
+               "n_noncanonical": k, "fraction_noncanonical": k / n}
+        row["fraction_noncanonical_lo"], row["fraction_noncanonical_hi"] = stats.wilson(k, n)
+        _n, *row_mean = g.mean("compression")
+        row["mean_compression"], row["mean_compression_lo"], row["mean_compression_hi"] = row_mean
+        row.update(g.quality())
+        if mode != baseline:
+            row["paired_prompts"] = len(set(base.prompts) & set(g.prompts))
+            for j, name in enumerate(PAIRED):
+                row.update(_paired(g.prompts, base.prompts, j, name, self.n_resamples, self.seed))
+        row["few_samples"] = n < FEW_SAMPLES
+        return row
+
+
+def _paired(mode: dict, base: dict, j: int, name: str, n_resamples: int, seed: int) -> dict:
+    """Mean over shared prompts of (mode − base) for proxy ``j``, bootstrap CI over prompts.
+
+    Samples are paired by prompt_index (the same prompt and row seed in every mode); a prompt
+    with several samples in a mode contributes the mean of them. ``diff_<name>_n`` counts the
+    prompts paired."""
+    shared = sorted(p for p in set(mode) & set(base) if mode[p][2 * j + 1] and base[p][2 * j + 1])
+    d = [mode[p][2 * j] / mode[p][2 * j + 1] - base[p][2 * j] / base[p][2 * j + 1]
+         for p in shared]
+    out: dict = {f"diff_{name}_n": len(d)}
+    if d:
+        m, lo, hi = stats.mean_ci(d, n_resamples, seed)
+        out.update({f"diff_{name}": m, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})
+    else:
+        out.update(dict.fromkeys((f"diff_{name}", f"diff_{name}_lo", f"diff_{name}_hi")))
     return out
 
 
-def summarise(samples: pl.DataFrame, keys: list[str], window: int,
-              n_resamples: int = 2000, seed: int = 0) -> pl.DataFrame:
-    """One row per group (keys in order, sorted), the group's figures as columns."""
-    rows = []
-    for key, df in groups_in_order(samples, keys, copy=False):
-        row = dict(zip(keys, key))
-        row.update(summarise_group(df, window, n_resamples, seed))
-        rows.append(row)
+def _groups_frame(rows: list[dict]) -> pl.DataFrame:
     out = pl.DataFrame(rows, infer_schema_length=None)
     # a proxy no group has (no NLL in any record) would otherwise be a column of type Null
     casts = [pl.col(c).cast(pl.Float64) for name in QUALITY_MEANS
@@ -258,6 +232,20 @@ def summarise(samples: pl.DataFrame, keys: list[str], window: int,
     if "n_chars" in out.columns:
         casts.append(pl.col("n_chars").cast(pl.Int64))
     return out.with_columns(casts)
+
+
+def _chunks(samples: pl.DataFrame, size: int = 8192) -> Iterable[pl.DataFrame]:
+    for start in range(0, samples.height, size):
+        yield samples.slice(start, size)
+
+
+def summarise(samples: pl.DataFrame, keys: list[str], window: int,
+              n_resamples: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """One row per group (keys in order, sorted), the group's figures as columns."""
+    summariser = Summariser(keys, window, n_resamples, seed, comparison=False, curves=False)
+    for chunk in _chunks(samples):
+        summariser.add(chunk)
+    return summariser.groups()
 
 
 def _comparison_schema() -> dict:
@@ -275,32 +263,6 @@ def _comparison_schema() -> dict:
     return schema
 
 
-def _per_prompt(df: pl.DataFrame, name: str) -> pl.DataFrame:
-    """Mean of ``name`` per prompt_index (several samples of one prompt count as one)."""
-    return (df.filter(pl.col("prompt_index").is_not_null() & pl.col(name).is_not_null())
-            .group_by("prompt_index").agg(pl.col(name).mean()))
-
-
-def paired_difference(mode: pl.DataFrame, base: pl.DataFrame, name: str,
-                      n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Mean over shared prompts of (mode − base) for ``name``, bootstrap CI over prompts.
-
-    Samples are paired by prompt_index (the same prompt and row seed in every mode); a prompt
-    with several samples in a mode contributes the mean of them. ``diff_<name>_n`` counts the
-    prompts paired.
-    """
-    joined = _per_prompt(mode, name).join(_per_prompt(base, name), on="prompt_index",
-                                          suffix="_base").sort("prompt_index")
-    d = (joined[name] - joined[name + "_base"]).to_numpy()
-    out: dict[str, float | int | None] = {f"diff_{name}_n": len(d)}
-    if len(d):
-        m, lo, hi = stats.mean_ci(d, n_resamples, seed)
-        out.update({f"diff_{name}": m, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})
-    else:
-        _null_ci(out, f"diff_{name}")
-    return out
-
-
 def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: int = 0,
                          baseline: str = "off") -> pl.DataFrame:
     """Canonical modes vs free generation, per (model, temperature) run in ``baseline`` and at
@@ -308,38 +270,15 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
 
     Each row: n, non-canonical share (Wilson CI), mean compression and the text-quality proxies
     (bootstrap CIs), and for the non-baseline modes the paired difference vs the baseline of
-    nll_token and chars_per_token over shared prompts (`paired_difference`). Empty (with its
-    columns) when the samples hold one canonical mode, or no (model, temperature) has both.
+    nll_token and chars_per_token over shared prompts (`_paired`). Empty (with its columns) when
+    the samples hold one canonical mode, or no (model, temperature) has both.
     """
-    schema = _comparison_schema()
     if "canonical" not in samples.columns or samples["canonical"].n_unique() < 2:
-        return pl.DataFrame(schema=schema)
-    rows = []
-    keys = ["model", "temperature"]
-    for (model, temp), df in groups_in_order(samples, keys):
-        modes = set(df["canonical"].to_list())
-        if baseline not in modes or len(modes) < 2:
-            continue
-        base = df.filter(pl.col("canonical") == baseline)
-        shared_base = set(base["prompt_index"].drop_nulls().to_list())
-        for mode in [baseline, *sorted(modes - {baseline})]:
-            g = base if mode == baseline else df.filter(pl.col("canonical") == mode)
-            n, k = g.height, int(g["noncanonical"].sum())
-            row = {"model": model, "temperature": temp, "canonical": mode, "n": n,
-                   "n_noncanonical": k, "fraction_noncanonical": k / n}
-            row["fraction_noncanonical_lo"], row["fraction_noncanonical_hi"] = stats.wilson(k, n)
-            (row["mean_compression"], row["mean_compression_lo"],
-             row["mean_compression_hi"]) = stats.mean_ci(g["compression"].to_numpy(),
-                                                          n_resamples, seed)
-            row.update(quality_summary(g, n_resamples, seed))
-            if mode != baseline:
-                row["paired_prompts"] = len(shared_base
-                                            & set(g["prompt_index"].drop_nulls().to_list()))
-                for name in PAIRED:
-                    row.update(paired_difference(g, base, name, n_resamples, seed))
-            row["few_samples"] = n < FEW_SAMPLES
-            rows.append(row)
-    return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+        return pl.DataFrame(schema=_comparison_schema())
+    summariser = Summariser(None, 64, n_resamples, seed)
+    for chunk in _chunks(samples):
+        summariser.add(chunk)
+    return summariser.comparison(baseline)
 
 
 def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:

@@ -1,25 +1,19 @@
 """Statistics: confidence intervals, centre of gravity and the sigmoid fit.
 
 The study's main weakness was noise, so every figure here comes with an interval: Wilson for
-fractions, percentile bootstrap (resampling samples, not tokens: tokens of one completion are not
-independent) for means, per-token rates and the centre of gravity.
+fractions, the percentile bootstrap (resampling samples, not tokens: tokens of one completion are
+not independent) for means, per-token rates and the centre of gravity, in its streaming form
+(`PoissonBootstrap`), so that intervals need no sample kept.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
 Z95 = 1.959963984540054
-# Resampled values held at once by a bootstrap: batches of resamples shrink as groups grow, so
-# memory stays bounded (resamples × samples would be gigabytes for 10^5-sample groups).
-BOOTSTRAP_CELLS = 1 << 19
-
-
-def _batch(n_cells_per_resample: int, most: int) -> int:
-    return max(1, min(most, BOOTSTRAP_CELLS // max(n_cells_per_resample, 1)))
+CHUNK = 4096  # samples weighted at once by the array functions below (bounded memory)
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -32,22 +26,71 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (float(ci.low), float(ci.high))
 
 
-def _bootstrap(data: tuple[np.ndarray, ...], statistic, n_resamples: int, seed: int):
-    from scipy.stats import bootstrap
+# Poisson(1)'s distribution function F(0..19); 1 - F(19) < 2**-53
+_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(20)])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = bootstrap(
-            data, statistic, n_resamples=n_resamples, method="percentile", paired=True,
-            vectorized=True, random_state=np.random.default_rng(seed),
-            batch=_batch(len(data[0]), 200),
-        )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return lo, hi
+
+class PoissonBootstrap:
+    """The Poisson bootstrap: resamples of a stream of samples, built as the samples pass.
+
+    The classic bootstrap draws n samples with replacement, so a sample's count in a resample is
+    Binomial(n, 1/n), which needs n in advance and all samples at once. Its limit, Poisson(1),
+    does not: each sample gets one Poisson(1) weight per resample as it streams past, and a
+    resample's statistic is a ratio of weighted sums kept as running totals (Hanley & MacGibbon
+    2006; Chamandy et al. 2012, "Estimating uncertainty for massive data streams"). Memory is
+    resamples × statistics, whatever the number of samples, and sums of disjoint streams add.
+    A resample that drew no sample at all (chance e^-n) has no statistic and is left out.
+    ``key`` (a group's key values) and ``seed`` seed the weights: the same samples in the same
+    order give the same interval.
+    """
+
+    def __init__(self, n_resamples: int, key: tuple = (), seed: int = 0):
+        import hashlib
+
+        self.n_resamples = int(n_resamples)
+        digest = hashlib.blake2b(repr(tuple(key)).encode(), digest_size=8).digest()
+        self.rng = np.random.default_rng([seed, int.from_bytes(digest, "little")])
+
+    def weights(self, m: int) -> np.ndarray:
+        """The next ``m`` samples' weights, (m × resamples): Poisson(1) by inversion of its
+        distribution function F on uniform u (the weight is the number of k with F(k) <= u),
+        a few vectorised comparisons per weight, the rare tail (u >= F(7), p = 1e-5) looked up."""
+        out = np.empty((m, self.n_resamples))
+        for start in range(0, m, 64):  # in blocks that stay in the cache
+            u = self.rng.random((min(64, m - start), self.n_resamples))
+            w = out[start : start + len(u)]
+            np.greater_equal(u, _POISSON_CDF[0], out=w, casting="unsafe")
+            for level in _POISSON_CDF[1:8]:
+                w += u >= level
+            tail = u >= _POISSON_CDF[7]
+            if tail.any():
+                w[tail] = np.searchsorted(_POISSON_CDF, u[tail], side="right")
+        return out
+
+    @staticmethod
+    def interval(values: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+        """The 95% percentile interval of the resampled ``values`` where ``valid``."""
+        v = values[valid]
+        v = v[~np.isnan(v)]
+        if not len(v):
+            return (math.nan, math.nan)
+        return (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5)))
+
+
+def _weighted_sums(columns: list[np.ndarray], n_resamples: int, seed: int) -> np.ndarray:
+    """(resamples × columns) Poisson-weighted sums of the columns' rows, chunk by chunk; the
+    first column of the result is the total weight."""
+    boot = PoissonBootstrap(n_resamples, (), seed)
+    data = np.column_stack([np.ones(len(columns[0])), *columns])
+    out = np.zeros((n_resamples, data.shape[1]))
+    for start in range(0, len(data), CHUNK):
+        rows = data[start : start + CHUNK]
+        out += boot.weights(len(rows)).T @ rows
+    return out
 
 
 def mean_ci(values, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean with a 95% percentile-bootstrap interval."""
+    """Mean with a 95% percentile interval (`PoissonBootstrap`)."""
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     if len(x) == 0:
@@ -55,7 +98,9 @@ def mean_ci(values, n_resamples: int = 2000, seed: int = 0) -> tuple[float, floa
     m = float(x.mean())
     if len(x) == 1 or np.all(x == x[0]):
         return (m, m, m)
-    lo, hi = _bootstrap((x,), lambda a, axis: a.mean(axis=axis), n_resamples, seed)
+    sums = _weighted_sums([x], n_resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo, hi = PoissonBootstrap.interval(sums[:, 1] / sums[:, 0], sums[:, 0] > 0)
     return (m, lo, hi)
 
 
@@ -68,11 +113,13 @@ def ratio_ci(num, den, n_resamples: int = 2000, seed: int = 0) -> tuple[float, f
     r = float(a.sum() / b.sum())
     if len(a) == 1 or np.all(a == 0):
         return (r, r, r)
-    lo, hi = _bootstrap(
-        (a, b), lambda x, y, axis: x.sum(axis=axis) / np.maximum(y.sum(axis=axis), 1e-12),
-        n_resamples, seed,
-    )
-    return (r, lo, hi)
+    sums = _weighted_sums([a, b], n_resamples, seed)
+    return (r, *ratio_interval(sums[:, 1], sums[:, 2], sums[:, 0] > 0))
+
+
+def ratio_interval(num: np.ndarray, den: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """The interval of resampled ratios of sums Σnum/Σden."""
+    return PoissonBootstrap.interval(num / np.maximum(den, 1e-12), valid)
 
 
 def window_centres(tokens: np.ndarray, window: int) -> np.ndarray:
@@ -122,36 +169,50 @@ def window_bootstrap(delta: np.ndarray, tokens: np.ndarray, window: int,
                      n_resamples: int = 1000, seed: int = 0) -> dict:
     """Per-window mean compression and the centre of gravity, with bootstrap intervals.
 
-    Resamples whole samples (rows), in chunks so memory stays bounded for large groups; each
-    resample places its windows where its own tokens are.
-    """
-    nw = delta.shape[1]
-    means = delta.sum(axis=0) / np.maximum(tokens.sum(axis=0), 1)
-    centres = window_centres(tokens, window)
+    delta, tokens: (samples × windows). Resamples whole samples (rows), each resample placing its
+    windows where its own tokens are (`window_figures`)."""
+    delta = np.asarray(delta, dtype=float)
+    tokens = np.asarray(tokens, dtype=float)
+    half = tokens * (tokens - 1) / 2
+    sums = np.stack([delta.sum(axis=0), tokens.sum(axis=0), half.sum(axis=0)])
+    boot = PoissonBootstrap(n_resamples, (), seed)
+    resampled = np.zeros((n_resamples, 3, delta.shape[1]))
+    weight = np.zeros(n_resamples)
+    for start in range(0, len(delta), CHUNK):
+        w = boot.weights(len(delta[start : start + CHUNK]))
+        weight += w.sum(axis=0)
+        stack = np.stack([delta[start : start + CHUNK], tokens[start : start + CHUNK],
+                          half[start : start + CHUNK]])
+        resampled += np.einsum("mb,kmw->bkw", w, stack, optimize=True)
+    return window_figures(sums, resampled, weight > 0, window, len(delta))
+
+
+def window_figures(sums: np.ndarray, resampled: np.ndarray, valid: np.ndarray, window: int,
+                   n: int) -> dict:
+    """Window means, their centres and the centre of gravity, with intervals, from sums.
+
+    sums: (3 × windows) totals over the samples of the weighted value (saved tokens, or
+    non-canonical tokens), the tokens, and the tokens' offsets in their window; resampled:
+    (resamples × 3 × windows), the same under each resample's weights; valid: the resamples that
+    drew a sample. The window mean is the ratio of sums, so short last windows are weighted by
+    what they hold. Where most resamples have no net compression there is no honest interval
+    for the centre."""
+    nw = sums.shape[1]
+    means = sums[0] / np.maximum(sums[1], 1)
+    centres = _centres(sums[1], sums[2], window)
     point = float(_weighted_centre(means, centres))  # = centre_of_gravity(delta, tokens, window)
     out = {"window_mean": means, "window_lo": np.full(nw, np.nan),
            "window_hi": np.full(nw, np.nan), "window_centre": centres,
            "cog": point, "cog_lo": math.nan, "cog_hi": math.nan}
-    n = len(delta)
-    if n < 2:
+    if n < 2 or not valid.any():
         return out
-    rng = np.random.default_rng(seed)
-    half = tokens * (tokens - 1) / 2
-    wm, cogs = [], []
-    chunk = _batch(n * nw, 50)
-    for start in range(0, n_resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
-        t = tokens[idx].sum(axis=1)
-        m = delta[idx].sum(axis=1) / np.maximum(t, 1)
-        wm.append(m)
-        cogs.append(_weighted_centre(m, _centres(t, half[idx].sum(axis=1), window)))
-    wm = np.concatenate(wm)
-    out["window_lo"] = np.percentile(wm, 2.5, axis=0)
-    out["window_hi"] = np.percentile(wm, 97.5, axis=0)
-    v = np.concatenate(cogs)
+    r = resampled[valid]
+    m = r[:, 0] / np.maximum(r[:, 1], 1)
+    out["window_lo"] = np.percentile(m, 2.5, axis=0)
+    out["window_hi"] = np.percentile(m, 97.5, axis=0)
+    v = _weighted_centre(m, _centres(r[:, 1], r[:, 2], window))
     v = v[~np.isnan(v)]
-    # Where most resamples have no net compression there is no honest interval.
-    if not math.isnan(point) and len(v) >= n_resamples // 2:
+    if not math.isnan(point) and len(v) >= len(r) // 2:
         out["cog_lo"] = float(np.percentile(v, 2.5))
         out["cog_hi"] = float(np.percentile(v, 97.5))
     return out
@@ -159,14 +220,21 @@ def window_bootstrap(delta: np.ndarray, tokens: np.ndarray, window: int,
 
 def median_position(n_tokens) -> float:
     """The median position over all generated tokens of a group (positions 0..n-1 per sample)."""
-    n = np.sort(np.asarray(n_tokens, dtype=np.int64))
-    total = n.sum()
+    lengths, counts = np.unique(np.asarray(n_tokens, dtype=np.int64), return_counts=True)
+    return median_position_of(dict(zip(lengths.tolist(), counts.tolist())))
+
+
+def median_position_of(lengths: dict[int, int]) -> float:
+    """`median_position` from a histogram of completion lengths (length -> samples)."""
+    n = np.array(list(lengths), dtype=np.int64)
+    k = np.array(list(lengths.values()), dtype=np.int64)
+    total = int((n * k).sum()) if len(n) else 0
     if total == 0:
         return math.nan
     lo, hi = 0, int(n.max())
     while lo < hi:  # smallest p with #tokens at positions <= p >= total/2
         mid = (lo + hi) // 2
-        if np.minimum(n, mid + 1).sum() * 2 >= total:
+        if int((np.minimum(n, mid + 1) * k).sum()) * 2 >= total:
             hi = mid
         else:
             lo = mid + 1
@@ -242,11 +310,26 @@ def kaplan_meier(time, event, z: float = Z95):
     """
     t = np.asarray(time, dtype=np.int64)
     e = np.asarray(event, dtype=bool)
-    xs, ss, los, his, risks = [0], [1.0], [1.0], [1.0], [len(t)]
+    ev, ce = (np.unique(t[m], return_counts=True) for m in (e, ~e))
+    return kaplan_meier_counts(dict(zip(ev[0].tolist(), ev[1].tolist())),
+                               dict(zip(ce[0].tolist(), ce[1].tolist())), z)
+
+
+def kaplan_meier_counts(events: dict[int, int], censored: dict[int, int], z: float = Z95):
+    """`kaplan_meier` from histograms (position -> samples) of the events and of the censored
+    samples' last positions: what a stream of samples keeps (memory grows with the longest
+    completion, not with the samples)."""
+    times = sorted(set(events) | set(censored))
+    count = np.array([events.get(u, 0) + censored.get(u, 0) for u in times], dtype=np.int64)
+    # samples observed at u or later, for each u in times
+    later = np.cumsum(count[::-1])[::-1] if len(times) else count
+    at = dict(zip(times, later.tolist()))
+    xs, ss, los, his, risks = [0], [1.0], [1.0], [1.0], [int(count.sum())]
     s, var = 1.0, 0.0
-    for u in np.unique(t[e]):
-        n = int((t >= u).sum())
-        d = int(((t == u) & e).sum())
+    for u in sorted(events):
+        n, d = int(at[u]), int(events[u])
+        if d == 0:
+            continue
         s *= 1 - d / n
         var = var + d / (n * (n - d)) if n > d else math.inf
         if 0 < s < 1 and math.isfinite(var):
@@ -259,11 +342,11 @@ def kaplan_meier(time, event, z: float = Z95):
         los.append(lo)
         his.append(hi)
         risks.append(n)
-    end = int(t.max()) + 1 if len(t) else 0
+    end = int(times[-1]) + 1 if times else 0
     if end > xs[-1]:
         xs.append(end)
         ss.append(ss[-1])
         los.append(los[-1])
         his.append(his[-1])
-        risks.append(int((t >= end - 1).sum()))
+        risks.append(int(at[times[-1]]))
     return (np.array(xs), np.array(ss), np.array(los), np.array(his), np.array(risks))

@@ -99,12 +99,12 @@ def analyze(
         result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid,
                            context, group_by, prompt_ids_field=prompt_ids_field,
                            n_resamples=resamples, keep_duplicates=keep_duplicates,
-                           **({} if stored else {"output": output,
+                           **({} if stored else {"output": output, "keep_samples": False,
                                                  "chat_template": chat_template}))
     if output:
         if stored:
             write_parquet(result, output)
-        rows = result.samples.height + (0 if stored else result.meta.get("n_duplicates", 0))
+        rows = result.n_samples + (0 if stored else result.meta.get("n_duplicates", 0))
         typer.echo(f"wrote {printable(output)} ({rows} sample rows)", err=True)
     if json_out:
         typer.echo(json.dumps(result.to_json(), indent=2))

@@ -1,5 +1,6 @@
 """Measuring one sample exactly: each token's bytes (`token_bytes`), the canonical
-re-encoding aligned by byte offsets (`alignment`, `reencode`), why each span differs (`causes`),
+re-encoding aligned by byte offsets (`alignment`, `reencode`), what a measurement holds
+(`metrics`) and a batch of them as columns (`columns`), why each span differs (`causes`),
 text-quality proxies (`text_quality`), the study script's own arithmetic (`study_script`), the
 per-sample table (`sample_table`), records measured in batches on every core (`records`,
 `parallel`), the in-loop rollout check (`rollout_check`), multi-turn trajectories: the drift

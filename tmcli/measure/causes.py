@@ -61,6 +61,12 @@ class _Tables:
         words = sorted({t for t in self.text.values() if len(t.strip()) >= 2}, key=len,
                        reverse=True)
         self.pattern = re.compile("|".join(map(re.escape, words))) if words else None
+        # per id: its bytes as a cause reads them (a special token as its text), and its bytes
+        # without whitespace; None for an id the tokenizer lacks
+        special, known = vocab.special.tolist(), vocab.known.tolist()
+        self.spelled = [(self.text.get(i, "").encode() if special[i] else b) if known[i] else None
+                        for i, b in enumerate(vocab.token_bytes)]
+        self.unspaced = [b"".join(b.split()) for b in vocab.token_bytes]
 
 
 def _tables(vocab) -> _Tables:
@@ -70,17 +76,15 @@ def _tables(vocab) -> _Tables:
     return tables
 
 
-def _spell(vocab, tables: _Tables, ids) -> bytes:
+def _spell(tables: _Tables, ids) -> bytes:
     """The bytes of ``ids``, special tokens as their text (so `<|im_end|>` reads as itself)."""
-    special = vocab.special
-    return b"".join(tables.text.get(i, "").encode() if special[i] else vocab.token_bytes[i]
-                    for i in ids)
+    return b"".join(map(tables.spelled.__getitem__, ids))
 
 
-def _words(vocab, ids) -> list[bytes]:
+def _words(tables: _Tables, ids) -> list[bytes]:
     """Each token's bytes without whitespace, empty ones dropped: equal for two tokenizations
     that differ only in where whitespace goes (" "+"the" vs " the", "\\n"+"\\n" vs "\\n\\n")."""
-    return [w for w in (b"".join(vocab.token_bytes[i].split()) for i in ids) if w]
+    return [w for w in map(tables.unspaced.__getitem__, ids) if w]
 
 
 def _cut_at_end(data: bytes, exc: UnicodeDecodeError) -> bool:
@@ -95,11 +99,11 @@ def span_cause(vocab, before, after, *, at_end: bool = False) -> str:
     character there is the length limit's doing). Ids outside the vocabulary are allowed.
     """
     tables = _tables(vocab)
-    known = vocab.known
-    if any(not (0 <= i < tables.size) or not known[i] for i in before):
+    spelled, size = tables.spelled, tables.size
+    if any(not 0 <= i < size or spelled[i] is None for i in before):
         return "unknown-id"
-    after = [i for i in after if 0 <= i < tables.size]
-    data = _spell(vocab, tables, before)
+    after = [i for i in after if 0 <= i < size and spelled[i] is not None]
+    data = _spell(tables, before)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -107,9 +111,9 @@ def span_cause(vocab, before, after, *, at_end: bool = False) -> str:
     if (any(i in tables.marked for i in (*before, *after))
             or (tables.pattern is not None and tables.pattern.search(text))):
         return "special-text"
-    if _spell(vocab, tables, after) != data:
+    if _spell(tables, after) != data:
         return "normalised"
-    if _words(vocab, before) == _words(vocab, after):
+    if _words(tables, before) == _words(tables, after):
         return "whitespace"
     if len(after) < len(before):
         return "merged"

@@ -1,9 +1,10 @@
 """Measuring batches of samples on every core, results in input order.
 
-Re-encoding is CPU-bound Python + Rust work. The first batches are measured in-process, which
-builds the tokenizer tables and warms the per-piece cache; later batches go to worker processes
-forked from this one (on Linux), so they start with those tables and caches at no cost. Where
-fork is unavailable, or with one core, everything stays in-process.
+Re-encoding is CPU-bound Python + Rust work. Batches go to worker processes forked from this one
+(on Linux) when the first full batch is ready, by which time the tokenizer's tables are built
+here (checking the first record builds them), so the workers start with them at no cost. An
+input smaller than one batch, and every input where fork is unavailable or with one core, is
+measured in this process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from tmcli.measure.alignment import Sample
-from tmcli.measure.metrics import SampleMetrics
+from tmcli.measure.columns import MetricsBatch
 from tmcli.measure.reencode import Reencoder
 
 _WORKER_ENCODERS: dict[tuple, Reencoder] = {}
@@ -30,18 +31,20 @@ def _encoder(spec: str, window: int, context: bool) -> Reencoder:
 
 
 def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
-                  method: str) -> list[SampleMetrics]:
+                  method: str) -> MetricsBatch:
     """Worker entry point: metrics for samples of one tokenizer, text-quality proxies and span
-    causes included (all per sample, so all done where the work is spread over the cores)."""
+    causes included (all per sample, so all done where the work is spread over the cores), as
+    columns (cheap to send back: canonical samples are a length each)."""
     from tmcli.measure.causes import sample_causes
-    from tmcli.measure.text_quality import text_metrics
+    from tmcli.measure.text_quality import text_columns
 
     enc = _encoder(spec, window, context)
-    out = enc.measure(samples, method=method)
-    for m, s in zip(out, samples):
-        m.update(text_metrics(enc.vocab.spell(s.token_ids), len(s.token_ids)))
+    batch, datas = enc.measure_batch(samples, method=method)
+    for name, values in text_columns(datas, batch.n_tokens.tolist()).items():
+        batch.set_column(name, values)
+    for m in batch.measured.values():
         m.causes = sample_causes(enc.vocab, m)
-    return out
+    return batch
 
 
 def _fork_pool(jobs: int):
@@ -72,19 +75,18 @@ def default_jobs() -> int:
 class Measurer:
     """Submit (spec, samples) batches; iterate results in submission order."""
 
-    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None,
-                 inline_batches: int = 2):
+    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None):
         self.window, self.context, self.method = window, context, method
         self.jobs = default_jobs() if jobs is None else max(1, jobs)
-        self.inline_batches = inline_batches
-        self._submitted = 0
         self._pool = None
         self._pending: deque = deque()
 
-    def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, list[dict]]]:
-        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order."""
-        self._submitted += 1
-        if self.jobs == 1 or self._submitted <= self.inline_batches:
+    def submit(self, spec: str, samples: list[Sample], tag, *,
+               last: bool = False) -> Iterator[tuple[object, MetricsBatch]]:
+        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order.
+        ``last``: no full batch follows; if no worker has started, it is measured here (a
+        small input is not worth starting the workers for)."""
+        if self.jobs == 1 or (last and self._pool is None):
             yield from self.drain()
             yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
             return
@@ -101,7 +103,7 @@ class Measurer:
             t, f = self._pending.popleft()
             yield t, f.result()
 
-    def drain(self) -> Iterator[tuple[object, list[dict]]]:
+    def drain(self) -> Iterator[tuple[object, MetricsBatch]]:
         while self._pending:
             t, f = self._pending.popleft()
             yield t, f.result()

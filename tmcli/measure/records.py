@@ -13,9 +13,9 @@ from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
 from tmcli.io.readers.openai import token_ids_from_logprobs
 from tmcli.measure.alignment import Sample
-from tmcli.measure.metrics import SampleMetrics
+from tmcli.measure.columns import MetricsBatch
 from tmcli.measure.reencode import Reencoder
-from tmcli.measure.sample_table import rows_to_frame
+from tmcli.measure.sample_table import RECORD_COLUMNS, SCORE_COLUMNS, TURN_COLUMNS, batch_frame
 from tmcli.measure.text_quality import record_float
 
 
@@ -107,24 +107,30 @@ def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     return spec, enc, Sample(ids, rec.prompt_ids)
 
 
-def _row(rec: Record, spec: str, metrics: SampleMetrics) -> dict:
-    meta = rec.meta
-    temp = meta.get("temperature")
-    if temp is None and isinstance(meta.get("sampling"), dict):
-        temp = meta["sampling"].get("temperature")
-    row = {
-        "id": rec.id, "source": rec.source, "line": rec.line,
-        "model": str(meta.get("model") or spec), "tokenizer": spec,
-        "temperature": float(temp) if isinstance(temp, (int, float)) else None,
-        "canonical": str(meta.get("canonical") or "off"),
-        "prompt_index": meta.get("prompt_index") if isinstance(meta.get("prompt_index"), int) else None,
-        "nll_token": record_float(meta.get("nll_token")),
-        "nll_char": record_float(meta.get("nll_char")),
-    }
-    row.update(metrics.columns())
-    if rec.turn is not None:  # a sampled turn of a trajectory (tmcli.measure.turns)
-        row.update(rec.turn.row())
-    return row
+def _record_columns(batch: list) -> dict[str, list]:
+    """The record's own columns of the per-sample table (`RECORD_COLUMNS`, `SCORE_COLUMNS`, and
+    `TURN_COLUMNS` for a sampled turn of a trajectory, see `tmcli.measure.turns`)."""
+    cols: dict[str, list] = {name: [] for name in (*RECORD_COLUMNS, *SCORE_COLUMNS,
+                                                   *TURN_COLUMNS)}
+    for rec, spec, _smp in batch:
+        meta = rec.meta
+        temp = meta.get("temperature")
+        if temp is None and isinstance(meta.get("sampling"), dict):
+            temp = meta["sampling"].get("temperature")
+        index = meta.get("prompt_index")
+        for name, value in (
+                ("id", rec.id), ("source", rec.source), ("line", rec.line),
+                ("model", str(meta.get("model") or spec)), ("tokenizer", spec),
+                ("temperature", float(temp) if isinstance(temp, (int, float)) else None),
+                ("canonical", str(meta.get("canonical") or "off")),
+                ("prompt_index", index if isinstance(index, int) else None),
+                ("nll_token", record_float(meta.get("nll_token"))),
+                ("nll_char", record_float(meta.get("nll_char")))):
+            cols[name].append(value)
+        turn = rec.turn.row() if rec.turn is not None else {}
+        for name in TURN_COLUMNS:
+            cols[name].append(turn.get(name, [] if name == "drift_spans" else None))
+    return cols
 
 
 def _as_invalid(rec: Record, exc: Exception) -> InvalidRecord | None:
@@ -152,24 +158,26 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
     pending: dict[str, list] = {}
     counter = 0
 
-    def emit(batch: list, metrics: list[dict]) -> pl.DataFrame:
+    def emit(batch: list, metrics: MetricsBatch) -> pl.DataFrame:
         nonlocal counter
-        rows = []
-        for (rec, spec, smp), m in zip(batch, metrics):
-            rows.append(_row(rec, spec, m))
-            if n_examples and examples is not None and m.noncanonical:
+        if n_examples and examples is not None:
+            for i in metrics.noncanonical():
+                m = metrics.measured[i]
                 counter += 1
                 key = (m.noncanonical_tokens, m.n_spans, -counter)
-                item = (key, rec, spec, smp, m)
-                if len(examples) < n_examples:
-                    heapq.heappush(examples, item)
-                elif key > examples[0][0]:
-                    heapq.heapreplace(examples, item)
-        return rows_to_frame(rows)
+                if len(examples) < n_examples or key > examples[0][0]:
+                    rec, spec, smp = batch[i]
+                    item = (key, rec, spec, smp, metrics.row(i))
+                    if len(examples) < n_examples:
+                        heapq.heappush(examples, item)
+                    else:
+                        heapq.heapreplace(examples, item)
+        return batch_frame(_record_columns(batch), metrics)
 
-    def submit(spec: str):
+    def submit(spec: str, last: bool = False):
         batch = pending.pop(spec)
-        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch):
+        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch,
+                                             last=last):
             yield emit(done, metrics)
 
     try:
@@ -188,7 +196,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
             if len(pending[spec]) >= batch_size:
                 yield from submit(spec)
         for spec in list(pending):
-            yield from submit(spec)
+            yield from submit(spec, last=True)
         for done, metrics in measurer.drain():
             yield emit(done, metrics)
     finally:

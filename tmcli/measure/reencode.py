@@ -31,7 +31,7 @@ straddles the prompt/completion boundary (a merge the model could not undo) is r
 
 from __future__ import annotations
 
-import math
+import array
 
 import numpy as np
 
@@ -49,7 +49,8 @@ from tmcli.measure.alignment import (
     _invalid_ranges,
     _runs,
 )
-from tmcli.measure.metrics import DiffSpan, SampleMetrics
+from tmcli.measure.columns import MetricsBatch
+from tmcli.measure.metrics import SampleMetrics, form_metrics
 from tmcli.measure.token_bytes import Vocab
 
 
@@ -70,12 +71,12 @@ class Reencoder:
         tokenizer lacks are not invalid: they are measured as non-canonical ``unknown_id``."""
         if not len(ids):
             return None
-        try:
-            arr = np.asarray(ids, dtype=np.int64)
-        except OverflowError:
-            return next(i for i in ids if not 0 <= i < MAX_ID)
-        bad = (arr < 0) | (arr >= MAX_ID)
-        return int(arr[bad][0]) if bad.any() else None
+        try:  # the common case in one C loop: unsigned 32-bit, and below 2**31
+            if int(np.frombuffer(array.array("I", ids), dtype=np.uint32).max()) < MAX_ID:
+                return None
+        except (OverflowError, TypeError):
+            pass
+        return next(int(i) for i in ids if not 0 <= i < MAX_ID)
 
     # -- canonical re-encoding --------------------------------------------------------------
     def _classes(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -238,99 +239,75 @@ class Reencoder:
 
     # -- measurement --------------------------------------------------------------------------
     def measure(self, samples: list[Sample], *, method: str = "aligned") -> list[SampleMetrics]:
-        """Per-sample metrics. ``method='study'`` adds the study script's figures."""
+        """Per-sample metrics. ``method='study'`` adds the study script's figures. Ids must be
+        token ids (0 <= id < 2**31, see `invalid_id`); ids the tokenizer lacks are measured."""
+        return self.measure_batch(samples, method=method)[0].rows()
+
+    def measure_batch(self, samples: list[Sample], *,
+                      method: str = "aligned") -> tuple[MetricsBatch, list[bytes]]:
+        """The samples' metrics as columns, and each completion's exact bytes (its ids'
+        spellings; specials spell nothing), from which the text-quality proxies are read.
+
+        One encode call for the batch. A sample whose ids are all plain text tokens (after the
+        prompt's leading specials, a BOS) is spelled and encoded whole, and when its ids equal
+        the encoding, the usual case, that comparison is its whole measurement; only samples
+        that differ, or hold specials, ids the tokenizer lacks or invalid UTF-8, are planned and
+        aligned (`plan`, `form_metrics`)."""
         if method not in WINDOW_METHODS:
             raise ValueError(f"window method must be one of {WINDOW_METHODS}")
-        fulls, prompt_lens = [], []
+        vocab = self.vocab
+        get, join = vocab.plain_bytes().__getitem__, b"".join
+        special, size = vocab.special, vocab.size
+        fulls, prompt_lens, jobs, texts, datas = [], [], [], [], []
         for s in samples:
             prompt = list(s.prompt_ids or []) if self.context else []
-            fulls.append(prompt + list(s.token_ids))
+            ids = list(s.token_ids)
+            full = prompt + ids
+            lead = 0
+            while lead < len(prompt) and 0 <= prompt[lead] < size and special[prompt[lead]]:
+                lead += 1
+            try:
+                data = join(map(get, ids))
+                text = (join(map(get, prompt[lead:])) + data).decode("utf-8")
+            except (TypeError, IndexError, UnicodeDecodeError):  # not plain text: plan it
+                plan = self.plan(full)
+                texts.extend(it[3] for it in plan[0] if it[0] == TEXT)
+                jobs.append(plan)
+                data = vocab.spell(ids)
+            else:
+                texts.append(text)
+                jobs.append(lead)
+            fulls.append(full)
             prompt_lens.append(len(prompt))
-        forms = self.canonical_forms(fulls)
-        results = [self._summarise(f, p) for f, p in zip(forms, prompt_lens)]
+            datas.append(data)
+        encoded = vocab.encode_texts(texts)
+        batch = MetricsBatch([len(f) - p for f, p in zip(fulls, prompt_lens)], self.window)
+        k = 0
+        for i, (full, p, job) in enumerate(zip(fulls, prompt_lens, jobs)):
+            if isinstance(job, int):  # plain text after `job` leading specials
+                canon = encoded[k]
+                k += 1
+                if canon == (full[job:] if job else full):
+                    continue
+                arr = np.asarray(full, dtype=np.int64)
+                items = [(SPECIAL, j, j + 1) for j in range(job)]
+                items.append((TEXT, job, len(full), texts[k - 1]))
+                form = self._assemble(arr, items, vocab.lengths[arr], [canon], 0, 0)
+            else:
+                items, lengths, invalid, cut = job
+                text_items = [it for it in items if it[0] == TEXT]
+                parts = encoded[k : k + len(text_items)]
+                k += len(text_items)
+                if not invalid and all(it[0] != UNKNOWN for it in items) and all(
+                        c == full[it[1] : it[2]] for it, c in zip(text_items, parts)):
+                    batch.cut_bytes[i] = cut  # canonical; a character cut at the very end
+                    continue
+                form = self._assemble(full, items, lengths, parts, invalid, cut)
+            batch.set(i, form_metrics(form, p, self.window))
         if method == "study":
             from tmcli.measure.study_script import study_metrics
 
-            for r, m in zip(results, study_metrics(self.vocab, [s.token_ids for s in samples],
-                                                   self.window)):
-                r.update(m)
-        return results
-
-    def spans(self, form: Canonical, p: int) -> tuple[list[DiffSpan], dict | None, bool]:
-        """The completion's spans (positions relative to the completion), the boundary span if
-        a difference straddles the prompt/completion boundary, and whether the prompt itself
-        holds a difference."""
-        a, b = form.ids, form.canon
-        raw = [(a0, a1, b0, b1, None) for a0, a1, b0, b1 in form.segments()]
-        raw += [(i0, i1, None, None, kind) for i0, i1, kind in form.flagged]
-        raw.sort(key=lambda r: r[0])
-        spans, boundary, prompt_nc = [], None, False
-        for a0, a1, b0, b1, kind in raw:
-            if a1 <= p:
-                prompt_nc = True
-                continue
-            before = a[a0:a1].tolist()
-            after = before if kind else b[b0:b1].tolist()
-            if a0 < p:
-                boundary = {"before": before, "after": after}
-                continue
-            if kind is None:
-                d = len(before) - len(after)
-                kind = "merged" if d > 0 else "lengthened" if d < 0 else "resegmented"
-            spans.append({"position": a0 - p, "before": before, "after": after, "kind": kind})
-        return spans, boundary, prompt_nc
-
-    def _summarise(self, form: Canonical, p: int) -> SampleMetrics:
-        spans, boundary, prompt_nc = self.spans(form, p)
-        n = len(form.ids) - p
-        W = self.window
-        nw = max(1, math.ceil(n / W))
-        win_delta = np.zeros(nw, dtype=np.float64)
-        win_nc = np.zeros(nw, dtype=np.int64)
-        delta_sum = nc_tokens = n_unknown = 0
-        if spans:  # a span's saving is spread over the tokens it replaces
-            k = np.array([len(sp["before"]) for sp in spans])
-            delta = k - np.array([len(sp["after"]) for sp in spans])
-            starts = np.repeat(np.array([sp["position"] for sp in spans]), k)
-            q = (starts + np.arange(len(starts)) - np.repeat(np.cumsum(k) - k, k)) // W
-            win_delta += np.bincount(q, np.repeat(delta / k, k), minlength=nw)[:nw]
-            win_nc += np.bincount(q, minlength=nw)[:nw]
-            delta_sum, nc_tokens = int(delta.sum()), int(k.sum())
-            n_unknown = sum(len(sp["before"]) for sp in spans if sp["kind"] == "unknown_id")
-        win_tokens = np.full(nw, W, dtype=np.int64)
-        win_tokens[-1] = n - W * (nw - 1) if n > 0 else 0
-        kinds = {s["kind"] for s in spans}
-        if "unknown_id" in kinds:
-            kind = "unknown_id"
-        elif "invalid_utf8" in kinds:
-            kind = "invalid_utf8"
-        elif not spans:
-            kind = "canonical"
-        else:
-            kind = "merged" if delta_sum > 0 else "lengthened" if delta_sum < 0 else "resegmented"
-        with np.errstate(invalid="ignore", divide="ignore"):
-            win_comp = np.where(win_tokens > 0, win_delta / np.maximum(win_tokens, 1), np.nan)
-        return SampleMetrics(
-            n_tokens=n,
-            n_reencoded=n - delta_sum,
-            compression=delta_sum / n if n else float("nan"),
-            noncanonical=bool(spans),
-            kind=kind,
-            n_spans=len(spans),
-            noncanonical_tokens=nc_tokens,
-            token_rate=nc_tokens / n if n else float("nan"),
-            first_divergence=spans[0]["position"] if spans else None,
-            boundary_merge=boundary is not None,
-            boundary_span=boundary,
-            prompt_noncanonical=prompt_nc,
-            byte_exact=not (form.normalized or form.invalid_bytes or form.cut_bytes),
-            normalized=form.normalized,
-            invalid_bytes=form.invalid_bytes,
-            cut_bytes=form.cut_bytes,
-            unknown_ids=n_unknown,
-            spans=spans,
-            window_delta=win_delta.tolist(),
-            window_tokens=win_tokens.tolist(),
-            window_compression=win_comp.tolist(),
-            window_noncanonical=win_nc.tolist(),
-        )
+            figures = study_metrics(vocab, [s.token_ids for s in samples], self.window)
+            for name in ("study_compression", "study_window_compression"):
+                batch.set_column(name, [f[name] for f in figures])
+        return batch, datas

@@ -1,5 +1,5 @@
-"""The per-sample table: its schema (`SAMPLE_SCHEMA`), the columns kept in memory, and sample
-rows turned into a DataFrame through Arrow.
+"""The per-sample table: its schema (`SAMPLE_SCHEMA`), the columns kept in memory, and a batch
+of sample rows as a DataFrame (built from columns, through Arrow).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tmcli.measure.metrics import METRIC_COLUMNS
 
 # The record's own columns (its id, where it was read, what produced it), then the measurement's
 # (`SampleMetrics`), then the NLL figures a record carries from `tmcli score`, then a
-# trajectory's (`tmcli.measure.turns.TurnColumns`: a sampled turn's trajectory, turn and
+# trajectory's (`tmcli.io.readers.base.TurnColumns`: a sampled turn's trajectory, turn and
 # message, and the trajectory's drift verdict; null for other samples).
 RECORD_COLUMNS = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
@@ -47,55 +47,11 @@ def in_memory(samples: pl.DataFrame) -> pl.DataFrame:
     return samples.cast({k: v for k, v in MEMORY_DTYPES.items() if k in samples.columns})
 
 
-def _list_array(lists: list, value_type):
-    """A pyarrow ListArray built from flat values and offsets (fast; no per-item objects)."""
-    import pyarrow as pa
-
-    offsets = [0]
-    for x in lists:
-        offsets.append(offsets[-1] + (len(x) if x is not None else 0))
-    flat = [v for x in lists if x for v in x]
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, value_type))
-
-
-def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
-    """Sample rows to a DataFrame of SAMPLE_SCHEMA; nested columns go through pyarrow."""
-    import pyarrow as pa
-
-    cols = {}
-    for name, dtype in SAMPLE_SCHEMA.items():
-        values = [r.get(name) for r in rows]
-        if name == "spans":
-            spans = [r["spans"] for r in rows]
-            flat = [sp for ss in spans for sp in ss]
-            struct = pa.StructArray.from_arrays(
-                [pa.array([sp["position"] for sp in flat], pa.int64()),
-                 _list_array([sp["before"] for sp in flat], pa.int64()),
-                 _list_array([sp["after"] for sp in flat], pa.int64()),
-                 pa.array([sp.get("kind") for sp in flat], pa.string())],
-                names=["position", "before", "after", "kind"])
-            offsets = [0]
-            for ss in spans:
-                offsets.append(offsets[-1] + len(ss))
-            arr = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct)
-            if any(r.get("spans") is None for r in rows):
-                raise ValueError("spans missing")
-            cols[name] = pl.from_arrow(arr)
-        elif name == "drift_spans":  # few rows have any: built the plain way
-            cols[name] = pl.Series(name, [v or [] for v in values], dtype=dtype)
-        elif isinstance(dtype, pl.List):
-            if all(v is None for v in values):
-                cols[name] = pl.Series(name, values, dtype=dtype)
-            else:
-                inner = (pa.float64() if dtype.inner == pl.Float64
-                         else pa.string() if dtype.inner == pl.String else pa.int64())
-                arr = _list_array(values, inner)
-                if any(v is None for v in values):
-                    import pyarrow.compute as pc
-
-                    arr = pc.if_else(pa.array([v is None for v in values]),
-                                     pa.scalar(None, arr.type), arr)
-                cols[name] = pl.from_arrow(arr)
-        else:
-            cols[name] = pl.Series(name, values, dtype=dtype)
-    return pl.DataFrame(cols, schema=SAMPLE_SCHEMA)
+def batch_frame(record_columns: dict[str, list], metrics) -> pl.DataFrame:
+    """A batch's sample rows: the records' own columns (one list each) beside the measurement's
+    (a `columns.MetricsBatch`, whose columns come as arrays)."""
+    arrays = metrics.arrow_columns()
+    cols = {name: pl.from_arrow(arrays[name]) if name in arrays
+            else pl.Series(name, record_columns[name], dtype=dtype)
+            for name, dtype in SAMPLE_SCHEMA.items()}
+    return pl.DataFrame(cols).cast(SAMPLE_SCHEMA)

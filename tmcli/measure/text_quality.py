@@ -44,6 +44,29 @@ def text_metrics(data: bytes, n_tokens: int) -> dict:
     }
 
 
+def text_columns(datas: list[bytes], n_tokens: list[int]) -> dict[str, list]:
+    """`text_metrics` of a batch of completions, as one list per proxy."""
+    cols: dict[str, list] = {"n_chars": [], "chars_per_token": [], "distinct_2": [],
+                             "repetition_4": []}
+    n_chars, per_token = cols["n_chars"].append, cols["chars_per_token"].append
+    d2, r4 = cols["distinct_2"].append, cols["repetition_4"].append
+    for data, n in zip(datas, n_tokens):
+        text = data.decode("utf-8", errors="replace")
+        words = text.split()
+        n_chars(len(text))
+        per_token(len(text) / n if n else None)
+        count = len(words) - 1
+        bigrams = len(set(zip(words, words[1:]))) if count > 0 else 0
+        d2(bigrams / count if count > 0 else None)
+        if count < 3:
+            r4(None)
+        elif bigrams == count:  # no bigram repeats, so no 4-gram can
+            r4(0.0)
+        else:
+            r4(repetition_n(words, 4))
+    return cols
+
+
 def record_float(value) -> float | None:
     """A finite number from a record field (an NLL), else None (absent, null, not a number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -87,6 +87,17 @@ class Vocab:
             size, table = self.size, self.token_bytes
             return b"".join(table[i] if 0 <= i < size else b"" for i in ids)
 
+    def plain_bytes(self) -> list[bytes | None]:
+        """Per id, its bytes if it is a text token, None if it is special or unknown: spelling
+        through this table fails on any id that is not plain text, at no cost per id."""
+        table = self.__dict__.get("_plain")
+        if table is None:
+            table = self.__dict__["_plain"] = [
+                b if known and not special else None
+                for b, known, special in zip(self.token_bytes, self.known.tolist(),
+                                             self.special.tolist())]
+        return table
+
     def piece(self, token_id: int) -> str:
         """A readable form of one token for display (bytes decoded with replacement)."""
         if not 0 <= token_id < self.size or not self.known[token_id]:
@@ -110,10 +121,12 @@ class Vocab:
         return table
 
     def encode_texts(self, texts: list[str]) -> list[list[int]]:
-        """The tokenizer's own canonical ids of each text (specials never parsed from text)."""
+        """The tokenizer's own canonical ids of each text (specials never parsed from text).
+        ``encode_batch``, not ``encode_batch_fast``: with tokenizers 0.23 the one that also
+        tracks offsets takes ~20% less CPU (measured: `benchmarks/bench_analyze.py` prints both)."""
         if not texts:
             return []
-        return [e.ids for e in self.encoder.encode_batch_fast(texts, add_special_tokens=False)]
+        return [e.ids for e in self.encoder.encode_batch(texts, add_special_tokens=False)]
 
     def study_tokenizer(self):
         """A private copy of the tokenizer as loaded, for the study script's own arithmetic

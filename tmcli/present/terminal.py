@@ -196,7 +196,7 @@ GROUPS_LEGEND = (
 
 def print_groups(analysis, console: Console | None = None) -> None:
     console = _console(console)
-    _print_tables(console, f"Re-encoding by group: {analysis.samples.height} samples",
+    _print_tables(console, f"Re-encoding by group: {analysis.n_samples} samples",
                   groups_columns(analysis), GROUPS_LEGEND)
 
 
@@ -276,11 +276,9 @@ def print_trajectories(analysis, console: Console | None = None) -> None:
     cols.append(Column("drift %", [_ci(r, "fraction_drift", pct=True, digits=2) for r in rows]))
     cols += [Column(c, [Figure(str(r[f"n_drift_{c}"])) for r in rows])
              for c in ("template", "tokenization")]
-    from tmcli.aggregate.groups import drift_by_turn
-
-    by_turn = drift_by_turn(analysis.samples)
+    by_turn = analysis.drift_turns
     where = "; ".join(f"turn {r['turn']}: {r['n_drift']} of {r['n_trajectories']}"
-                      for r in by_turn.iter_rows(named=True))
+                      for r in by_turn.iter_rows(named=True)) if by_turn is not None else ""
     _print_tables(_console(console), "Trajectories: drift from the chat template", cols,
                   "drift: the template's rendering of the messages does not give the sampled "
                   "ids; template: it renders other text (reasoning dropped, think block added, "

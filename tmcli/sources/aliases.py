@@ -40,15 +40,16 @@ class Source:
 
     @property
     def key(self) -> str:
+        """What a conversion of these files (a dequantised GGUF, a converted tokenizer) is
+        cached under: their content (`digest.content_digest`), not their path or time, so the
+        same files in another place (a new virtualenv's copy of a wheel) are converted once."""
+        from tmcli.sources.digest import content_digest
+
         if self.directory is None:
             return f"hub:{self.hub_id}"
-        target = self.directory / self.gguf_file if self.gguf_file else self.directory
-        try:
-            st = target.stat()
-            stamp = f"{st.st_size}:{int(st.st_mtime)}"
-        except OSError:
-            stamp = "?"
-        return f"{target.resolve()}:{stamp}"
+        if self.gguf_file:
+            return f"gguf:{content_digest(self.directory / self.gguf_file)}"
+        return f"dir:{content_digest(self.directory)}"
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tmcli.errors import TmcliError, one_line
 from tmcli.sources.aliases import ALIASES, cache_dir
+from tmcli.sources.digest import content_digest
 from tmcli.sources.gguf import _fix_gguf_tokenizer, _fix_sentencepiece_merges
 from tmcli.sources.locate import Source, _alias_hint, resolve_source
 
@@ -35,8 +36,7 @@ def load_tokenizer(spec: str):
         tj = source.directory / "tokenizer.json"
         if tj.is_file():
             return _tokenizer_file(tj, spec)
-    key = f"file:{path.resolve()}:{path.stat().st_size}:{int(path.stat().st_mtime)}" if named \
-        else source.key
+    key = f"file:{_named_file_key(path)}" if named else source.key
     digest = hashlib.sha256(f"{CONVERSION}\0{key}".encode()).hexdigest()[:16]
     cached = cache_dir() / "tokenizers" / digest / "tokenizer.json"
     if cached.is_file():
@@ -58,6 +58,16 @@ def load_tokenizer(spec: str):
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, cached)
     return Tokenizer.from_file(str(cached))
+
+
+def _named_file_key(path: Path) -> str:
+    """A named tokenizer file's content, with the folder files read beside it
+    (`_load_named_file`)."""
+    parts = [content_digest(path)]
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        if (path.parent / name).is_file():
+            parts.append(f"{name}:{content_digest(path.parent / name)}")
+    return ",".join(parts)
 
 
 def _tokenizer_file(path: Path, spec: str):

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.subplots import make_subplots
 
-from tmcli.aggregate.groups import DRIFT_CAUSES, drift_by_turn
+from tmcli.aggregate.accumulate import DRIFT_CAUSES
 from tmcli.present.figures.style import LAYOUT, _colour, _hover, _legend_above, _t, _warn
 
 CAUSE_TEXT = {"template": "template (other text rendered)",
@@ -27,13 +27,12 @@ def _label(row: dict, keys: list[str]) -> str:
                                 for k in keys))
 
 
-def drift(groups: pl.DataFrame, samples: pl.DataFrame, keys: list[str]) -> go.Figure:
+def drift(groups: pl.DataFrame, by_turn: pl.DataFrame, keys: list[str]) -> go.Figure:
     """Left: per group, the share of trajectories that drift, stacked by cause, with the
     Wilson interval of the whole share. Right: per sampled turn, the share of the trajectories
     reaching it whose first difference is there, stacked by cause."""
     rows = [r for r in groups.iter_rows(named=True) if r.get("n_trajectories")]
     labels = [_label(r, keys) for r in rows]
-    by_turn = drift_by_turn(samples)
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=[
         "share of trajectories that drift, by group", "first drift, by sampled turn"])
     for i, cause in enumerate(DRIFT_CAUSES):
@@ -81,7 +80,7 @@ def figures(analysis) -> list[tuple[str, str, go.Figure]]:
     return [("trajectories", "Trajectories whose messages, rendered with the chat template, do "
              "not give the sampled ids, by cause (bar: 95% Wilson interval); and the sampled "
              "turn where the first difference falls.",
-             drift(analysis.groups, analysis.samples, analysis.group_by))]
+             drift(analysis.groups, analysis.drift_turns, analysis.group_by))]
 
 
 def section(analysis, figure_html: str | None) -> str:
