@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tmcli.errors import TmcliError
+from tmcli.generation.truncation import Truncation
 
 ENGINES: dict[str, str] = {
     "fused": "tmcli.generation.engines.fused:FusedEngine",
@@ -73,9 +74,11 @@ class Engine:
     def decode(self, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
                temperatures: Sequence[float], seeds: Sequence[int], *, mode: str,
                max_new_tokens: int, stop_at_eos: bool, every: int = 1,
+               truncation: Sequence[Truncation] | None = None,
                on_step: Callable[[int], None] | None = None
                ) -> list[tuple[list[int], str, dict | None]]:
-        """Per row (an index into ``prompt_ids``): (new ids, finish reason, canonical stats)."""
+        """Per row (an index into ``prompt_ids``): (new ids, finish reason, canonical stats).
+        ``truncation``: each row's top-k/top-p/min-p (None: pure sampling for every row)."""
         raise NotImplementedError
 
     def close(self) -> None:
