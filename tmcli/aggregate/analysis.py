@@ -20,14 +20,18 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from tmcli import __version__
-from tmcli.aggregate.groups import canonical_comparison, drop_duplicates, sigmoid_fits, summarise
+from tmcli.aggregate.groups import (
+    SAMPLING_KEYS,
+    canonical_comparison,
+    drop_duplicates,
+    sigmoid_fits,
+    summarise,
+)
 from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
 from tmcli.io.records import read_records
 from tmcli.measure.records import TokenizerPool, measure_records
-from tmcli.measure.sample_table import SAMPLE_SCHEMA, in_memory
-
-DEFAULT_GROUP_BY = ("model", "temperature")
+from tmcli.measure.sample_table import SAMPLE_SCHEMA, in_memory, natural_types, schema_with
 
 
 @dataclass
@@ -145,7 +149,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     errors = [] if errors is None else errors
     pool = TokenizerPool(tokenizer, window=window, context=context)
     heap: list = []
-    sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
+    fields = [k for k in group_by or () if k not in SAMPLE_SCHEMA]  # the records' own fields
+    sink = ParquetSink(output, schema_with(fields)) if output else None
     try:
         kept, recent = [], []
 
@@ -159,13 +164,14 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
 
         for frame in measure_records(records, pool, method=method, batch_size=batch_size,
                                      skip_invalid=skip_invalid, errors=errors,
-                                     examples=heap, n_examples=n_examples, jobs=jobs):
+                                     examples=heap, n_examples=n_examples, jobs=jobs,
+                                     fields=fields):
             recent.append(frame)
             if len(recent) == 32:
                 flush()
         if recent:
             flush()
-        samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=SAMPLE_SCHEMA))
+        samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=schema_with(fields)))
         kept.clear()
         if samples.height == 0:
             raise TmcliError("no usable records in the input",
@@ -211,20 +217,30 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
     keys = list(group_by) if group_by else default_group_by(samples)
     missing = [k for k in keys if k not in samples.columns]
     if missing:
-        raise TmcliError(f"cannot group by {', '.join(missing)}",
-                         hint="choose from: " + ", ".join(samples.columns))
+        raise TmcliError(f"cannot group by {', '.join(missing)}: no such column in this stored "
+                         "analysis", hint="choose from: " + ", ".join(samples.columns) + "; or "
+                         "analyse the records again with --group-by, which carries any field")
+    own = [k for k in keys if k not in SAMPLE_SCHEMA]  # fields carried from the records
+    empty = [k for k in own if samples[k].null_count() == samples.height]
+    if empty:
+        raise TmcliError(f"no record has a field {', '.join(map(repr, empty))} to group by",
+                         hint="check the field name (a dotted path reaches into objects: "
+                              "sampling.top_k)")
+    samples = natural_types(samples, own)
     groups = summarise(samples, keys, window, n_resamples=n_resamples)
-    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
+    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups, keys),
+                    group_by=keys,
                     window=window, method=method, examples=list(examples or []),
                     skipped=list(skipped or []), meta=meta,
                     comparison=canonical_comparison(samples, n_resamples=n_resamples))
 
 
 def default_group_by(samples: pl.DataFrame) -> list[str]:
-    keys = list(DEFAULT_GROUP_BY)
-    if samples["canonical"].n_unique() > 1:
-        keys.insert(1, "canonical")
-    return keys
+    """model, then the canonical mode and each truncation setting (top_k, top_p, min_p) where
+    the samples hold several, then temperature: arms sampled differently are never pooled."""
+    varying = [k for k in ("canonical", *SAMPLING_KEYS)
+               if k in samples.columns and samples[k].n_unique() > 1]
+    return ["model", *varying, "temperature"]
 
 
 def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,

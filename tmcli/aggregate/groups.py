@@ -18,6 +18,46 @@ FEW_SAMPLES = 30  # below this a group's figures get a visible warning
 # One sample = one id within its model, temperature and canonical mode (tools that number their
 # requests 0..N per run reuse ids across runs, which are different samples).
 DUPLICATE_KEY = ("id", "model", "temperature", "canonical")
+# How a record was sampled beside its temperature: arms that differ here are never pooled.
+SAMPLING_KEYS = ("top_k", "top_p", "min_p")
+
+
+def group_keys(groups: pl.DataFrame) -> list[str]:
+    """The key columns of a `summarise` frame: those before ``n``."""
+    return groups.columns[:groups.columns.index("n")] if "n" in groups.columns else []
+
+
+def series_keys(keys) -> list[str]:
+    """The group keys that make a series (a line drawn against temperature): all but it."""
+    return [k for k in keys if k != "temperature"]
+
+
+def truncation_label(top_k, top_p, min_p) -> str:
+    """``top-k 50``, ``top-p 0.95 min-p 0.05``, ``pure`` (nothing truncates), ``?`` (unknown)."""
+    if top_k is None and top_p is None and min_p is None:
+        return "?"
+    parts = [f"top-k {top_k}" if top_k else "", f"top-p {top_p:g}" if top_p not in (None, 1) else "",
+             f"min-p {min_p:g}" if min_p else ""]
+    return " ".join(p for p in parts if p) or "pure"
+
+
+def group_label(row: dict, keys) -> str:
+    """A group (or series) named by its keys: the model first, then the rest in brackets:
+    ``smollm2-135m (canonical constrain, top-k 50, step=100)``."""
+    keys = list(keys)
+    parts = []
+    if any(k in keys for k in SAMPLING_KEYS):
+        parts.append(truncation_label(*(row.get(k) if k in keys else None for k in SAMPLING_KEYS)))
+    for k in keys:
+        if k in ("model", "temperature", *SAMPLING_KEYS):
+            continue
+        value = row.get(k)
+        parts.append(f"canonical {value}" if k == "canonical" else f"{k}={value}")
+    head = str(row.get("model")) if "model" in keys else ""
+    rest = ", ".join(parts)
+    if head and rest:
+        return f"{head} ({rest})"
+    return head or rest or "all"
 
 
 def _matrix(lists: pl.Series) -> np.ndarray:
@@ -204,8 +244,9 @@ def summarise(samples: pl.DataFrame, keys: list[str], window: int,
 
 
 def _comparison_schema() -> dict:
-    schema = {"model": pl.String, "temperature": pl.Float64, "canonical": pl.String,
-              "n": pl.Int64, "n_noncanonical": pl.Int64}
+    schema = {"model": pl.String, "top_k": pl.Int64, "top_p": pl.Float64, "min_p": pl.Float64,
+              "temperature": pl.Float64, "canonical": pl.String, "n": pl.Int64,
+              "n_noncanonical": pl.Int64}
     for name in ("fraction_noncanonical", "mean_compression", *QUALITY_MEANS):
         schema.update({name: pl.Float64, name + "_lo": pl.Float64, name + "_hi": pl.Float64})
     for name in QUALITY_MEANS:
@@ -246,8 +287,9 @@ def paired_difference(mode: pl.DataFrame, base: pl.DataFrame, name: str,
 
 def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: int = 0,
                          baseline: str = "off") -> pl.DataFrame:
-    """Canonical modes vs free generation, per (model, temperature) run in ``baseline`` and at
-    least one other mode: one row per mode, baseline first, then the others sorted.
+    """Canonical modes vs free generation, per (model, truncation, temperature) run in
+    ``baseline`` and at least one other mode: one row per mode, baseline first, then the others
+    sorted (a mode is only ever compared with free generation sampled the same way).
 
     Each row: n, non-canonical share (Wilson CI), mean compression and the text-quality proxies
     (bootstrap CIs), and for the non-baseline modes the paired difference vs the baseline of
@@ -258,8 +300,9 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
     if "canonical" not in samples.columns or samples["canonical"].n_unique() < 2:
         return pl.DataFrame(schema=schema)
     rows = []
-    keys = ["model", "temperature"]
-    for (model, temp), df in groups_in_order(samples, keys):
+    keys = ["model", *(k for k in SAMPLING_KEYS if k in samples.columns), "temperature"]
+    for key, df in groups_in_order(samples, keys):
+        at = dict(zip(keys, key))
         modes = set(df["canonical"].to_list())
         if baseline not in modes or len(modes) < 2:
             continue
@@ -268,8 +311,8 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
         for mode in [baseline, *sorted(modes - {baseline})]:
             g = base if mode == baseline else df.filter(pl.col("canonical") == mode)
             n, k = g.height, int(g["noncanonical"].sum())
-            row = {"model": model, "temperature": temp, "canonical": mode, "n": n,
-                   "n_noncanonical": k, "fraction_noncanonical": k / n}
+            row = {**at, "canonical": mode, "n": n, "n_noncanonical": k,
+                   "fraction_noncanonical": k / n}
             row["fraction_noncanonical_lo"], row["fraction_noncanonical_hi"] = stats.wilson(k, n)
             (row["mean_compression"], row["mean_compression_lo"],
              row["mean_compression_hi"]) = stats.mean_ci(g["compression"].to_numpy(),
@@ -285,24 +328,29 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
     return pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
 
 
-def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:
-    """Per model (and canonical mode): logistic fits vs temperature of the fraction compressed
-    (the study's, ``midpoint``/``slope``/``rmse``) and of the fraction non-canonical (``nc_``
-    columns), which stays a sigmoid where lengthening re-encodings make the former fall again.
-    ``reason``/``nc_reason`` say why a fit is missing (`stats.sigmoid_fit`); null for a fit."""
-    schema = {"model": pl.String, "canonical": pl.String, "n_temperatures": pl.Int64,
+def sigmoid_fits(groups: pl.DataFrame, keys: list[str] | None = None) -> pl.DataFrame:
+    """Per series (the group ``keys`` but temperature; default model and canonical mode):
+    logistic fits vs temperature of the fraction compressed (the study's,
+    ``midpoint``/``slope``/``rmse``) and of the fraction non-canonical (``nc_`` columns), which
+    stays a sigmoid where lengthening re-encodings make the former fall again.
+    ``reason``/``nc_reason`` say why a fit is missing (`stats.sigmoid_fit`); null for a fit.
+    The series' keys come first (``model`` and ``canonical`` always, null where not a key)."""
+    if keys is None:
+        keys = [k for k in ("model", "canonical") if k in groups.columns]
+    by = [k for k in series_keys(keys) if k in groups.columns]
+    schema = {"model": pl.String, "canonical": pl.String,
+              **{k: groups.schema[k] for k in by if k not in ("model", "canonical")},
+              "n_temperatures": pl.Int64,
               "midpoint": pl.Float64, "slope": pl.Float64, "rmse": pl.Float64,
               "converged": pl.Boolean, "nc_midpoint": pl.Float64, "nc_slope": pl.Float64,
               "nc_rmse": pl.Float64, "nc_converged": pl.Boolean,
               "reason": pl.String, "nc_reason": pl.String}
-    if "temperature" not in groups.columns or "model" not in groups.columns:
+    if "temperature" not in groups.columns or not by:
         return pl.DataFrame(schema=schema)
-    by = ["model", "canonical"] if "canonical" in groups.columns else ["model"]
     rows = []
     for key, df in groups.filter(pl.col("temperature").is_not_null()).group_by(
             by, maintain_order=True):
-        row = {"model": key[0], "canonical": key[1] if len(key) > 1 else None,
-               "n_temperatures": df.height}
+        row = {**dict(zip(by, key)), "n_temperatures": df.height}
         for prefix, count in (("", "n_compressed"), ("nc_", "n_noncanonical")):
             fit = stats.sigmoid_fit(df["temperature"].to_numpy(), df[count].to_numpy(),
                                     df["n"].to_numpy())

@@ -5,7 +5,7 @@ sample row measured in batches on every core (`tmcli.measure.parallel`).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import polars as pl
 
@@ -14,7 +14,7 @@ from tmcli.io.readers.base import Record
 from tmcli.io.readers.openai import token_ids_from_logprobs
 from tmcli.measure.alignment import Sample
 from tmcli.measure.reencode import Reencoder
-from tmcli.measure.sample_table import rows_to_frame
+from tmcli.measure.sample_table import record_field, rows_to_frame
 from tmcli.measure.text_quality import record_float
 
 
@@ -104,15 +104,27 @@ def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     return spec, enc, Sample(ids, rec.prompt_ids)
 
 
-def _row(rec: Record, spec: str, metrics: dict) -> dict:
+def _setting(meta: dict, name: str, kind: type):
+    """A sampling setting from the record's top level, else its ``sampling`` object."""
+    value = meta.get(name)
+    if value is None and isinstance(meta.get("sampling"), dict):
+        value = meta["sampling"].get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if kind is int:
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
+def _row(rec: Record, spec: str, metrics: dict, fields: Sequence[str] = ()) -> dict:
     meta = rec.meta
-    temp = meta.get("temperature")
-    if temp is None and isinstance(meta.get("sampling"), dict):
-        temp = meta["sampling"].get("temperature")
+    temp = _setting(meta, "temperature", float)
     row = {
         "id": rec.id, "source": rec.source, "line": rec.line,
         "model": str(meta.get("model") or spec), "tokenizer": spec,
-        "temperature": float(temp) if isinstance(temp, (int, float)) else None,
+        "temperature": temp,
+        "top_k": _setting(meta, "top_k", int), "top_p": _setting(meta, "top_p", float),
+        "min_p": _setting(meta, "min_p", float),
         "canonical": str(meta.get("canonical") or "off"),
         "prompt_index": meta.get("prompt_index") if isinstance(meta.get("prompt_index"), int) else None,
         "nll_token": record_float(meta.get("nll_token")),
@@ -120,6 +132,8 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
     }
     row.update(metrics)
     row.pop("boundary_span", None)
+    for name in fields:
+        row[name] = record_field(meta, name)
     return row
 
 
@@ -138,8 +152,10 @@ def _as_invalid(rec: Record, exc: Exception) -> InvalidRecord | None:
 def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: str,
                     batch_size: int, skip_invalid: bool, errors: list,
                     examples: list | None = None, n_examples: int = 0,
-                    jobs: int | None = None) -> Iterator[pl.DataFrame]:
-    """Yield one DataFrame of sample rows per batch of records (batches of one tokenizer)."""
+                    jobs: int | None = None, fields: Sequence[str] = ()) -> Iterator[pl.DataFrame]:
+    """Yield one DataFrame of sample rows per batch of records (batches of one tokenizer).
+    ``fields``: record fields carried into the rows as they are (`sample_table.record_field`),
+    beyond the table's own columns (what a user groups by: ``checkpoint``, ``step``)."""
     from tmcli.measure.parallel import Measurer
 
     measurer = Measurer(pool.window, pool.context, method, jobs=jobs)
@@ -150,7 +166,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
         nonlocal counter
         rows = []
         for (rec, spec, smp), m in zip(batch, metrics):
-            rows.append(_row(rec, spec, m))
+            rows.append(_row(rec, spec, m, fields))
             if n_examples and examples is not None and m["noncanonical"]:
                 counter += 1
                 key = (m["noncanonical_tokens"], m["n_spans"], -counter)
@@ -159,7 +175,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
                     heapq.heappush(examples, item)
                 elif key > examples[0][0]:
                     heapq.heapreplace(examples, item)
-        return rows_to_frame(rows)
+        return rows_to_frame(rows, fields)
 
     def submit(spec: str):
         batch = pending.pop(spec)

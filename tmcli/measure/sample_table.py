@@ -4,6 +4,9 @@ rows turned into a DataFrame through Arrow.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import orjson
 import polars as pl
 
 SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
@@ -13,6 +16,8 @@ SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl
 SAMPLE_SCHEMA = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
     "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
+    # truncation the record says it was sampled with (null where it says nothing)
+    "top_k": pl.Int64, "top_p": pl.Float64, "min_p": pl.Float64,
     "prompt_index": pl.Int64, "n_tokens": pl.Int64, "n_reencoded": pl.Int64,
     "compression": pl.Float64, "noncanonical": pl.Boolean, "kind": pl.String,
     "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
@@ -58,12 +63,52 @@ def _list_array(lists: list, value_type):
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, value_type))
 
 
-def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
-    """Sample rows to a DataFrame of SAMPLE_SCHEMA; nested columns go through pyarrow."""
+def schema_with(fields: Sequence[str] = ()) -> dict:
+    """`SAMPLE_SCHEMA` plus the record fields a user groups by (``--group-by checkpoint``), each
+    a string column: the field's text, or its JSON for a number or anything else
+    (`record_field`); `natural_types` gives numbers back their type once all rows are in."""
+    return {**SAMPLE_SCHEMA, **{f: pl.String for f in fields if f not in SAMPLE_SCHEMA}}
+
+
+def record_field(meta: dict, name: str) -> str | None:
+    """A record's field as a sample-table string: ``checkpoint`` or a dotted path into nested
+    objects (``sampling.top_k``); None when the record lacks it."""
+    value = meta
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def natural_types(samples: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
+    """String columns ``names`` as integers, else floats, where every value reads back as the
+    same text (``"10"`` but not ``"0010"``), so groups sort as numbers (step 2 before step 10)."""
+    for name in names:
+        col = samples[name]
+        if col.dtype != pl.String or col.null_count() == col.len():
+            continue
+        values = col.drop_nulls().unique().to_list()
+        for kind, read in ((pl.Int64, int), (pl.Float64, float)):
+            try:
+                same = all(orjson.dumps(read(v)).decode() == v for v in values)
+            except ValueError:
+                same = False
+            if same:
+                samples = samples.with_columns(col.cast(kind))
+                break
+    return samples
+
+
+def rows_to_frame(rows: list[dict], fields: Sequence[str] = ()) -> pl.DataFrame:
+    """Sample rows to a DataFrame of `schema_with(fields)`; nested columns go through pyarrow."""
     import pyarrow as pa
 
+    schema = schema_with(fields)
     cols = {}
-    for name, dtype in SAMPLE_SCHEMA.items():
+    for name, dtype in schema.items():
         values = [r.get(name) for r in rows]
         if name == "spans":
             spans = [r["spans"] for r in rows]
@@ -96,4 +141,4 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
                 cols[name] = pl.from_arrow(arr)
         else:
             cols[name] = pl.Series(name, values, dtype=dtype)
-    return pl.DataFrame(cols, schema=SAMPLE_SCHEMA)
+    return pl.DataFrame(cols, schema=schema)

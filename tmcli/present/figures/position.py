@@ -14,7 +14,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from tmcli.aggregate import stats
-from tmcli.aggregate.groups import FEW_SAMPLES, summarise
+from tmcli.aggregate.groups import FEW_SAMPLES, SAMPLING_KEYS, group_label, summarise
 from tmcli.present.figures.style import (
     LAYOUT,
     _band,
@@ -181,7 +181,8 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     with Greenwood log-log 95% bands. One panel per model, one curve per temperature.
     """
     rows = samples.filter(pl.col("temperature").is_not_null())
-    keys = ["model", "canonical"] if rows["canonical"].n_unique() > 1 else ["model"]
+    keys = ["model", *(k for k in ("canonical", *SAMPLING_KEYS)  # arms sampled apart: panels apart
+                       if k in rows.columns and rows[k].n_unique() > 1)]
     panels = list(rows.sort(keys).group_by(keys, maintain_order=True))
     temps = sorted(rows["temperature"].unique().to_list())
     scale = sample_colorscale("Plasma", [0.85 * k / max(len(temps) - 1, 1)
@@ -190,7 +191,8 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     nrows = max(1, math.ceil(len(panels) / cols))
     spacing, height = _rows(nrows, 290)
     fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, vertical_spacing=spacing,
-                        subplot_titles=[html.escape(" · ".join(map(str, k))) for k, _ in panels])
+                        subplot_titles=[html.escape(group_label(dict(zip(keys, k)), keys))
+                                        for k, _ in panels])
     shown = set()
     for p, (_key, df) in enumerate(panels):
         where = dict(row=p // cols + 1, col=p % cols + 1)

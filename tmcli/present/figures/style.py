@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import polars as pl
 from plotly.colors import qualitative
 
-from tmcli.aggregate.groups import FEW_SAMPLES
+from tmcli.aggregate.groups import FEW_SAMPLES, group_keys, group_label, series_keys
 
 PALETTE = qualitative.Plotly
 
@@ -21,13 +21,15 @@ LAYOUT = dict(template="plotly_white", height=460, margin=dict(l=70, r=30, t=120
 
 
 def series(groups: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    """(escaped label, rows sorted by temperature) per model, and per canonical mode if any."""
-    keys = ["model", "canonical"] if "canonical" in groups.columns else ["model"]
+    """(escaped label, rows sorted by temperature) per series: one per value of the group keys
+    but temperature (model, canonical mode, truncation, a field a user grouped by)."""
+    keys = series_keys(group_keys(groups))
     rows = groups.filter(pl.col("temperature").is_not_null()).sort([*keys, "temperature"])
+    if not keys:
+        return [(html.escape(group_label({}, keys)), rows)] if rows.height else []
     out = []
     for key, df in rows.group_by(keys, maintain_order=True):
-        label = str(key[0]) if len(key) == 1 else f"{key[0]} (canonical {key[1]})"
-        out.append((html.escape(label), df))
+        out.append((html.escape(group_label(dict(zip(keys, key)), keys)), df))
     return out
 
 
@@ -76,7 +78,8 @@ def _warn(fig: go.Figure, groups: pl.DataFrame, extra: str = "") -> go.Figure:
     lines = []
     few = groups.filter(pl.col("few_samples")) if "few_samples" in groups.columns else groups[:0]
     if few.height:
-        names = [f"{html.escape(str(r['model']))} T={_t(r['temperature'])} (n={r['n']})"
+        keys = series_keys(group_keys(few))
+        names = [f"{html.escape(group_label(r, keys))} T={_t(r.get('temperature'))} (n={r['n']})"
                  for r in few.iter_rows(named=True)]
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         lines.append(f"⚠ fewer than {FEW_SAMPLES} samples (hollow markers): {shown}")
