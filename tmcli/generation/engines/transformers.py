@@ -145,7 +145,8 @@ def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mo
             tokens = scores.argmax(-1)
             if mode == "constrain":
                 # where truncation keeps no canonical token: the untruncated race (same noise)
-                whole = race_scores(lg, t, noise) if cut and any(c.active for c in cut) else None
+                sampled_cut = cut and any(c.active for c, tt in zip(cut, t.tolist()) if tt > 0)
+                whole = race_scores(lg, t, noise) if sampled_cut else None
                 tokens = constrain_tokens(oracle, [state[r] for r in orig], scores, tokens, N,
                                           untruncated=whole)
             for r, tok in zip(orig, tokens.tolist()):

@@ -131,7 +131,7 @@ class RaceLogitsProcessor(LogitsProcessor):
                 if r.stream is not None else torch.zeros(vocab, device=logits.device)
                 for r in reqs])
         cut = [r.truncation for r in reqs]
-        truncating = any(c.active for c in cut)
+        truncating = any(c.active for c, r in zip(cut, reqs) if r.temperature > 0)
         scores = race_scores(lg, temps, noise, cut if truncating else None)
         tokens = scores.argmax(-1)
         constrained = [j for j, r in enumerate(reqs) if r.mode == "constrain"]
