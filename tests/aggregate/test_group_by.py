@@ -100,7 +100,7 @@ def test_sampling_settings_are_columns_and_split_the_default_groups(tmp_path):
     rows += [({"sampling": {"top_k": 0, "top_p": 0.9, "min_p": 0.0}}, k < 1) for k in range(4)]
     rows += [({}, False)]  # a record that says nothing of its sampling
     a = analyze_file(_records(tmp_path / "arms.jsonl", rows), n_resamples=200)
-    assert a.group_by == ["model", "top_k", "top_p", "min_p", "temperature"]
+    assert a.group_by == ["model", "top_k", "top_p", "temperature"]  # min-p: 0 or unsaid
     assert a.groups.select("top_k", "top_p", "n", "n_noncanonical").rows() == \
         [(0, 0.9, 4, 1), (50, 1.0, 4, 2), (None, None, 1, 0)]
     labels = [group_label(r, a.group_by) for r in a.groups.iter_rows(named=True)]

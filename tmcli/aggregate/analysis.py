@@ -237,9 +237,10 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
 
 def default_group_by(samples: pl.DataFrame) -> list[str]:
     """model, then the canonical mode and each truncation setting (top_k, top_p, min_p) where
-    the samples hold several, then temperature: arms sampled differently are never pooled."""
+    the samples hold several values, then temperature: arms sampled differently are never
+    pooled. Records that do not say how they were sampled (null) split nothing by themselves."""
     varying = [k for k in ("canonical", *SAMPLING_KEYS)
-               if k in samples.columns and samples[k].n_unique() > 1]
+               if k in samples.columns and samples[k].drop_nulls().n_unique() > 1]
     return ["model", *varying, "temperature"]
 
 
