@@ -118,36 +118,38 @@ def _top_k(scores, rows: list[int], ks: list[int]) -> None:
 
 
 def _sorted_values(sub):
-    """Each row's values in ascending order (what `torch.sort` returns as values)."""
+    """Each row's values in ascending order (what `torch.sort` returns as values), and the
+    position before which every row holds only -inf."""
     import numpy as np
     import torch
 
-    finite = torch.isfinite(sub).sum(1)
-    most = int(finite.max())
+    most = int(torch.isfinite(sub).sum(1).max())
     if most <= TOPK_SORT_MAX:  # after top-k: the few finite values, the rest are -inf
-        top = torch.topk(sub, most).values.flip(1)
         out = torch.full_like(sub, float("-inf"))
-        out[:, sub.shape[1] - most:] = top
-        return out
+        out[:, sub.shape[1] - most:] = torch.topk(sub, most).values.flip(1)
+        return out, sub.shape[1] - most
     if sub.device.type == "cpu" and sub.dtype == torch.float32:
-        return torch.from_numpy(np.sort(sub.numpy(), axis=1))
-    return torch.sort(sub, dim=1).values
+        return torch.from_numpy(np.sort(sub.numpy(), axis=1)), 0
+    return torch.sort(sub, dim=1).values, 0
 
 
 def _top_p(scores, rows: list[int], ps: list[float]) -> None:
     import torch
 
     sub, index = _rows(scores, rows)
-    ordered = _sorted_values(sub)
-    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    ordered, start = _sorted_values(sub)
+    # the softmax of the whole sorted row, as transformers computes it; its cumulative sum from
+    # `start` on is the same (the -inf before add exact zeros), and only there can a token stay
+    cumulative = ordered.softmax(dim=-1)[:, start:].cumsum(dim=-1)
+    tail = ordered[:, start:]
     # transformers compares with the Python float 1 - top_p, cast to the scores' dtype
     drop = cumulative <= torch.tensor([1 - p for p in ps], dtype=cumulative.dtype,
                                       device=sub.device)[:, None]
     drop[:, -1] = False
     first_kept = drop.sum(1)  # dropped positions are a prefix (the cumulative sum never falls)
     at = first_kept[:, None]
-    lowest_kept = ordered.gather(1, at)
-    highest_dropped = ordered.gather(1, (at - 1).clamp(min=0))
+    lowest_kept = tail.gather(1, at)
+    highest_dropped = tail.gather(1, (at - 1).clamp(min=0))
     tied = ((first_kept > 0) & (highest_dropped == lowest_kept).squeeze(1)).nonzero().flatten()
     # the cut splits tied scores: which of them stay is the sort's own order, so those rows are
     # cut by transformers' arithmetic itself
