@@ -28,7 +28,6 @@ from test_truncation import _transformers  # noqa: E402
 
 PROMPTS = [
     "The lighthouse keeper counted the ships every evening.",
-    "Rain had fallen on the valley for three days, and the river was rising fast.",
     "In 1871 the bridge was finished after nine years of work by more than four hundred men.",
 ]
 ONE_TOKEN = (Truncation(top_k=1), Truncation(top_p=1e-6), Truncation(min_p=1.0))
@@ -107,12 +106,12 @@ def test_every_sampled_id_lies_in_transformers_kept_set(fused, prompt_ids, monke
 
 def test_records_carry_the_settings_and_pure_ids_are_unchanged(fused, tmp_path):
     base = dict(temperatures=[0.0, 1.5], max_new_tokens=8, engine=fused)
-    generate("smollm2-135m", PROMPTS[:2], tmp_path / "pure.jsonl", **base)
-    generate("smollm2-135m", PROMPTS[:2], tmp_path / "off.jsonl", top_k=0, top_p=1.0, min_p=0.0,
+    generate("smollm2-135m", PROMPTS[:1], tmp_path / "pure.jsonl", **base)
+    generate("smollm2-135m", PROMPTS[:1], tmp_path / "off.jsonl", top_k=0, top_p=1.0, min_p=0.0,
              **base)
-    s = generate("smollm2-135m", PROMPTS[:2], tmp_path / "cut.jsonl", top_k=[0, 50],
+    s = generate("smollm2-135m", PROMPTS[:1], tmp_path / "cut.jsonl", top_k=[0, 50],
                  top_p=[1.0, 0.9], **base)
-    assert s.written == 2 * 2 * 4  # prompts x temperatures x (top-k x top-p)
+    assert s.written == 2 * 4  # temperatures x (top-k x top-p)
     read = lambda name: [json.loads(x) for x in (tmp_path / name).read_text().splitlines()]  # noqa: E731
     pure, off, cut = read("pure.jsonl"), read("off.jsonl"), read("cut.jsonl")
     assert [(r["id"], r["token_ids"]) for r in pure] == [(r["id"], r["token_ids"]) for r in off]

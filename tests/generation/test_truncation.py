@@ -66,7 +66,7 @@ def _tmcli(scores: torch.Tensor, t: float, s: Truncation) -> torch.Tensor:
 
 @pytest.mark.parametrize("grid", ["float32", "bfloat16", "eighths"])
 def test_kept_sets_equal_transformers_warpers_on_real_logits(real_logits, grid):
-    logits = {"float32": real_logits, "bfloat16": real_logits[::3].bfloat16().float(),
+    logits = {"float32": real_logits[::2], "bfloat16": real_logits[::3].bfloat16().float(),
               "eighths": torch.round(real_logits[1::3] * 8) / 8}[grid]
     ties_at_a_cut = 0
     for t, s in itertools.product(TEMPERATURES, SETTINGS):
@@ -110,7 +110,7 @@ def test_rows_keep_their_own_settings_in_a_mixed_batch(real_logits):
 
 
 def test_every_sampled_id_lies_in_the_kept_set(real_logits):
-    """200 draws per row and setting through the race with truncation: every id drawn is kept,
+    """80 draws per row and setting through the race with truncation: every id drawn is kept,
     and a setting that keeps one token (top-k 1, top-p 1e-6, min-p 1) draws the argmax."""
     logits = real_logits[::6]
     n = logits.shape[0]
@@ -120,7 +120,7 @@ def test_every_sampled_id_lies_in_the_kept_set(real_logits):
               Truncation(40, 0.95, 0.02), Truncation(top_k=1), Truncation(top_p=1e-6),
               Truncation(min_p=1.0)):
         kept = _transformers(logits.clone(), 1.3, s)
-        for _ in range(25):
+        for _ in range(10):
             noise = torch.rand(n, logits.shape[1], generator=gen).log_().neg_().log_()
             ids = race_scores(logits, temps, noise, [s] * n).argmax(-1)
             assert bool(kept[torch.arange(n), ids].all()), s

@@ -84,16 +84,16 @@ def test_vllm_truncation_keeps_the_invariants_and_equals_the_fused_engine(vllm_e
     from test_sampling_invariants import check_invariants, invariant_rows
 
     _lm, tok = smol
-    check_invariants(invariant_rows(vllm_engine, [tok.encode(p).ids for p in PROMPTS[:3]]))
+    check_invariants(invariant_rows(vllm_engine, [tok.encode(p).ids for p in PROMPTS[:2]]))
     args = dict(temperatures=[1.3], top_k=[0, 50], top_p=[1.0, 0.9], min_p=[0.0, 0.05],
                 max_new_tokens=16)
-    generate("smollm2-135m", PROMPTS[:3], tmp_path / "v.jsonl", engine=vllm_engine, **args)
-    generate("smollm2-135m", PROMPTS[:3], tmp_path / "f.jsonl", engine="fused", device="cpu",
+    generate("smollm2-135m", PROMPTS[:2], tmp_path / "v.jsonl", engine=vllm_engine, **args)
+    generate("smollm2-135m", PROMPTS[:2], tmp_path / "f.jsonl", engine="fused", device="cpu",
              **args)
     read = lambda name: {r["id"]: r["token_ids"]  # noqa: E731
                          for r in map(json.loads, (tmp_path / name).read_text().splitlines())}
     v, f = read("v.jsonl"), read("f.jsonl")
-    assert len(v) == 3 * 8 and v == f
+    assert len(v) == 2 * 8 and v == f
 
 
 @needs_vllm
