@@ -1,4 +1,5 @@
 """Producing completions: prompts (`prompts`), the sweep that batches, seeds and resumes
-(`sweep`), the one seeded sampler (`sampler`), canonical generation's oracle (`constrain`), and
+(`sweep`), the one seeded sampler (`sampler`) and the truncation it applies first (top-k, top-p,
+min-p as transformers keeps them: `truncation`), canonical generation's oracle (`constrain`), and
 the engines that decode (`engines/`).
 """
