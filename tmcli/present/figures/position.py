@@ -14,7 +14,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from tmcli.aggregate import stats
-from tmcli.aggregate.groups import FEW_SAMPLES, SAMPLING_KEYS, group_label, summarise
+from tmcli.aggregate.groups import FEW_SAMPLES, SAMPLING_KEYS, group_keys, group_label, summarise
 from tmcli.present.figures.style import (
     LAYOUT,
     _band,
@@ -45,12 +45,16 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
     fig = make_subplots(rows=max(len(picks), 1), cols=2, subplot_titles=titles or None,
                         shared_xaxes=True, vertical_spacing=spacing, horizontal_spacing=0.08)
     labels = series(groups)
+    # models are pooled, arms sampled differently (truncation, canonical mode) never are
+    arms = [k for k in group_keys(groups) if k in ("canonical", *SAMPLING_KEYS)]
     shown = set()
     for r, (_w, t) in enumerate(picks, start=1):
-        pooled = summarise(samples.filter(pl.col("temperature") == t), ["temperature"], window,
-                           n_resamples=n_resamples)
-        curves = [("all models", pooled, -1)] + [(label, df.filter(pl.col("temperature") == t), i)
-                                                  for i, (label, df) in enumerate(labels)]
+        pooled = summarise(samples.filter(pl.col("temperature") == t), [*arms, "temperature"],
+                           window, n_resamples=n_resamples)
+        curves = [(html.escape(f"all models ({group_label(g, arms)})") if arms else "all models",
+                   pooled[j:j + 1], -1 - j) for j, g in enumerate(pooled.iter_rows(named=True))]
+        curves += [(label, df.filter(pl.col("temperature") == t), i)
+                   for i, (label, df) in enumerate(labels)]
         for label, row, i in curves:
             if row.height == 0:
                 continue
@@ -58,7 +62,7 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
             m = np.array(g["window_mean"], dtype=float)
             x = np.array(g["window_centre"], dtype=float)  # where each window's tokens are
             starts = np.arange(len(m)) * window
-            col = 1 if label == "all models" else 2
+            col = 1 if i < 0 else 2
             _band(fig, x, g["window_lo"], g["window_hi"], _colour(i, 0.18), label, row=r, col=col)
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
                                       g["window_n"]])

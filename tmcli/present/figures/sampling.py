@@ -20,10 +20,11 @@ PANELS = (("fraction_noncanonical", "samples non-canonical"),
 
 
 def _order(row: dict) -> tuple:
-    """Pure sampling first, then settings by kind and from least to most truncating."""
+    """Pure sampling first, then top-p, min-p and top-k settings, each from the least to the
+    most truncating."""
     k, p, m = (row.get(name) for name in SAMPLING_KEYS)
     k, p, m = k or 0, 1.0 if p is None else p, m or 0.0
-    return (bool(k or p < 1 or m), bool(k), -p, m, -k if k else 0)
+    return (bool(k or p < 1 or m), bool(k), bool(m), -p, m, -k if k else 0)
 
 
 def truncation_figure(groups: pl.DataFrame) -> go.Figure | None:

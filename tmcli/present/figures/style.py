@@ -43,9 +43,12 @@ def _rows(nrows: int, panel_px: int, gap_px: int = 110) -> tuple[float, int]:
     return gap_px / area, area + margin["t"] + margin["b"]
 
 
+GREYS = ("#3d3d3d", "#8c8c8c", "#5e5e5e", "#b5b5b5")  # pooled curves, one per arm
+
+
 def _colour(i: int, alpha: float = 1.0) -> str:
-    """Series i's colour; i < 0 is the pooled "all models" curve."""
-    h = "#3d3d3d" if i < 0 else PALETTE[i % len(PALETTE)]
+    """Series i's colour; i < 0 is a pooled "all models" curve (-1, -2...: one per arm)."""
+    h = GREYS[(-i - 1) % len(GREYS)] if i < 0 else PALETTE[i % len(PALETTE)]
     h = h.lstrip("#")
     r, g, b = (int(h[k:k + 2], 16) for k in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
