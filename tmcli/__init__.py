@@ -61,7 +61,7 @@ _LAZY = {
     "generate": "tmcli.generation.sweep",
     "read_prompts": "tmcli.generation.prompts",
     "load_model": "tmcli.sources.models",
-    "parse_temperatures": "tmcli.generation.sweep",
+    "parse_temperatures": "tmcli.cli.sweep_spec",
     "check_ids": "tmcli.measure.rollout_check",
     "check_ids_batch": "tmcli.measure.rollout_check",
     "IdsCheck": "tmcli.measure.rollout_check",

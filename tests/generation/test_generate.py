@@ -27,7 +27,7 @@ from tmcli.cli import app  # noqa: E402
 from tmcli.errors import TmcliError  # noqa: E402
 from tmcli.generation.engines.transformers import decode_batch
 from tmcli.generation.prompts import Prompt, read_prompts
-from tmcli.generation.sweep import generate, parse_temperatures, record_id
+from tmcli.generation.sweep import generate, record_id
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data" / "prompts.txt"
@@ -45,15 +45,6 @@ def _records(path: Path) -> list[dict]:
 
 
 # -- options and prompts (no model) ---------------------------------------------------------------
-
-def test_temperatures_parse_lists_and_inclusive_ranges():
-    assert parse_temperatures("0:2:0.2") == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]
-    assert parse_temperatures("0,1,2") == [0.0, 1.0, 2.0]
-    assert parse_temperatures("0:1:0.5,1.5,1") == [0.0, 0.5, 1.0, 1.5]
-    for bad in ("-1", "0:1:0", "hot", "0:1", "nan"):
-        with pytest.raises(TmcliError):
-            parse_temperatures(bad)
-
 
 def test_prompts_from_text_and_jsonl_keep_file_indices(tmp_path):
     text = tmp_path / "p.txt"
@@ -237,7 +228,7 @@ def test_generate_writes_complete_seeded_records(smol, tmp_path):
         assert len(r["token_ids"]) == r["n_new_tokens"] == 6 and r["finish_reason"] == "length"
         assert r["completion"] == tok.decode(r["token_ids"], skip_special_tokens=False)
         assert r["sampling"] == {
-            "do_sample": r["temperature"] > 0, "temperature": r["temperature"], "top_k": 0,
+            "do_sample": r["temperature"] > 0, "temperature": r["temperature"], "top_k": 0, "min_p": 0.0,
             "top_p": 1.0, "repetition_penalty": 1.0, "min_new_tokens": 6, "max_new_tokens": 6,
             "stop_at_eos": False, "eos_token_ids": [2]}
         assert (r["seed"], r["canonical"], r["dtype"], r["device"]) == (7, "off", "float32", "cpu")

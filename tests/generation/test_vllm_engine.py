@@ -76,6 +76,27 @@ def test_vllm_records_equal_the_fused_engine_greedy_and_sampled(vllm_engine, tmp
 
 
 @needs_vllm
+def test_vllm_truncation_keeps_the_invariants_and_equals_the_fused_engine(vllm_engine, smol,
+                                                                          tmp_path):
+    """top-k 1 / top-p 1e-6 / min-p 1 are greedy, top-k 0 / top-p 1 / min-p 0 are pure, and
+    truncated rows (top-k, top-p, min-p and all three) equal the fused engine's, whose sampled
+    ids `test_sampling_invariants.py` checks against transformers' kept sets."""
+    from test_sampling_invariants import check_invariants, invariant_rows
+
+    _lm, tok = smol
+    check_invariants(invariant_rows(vllm_engine, [tok.encode(p).ids for p in PROMPTS[:2]]))
+    args = dict(temperatures=[1.3], top_k=[0, 50], top_p=[1.0, 0.9], min_p=[0.0, 0.05],
+                max_new_tokens=16)
+    generate("smollm2-135m", PROMPTS[:2], tmp_path / "v.jsonl", engine=vllm_engine, **args)
+    generate("smollm2-135m", PROMPTS[:2], tmp_path / "f.jsonl", engine="fused", device="cpu",
+             **args)
+    read = lambda name: {r["id"]: r["token_ids"]  # noqa: E731
+                         for r in map(json.loads, (tmp_path / name).read_text().splitlines())}
+    v, f = read("v.jsonl"), read("f.jsonl")
+    assert len(v) == 2 * 8 and v == f
+
+
+@needs_vllm
 def test_vllm_same_seed_same_records_whatever_the_batch(vllm_engine, tmp_path):
     args = dict(temperatures=[1.0, 2.0], max_new_tokens=16, engine=vllm_engine, seed=3)
     generate("smollm2-135m", PROMPTS[:3], tmp_path / "a.jsonl", **args)

@@ -30,30 +30,6 @@ BUFFER = 256  # a group's rows held before they are summed (`GroupSums.add`)
 _MEANS = ("compression", *QUALITY_MEANS)
 
 
-def matrix(lists: pl.Series) -> np.ndarray:
-    """(samples × windows) from a list column, short and missing lists padded with 0, built from
-    the column's flat values (no Python object per value)."""
-    arr = lists.rechunk().to_arrow()
-    if hasattr(arr, "combine_chunks"):
-        arr = arr.combine_chunks()
-    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    out: np.ndarray = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
-    if lengths.sum():
-        values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
-        rows: np.ndarray = np.repeat(np.arange(len(arr)), lengths)
-        cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        out[rows, cols] = values
-    return out
-
-
-def _grow(a: np.ndarray, width: int) -> np.ndarray:
-    """``a`` widened (last axis) to ``width`` with zeros."""
-    if a.shape[-1] >= width:
-        return a
-    pad = [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])]
-    return np.pad(a, pad)
-
-
 def _median(hist: Counter) -> float:
     """The median of integer values given as value -> count (the lower middle value for an
     even count's midpoint average, as polars' median)."""
@@ -183,16 +159,16 @@ class GroupSums:
         """Window sums, and their resampled sums: the saved and non-canonical tokens of the
         samples that have any, the tokens (and offsets) once per distinct row of them (the
         completions of a run mostly share one length)."""
-        delta, tokens = matrix(df["window_delta"]), matrix(df["window_tokens"])
-        nc = matrix(df["window_noncanonical"])
+        delta, tokens = stats.matrix(df["window_delta"]), stats.matrix(df["window_tokens"])
+        nc = stats.matrix(df["window_noncanonical"])
         width = max(delta.shape[1], tokens.shape[1], nc.shape[1], self.win.shape[1])
-        delta, tokens, nc = (_grow(a, width) for a in (delta, tokens, nc))
+        delta, tokens, nc = (stats.grow(a, width) for a in (delta, tokens, nc))
         half = tokens * (tokens - 1) / 2
-        self.win = _grow(self.win, width)
+        self.win = stats.grow(self.win, width)
         for k, a in enumerate((delta, tokens, half, nc)):
             self.win[k] += a.sum(axis=0)
         self.win[4] += (tokens > 0).sum(axis=0)
-        r = self.resampled_win = _grow(self.resampled_win, width)
+        r = self.resampled_win = stats.grow(self.resampled_win, width)
         rows = np.flatnonzero(delta.any(axis=1) | nc.any(axis=1))
         if len(rows):
             both = weights[rows].T @ np.hstack([delta[rows], nc[rows]])
@@ -239,6 +215,46 @@ class GroupSums:
                 if v is not None and v == v:
                     entry[2 * k] += v
                     entry[2 * k + 1] += 1
+
+    @classmethod
+    def merged(cls, parts: list[GroupSums]) -> GroupSums:
+        """One group's sums from those of disjoint parts of it (sums of disjoint streams add,
+        resampled ones too: each sample kept its own Poisson weights). For the default groups,
+        where a setting that only some records state (the others null) splits nothing."""
+        for part in parts:
+            part.flush()
+        first = parts[0]
+        out = cls((), first.window, first.n_resamples, windows_only=first.windows_only)
+        out.n_resamples, out.n_win = first.n_resamples, first.n_win
+        width = max(p.win.shape[1] for p in parts)
+        out.win = np.zeros((5, width))
+        out.resampled_win = np.zeros((first.n_win, 4, width))
+        out.resampled = np.zeros_like(first.resampled) if first.resampled.size else out.resampled
+        for p in parts:
+            out.n += p.n
+            for name in ("sums", "kinds", "causes", "lengths", "first", "censored"):
+                getattr(out, name).update(getattr(p, name))
+            for name, value in p.totals.items():
+                out.totals[name] = out.totals.get(name, 0.0) + value
+            for name in _MEANS:
+                out.lo[name] = min(out.lo[name], p.lo[name])
+                out.hi[name] = max(out.hi[name], p.hi[name])
+            if p.n_chars is not None:
+                out.n_chars = (out.n_chars or 0) + p.n_chars
+            out.win += stats.grow(p.win, width)
+            out.resampled_win += stats.grow(p.resampled_win, width)
+            if p.resampled.size:
+                if not out.resampled.size:
+                    out.resampled = np.zeros_like(p.resampled)
+                out.resampled += p.resampled
+            for model, lists in p.study.items():
+                out.study.setdefault(model, []).extend(lists)
+            out.study_scores.extend(p.study_scores)
+            for index, entry in p.prompts.items():
+                mine = out.prompts.setdefault(index, [0.0, 0] * (len(entry) // 2))
+                for k, v in enumerate(entry):
+                    mine[k] += v
+        return out
 
     # -- the group's figures ------------------------------------------------------------------
     def mean(self, name: str) -> tuple[int, float, float, float]:

@@ -27,7 +27,7 @@ from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
 from tmcli.io.records import read_records
 from tmcli.measure.records import TokenizerPool, measure_records
-from tmcli.measure.sample_table import SAMPLE_SCHEMA, in_memory
+from tmcli.measure.sample_table import SAMPLE_SCHEMA, in_memory, natural_types, schema_with
 
 
 @dataclass
@@ -164,14 +164,14 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
     if method not in ("aligned", "study"):
         raise TmcliError(f"unknown window method '{method}'", hint="use aligned or study")
-    _check_keys(group_by, list(SAMPLE_SCHEMA))
     from tmcli.io.outputs import ParquetSink
 
     errors = [] if errors is None else errors
     pool = TokenizerPool(tokenizer, window=window, context=context, chat_template=chat_template)
     heap: list = []
+    fields = [k for k in group_by or () if k not in SAMPLE_SCHEMA]  # the records' own fields
     summariser = Summariser(group_by, window, n_resamples, dedupe=not keep_duplicates)
-    sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
+    sink = ParquetSink(output, schema_with(fields)) if output else None
     try:
         kept: list[pl.DataFrame] = []
         recent: list[pl.DataFrame] = []
@@ -186,7 +186,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
 
         for frame in measure_records(records, pool, method=method, batch_size=batch_size,
                                      skip_invalid=skip_invalid, errors=errors,
-                                     examples=heap, n_examples=n_examples, jobs=jobs):
+                                     examples=heap, n_examples=n_examples, jobs=jobs,
+                                     fields=fields):
             unique = summariser.add(frame)
             if sink is not None or keep_samples:
                 recent.append((frame, unique))
@@ -194,7 +195,7 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                 flush()
         if recent:
             flush()
-        samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=SAMPLE_SCHEMA))
+        samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=schema_with(fields)))
         kept.clear()
         if summariser.n == 0:
             raise TmcliError("no usable records in the input",
@@ -221,13 +222,6 @@ def run_meta(tokenizers: list[str], *, window: int, method: str, context: bool, 
             "tmcli_version": __version__, **(extra or {})}
 
 
-def _check_keys(keys: list[str] | None, columns: list[str]) -> None:
-    missing = [k for k in keys or [] if k not in columns]
-    if missing:
-        raise TmcliError(f"cannot group by {', '.join(missing)}",
-                         hint="choose from: " + ", ".join(columns))
-
-
 def _analysis(summariser: Summariser, samples: pl.DataFrame, window: int, method: str,
               examples: list | None, skipped: list | None, meta: dict,
               schema: dict = SAMPLE_SCHEMA) -> Analysis:
@@ -243,12 +237,24 @@ def _analysis(summariser: Summariser, samples: pl.DataFrame, window: int, method
                 seen.add(key)
                 unique.append(ex)
         examples = unique
+    keys = summariser.keys_used()
+    own = [k for k in keys if k not in SAMPLE_SCHEMA]  # fields carried from the records
     groups = summariser.groups()
-    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups),
-                    group_by=summariser.keys_used(), window=window, method=method,
+    empty = [k for k in own if groups[k].null_count() == groups.height]
+    if empty:
+        raise TmcliError(f"no record has a field {', '.join(map(repr, empty))} to group by",
+                         hint="check the field name (a dotted path reaches into objects: "
+                              "sampling.top_k)")
+    curves = survival(summariser, schema)
+    if own:  # numbers carried as text sort as numbers (step 2 before step 10)
+        groups, curves = (natural_types(f, own).sort(keys, nulls_last=True, maintain_order=True)
+                          for f in (groups, curves))
+        samples = natural_types(samples, own)
+    return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups, keys),
+                    group_by=keys, window=window, method=method,
                     examples=list(examples or []), skipped=list(skipped or []), meta=meta,
                     comparison=summariser.comparison(),
-                    survival=survival(summariser, schema),
+                    survival=curves,
                     pooled_windows=pooled_window_profile(summariser),
                     drift_turns=summariser.drift_by_turn())
 
@@ -258,7 +264,12 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
                       skipped: list | None = None, meta: dict | None = None,
                       keep_duplicates: bool = False) -> Analysis:
     """An `Analysis` from per-sample rows (just measured, or read back from parquet)."""
-    _check_keys(group_by, samples.columns)
+    keys = list(group_by or ())
+    missing = [k for k in keys if k not in samples.columns]
+    if missing:
+        raise TmcliError(f"cannot group by {', '.join(missing)}: no such column in this stored "
+                         "analysis", hint="choose from: " + ", ".join(samples.columns) + "; or "
+                         "analyse the records again with --group-by, which carries any field")
     summariser = Summariser(group_by, window, n_resamples, dedupe=not keep_duplicates)
     unique = [summariser.add(samples.slice(start, 8192))
               for start in range(0, samples.height, 8192)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from tmcli.aggregate.groups import Summariser, group_order
+from tmcli.measure.sample_table import SAMPLE_SCHEMA
 
 SURVIVAL_LISTS = {"tokens": pl.List(pl.Int64), "still_canonical": pl.List(pl.Float64),
                   "still_canonical_lo": pl.List(pl.Float64),
@@ -43,15 +44,19 @@ def survival(summariser: Summariser, schema: dict) -> pl.DataFrame:
 
 
 def pooled_window_profile(summariser: Summariser) -> pl.DataFrame:
-    """Per temperature, every model's samples together (the study averaged model means
-    instead): mean compression per window with its bootstrap interval, the samples reaching each
-    window and where its tokens are, as a group's window figures are computed;
-    ``max_tokens`` is the longest completion. Samples without a temperature are left out."""
-    schema = {"temperature": pl.Float64, "n": pl.Int64, "max_tokens": pl.Int64, **POOLED_LISTS}
+    """Per arm (the canonical mode and truncation settings that are group keys: arms sampled
+    differently are never pooled) and temperature, every model's samples together (the study
+    averaged model means instead): mean compression per window with its bootstrap interval,
+    the samples reaching each window and where its tokens are, as a group's window figures are
+    computed; ``max_tokens`` is the longest completion. Samples without a temperature are left
+    out."""
+    keys, table = summariser.pooled_table()
+    schema = {**{k: SAMPLE_SCHEMA[k] for k in keys}, "n": pl.Int64, "max_tokens": pl.Int64,
+              **POOLED_LISTS}
     rows = []
-    for key in sorted(summariser.pooled, key=group_order):
-        sums = summariser.pooled[key]
+    for key in sorted(table, key=group_order):
+        sums = table[key]
         profile = sums.windows()
-        rows.append({"temperature": key[0], "n": sums.n, "max_tokens": profile["max_tokens"],
+        rows.append({**dict(zip(keys, key)), "n": sums.n, "max_tokens": profile["max_tokens"],
                      **{k: profile[k] for k in POOLED_LISTS}})
     return pl.DataFrame(rows, schema=schema)

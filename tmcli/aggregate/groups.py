@@ -15,12 +15,16 @@ import polars as pl
 
 from tmcli.aggregate import stats
 from tmcli.aggregate.accumulate import DRIFT_CAUSES, FEW_SAMPLES, QUALITY_MEANS, GroupSums
+from tmcli.aggregate.keys import ARMS, series_keys
 
 # One sample = one id within its model, temperature and canonical mode (tools that number their
 # requests 0..N per run reuse ids across runs, which are different samples).
 DUPLICATE_KEY = ("id", "model", "temperature", "canonical")
 DEFAULT_GROUP_BY = ("model", "temperature")
-FINEST = ("model", "temperature", "canonical")  # the default groups, before modes are known
+# the default groups before the arms that vary are known: model, arm (`keys.ARMS`), temperature
+FINEST = ("model", *ARMS, "temperature")
+SAMPLE_DTYPES = {"model": pl.String, "canonical": pl.String, "top_k": pl.Int64,
+                 "top_p": pl.Float64, "min_p": pl.Float64, "temperature": pl.Float64}
 PAIRED = ("nll_token", "chars_per_token")
 
 
@@ -44,9 +48,11 @@ def group_order(key: tuple) -> tuple:
 class Summariser:
     """Group summaries of sample rows given in batches (`add`), in input order.
 
-    ``keys`` None groups by model and temperature, and by canonical mode too when the rows hold
-    several (`keys_used`), known only at the end: rows are kept by model, temperature and mode,
-    which are those groups either way, and which the canonical comparison reads. With
+    ``keys`` None groups by model and temperature, and by canonical mode and each truncation
+    setting too where the rows state several values (`keys_used`), known only at the end: rows
+    are kept by all of them (`FINEST`), which the canonical comparison reads, and the groups
+    merged at the end (`GroupSums.merged`) where a setting only some rows state (the others
+    null) splits nothing. With
     ``dedupe`` a row whose `DUPLICATE_KEY` was seen before is dropped (and counted): rows are
     remembered by a 128-bit hash of that key (16 bytes per row, the only memory per row)."""
 
@@ -65,6 +71,9 @@ class Summariser:
 
     def add(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Add a batch of rows; returns those counted (without duplicates, with ``dedupe``)."""
+        missing = [k for k in FINEST if k not in frame.columns]  # rows that never say
+        if missing:
+            frame = frame.with_columns(pl.lit(None, SAMPLE_DTYPES[k]).alias(k) for k in missing)
         if self.dedupe and frame.height:
             frame = self._new(frame)
         self.n += frame.height
@@ -74,8 +83,8 @@ class Summariser:
             if self.keys is not None:
                 self._route(frame, self.keys, self.explicit)
             if self.curves:
-                self._route(frame.filter(pl.col("temperature").is_not_null()), ["temperature"],
-                            self.pooled, windows_only=True)
+                self._route(frame.filter(pl.col("temperature").is_not_null()),
+                            [*ARMS, "temperature"], self.pooled, windows_only=True)
         if "turn" in frame.columns:
             self._add_turns(frame)
         return frame
@@ -144,19 +153,27 @@ class Summariser:
         return pl.DataFrame(rows, schema=schema)
 
     def keys_used(self) -> list[str]:
+        """The group keys: ``keys``, else model, then each arm key (`keys.ARMS`) where the rows
+        state several values, then temperature: arms sampled differently are never pooled."""
         if self.keys is not None:
             return self.keys
-        modes = {key[2] for key in self.finest or {}}
-        return ["model", "canonical", "temperature"] if len(modes) > 1 else list(DEFAULT_GROUP_BY)
+        finest = self.finest or {}
+        varying = [k for j, k in enumerate(FINEST) if k in ARMS
+                   and len({key[j] for key in finest if key[j] is not None}) > 1]
+        return ["model", *varying, "temperature"]
 
     def table(self) -> tuple[list[str], dict[tuple, GroupSums]]:
         """The groups' keys and their sums."""
         keys = self.keys_used()
         if self.keys is not None:
             return keys, self.explicit
-        index = [FINEST.index(k) for k in keys]  # the finest groups, under the keys used
-        return keys, {tuple(key[i] for i in index): sums
-                      for key, sums in (self.finest or {}).items()}
+        return keys, _project(self.finest or {}, FINEST, keys)
+
+    def pooled_table(self) -> tuple[list[str], dict[tuple, GroupSums]]:
+        """Per arm (the arm keys of the groups) and temperature, every model together."""
+        arms = [k for k in self.keys_used() if k in ARMS]
+        return [*arms, "temperature"], _project(self.pooled, (*ARMS, "temperature"),
+                                                [*arms, "temperature"])
 
     def groups(self) -> pl.DataFrame:
         """One row per group (keys in order, sorted), the group's figures as columns."""
@@ -169,15 +186,17 @@ class Summariser:
         return _groups_frame(rows)
 
     def comparison(self, baseline: str = "off") -> pl.DataFrame:
-        """`canonical_comparison` of the rows added."""
+        """`canonical_comparison` of the rows added: a mode is compared with free generation of
+        the same model, truncation and temperature (a run)."""
         schema = _comparison_schema()
         finest = self.finest or {}
-        for sums in finest.values():
-            sums.flush()
+        mode_at = FINEST.index("canonical")
         runs: dict[tuple, dict] = {}
-        for (model, temp, mode), sums in finest.items():
-            runs.setdefault((model, temp), {})[mode] = sums
-        if len({key[2] for key in finest}) < 2:
+        for key, sums in finest.items():
+            sums.flush()
+            run = key[:mode_at] + key[mode_at + 1:]  # model, top_k, top_p, min_p, temperature
+            runs.setdefault(run, {})[key[mode_at]] = sums
+        if len({key[mode_at] for key in finest}) < 2:
             return pl.DataFrame(schema=schema)
         rows = []
         for run in sorted(runs, key=group_order):
@@ -192,8 +211,8 @@ class Summariser:
     def _comparison_row(self, run: tuple, mode: str, g: GroupSums, base: GroupSums,
                         baseline: str) -> dict:
         n, k = g.n, int(g.sums["n_noncanonical"])
-        row = {"model": run[0], "temperature": run[1], "canonical": mode, "n": n,
-               "n_noncanonical": k, "fraction_noncanonical": k / n}
+        row = {**dict(zip([k for k in FINEST if k != "canonical"], run)), "canonical": mode,
+               "n": n, "n_noncanonical": k, "fraction_noncanonical": k / n}
         row["fraction_noncanonical_lo"], row["fraction_noncanonical_hi"] = stats.wilson(k, n)
         _n, *row_mean = g.mean("compression")
         row["mean_compression"], row["mean_compression_lo"], row["mean_compression_hi"] = row_mean
@@ -204,6 +223,17 @@ class Summariser:
                 row.update(_paired(g.prompts, base.prompts, j, name, self.n_resamples, self.seed))
         row["few_samples"] = n < FEW_SAMPLES
         return row
+
+
+def _project(table: dict[tuple, GroupSums], names: tuple, keys: list[str]
+             ) -> dict[tuple, GroupSums]:
+    """``table`` (keyed by ``names``) keyed by ``keys`` alone, the groups that then share a key
+    merged (in key order, so the figures do not depend on the order rows came in)."""
+    index = [names.index(k) for k in keys]
+    parts: dict[tuple, list[GroupSums]] = {}
+    for key in sorted(table, key=group_order):
+        parts.setdefault(tuple(key[i] for i in index), []).append(table[key])
+    return {key: p[0] if len(p) == 1 else GroupSums.merged(p) for key, p in parts.items()}
 
 
 def _paired(mode: dict, base: dict, j: int, name: str, n_resamples: int, seed: int) -> dict:
@@ -249,8 +279,9 @@ def summarise(samples: pl.DataFrame, keys: list[str], window: int,
 
 
 def _comparison_schema() -> dict:
-    schema = {"model": pl.String, "temperature": pl.Float64, "canonical": pl.String,
-              "n": pl.Int64, "n_noncanonical": pl.Int64}
+    schema = {"model": pl.String, "top_k": pl.Int64, "top_p": pl.Float64, "min_p": pl.Float64,
+              "temperature": pl.Float64, "canonical": pl.String, "n": pl.Int64,
+              "n_noncanonical": pl.Int64}
     for name in ("fraction_noncanonical", "mean_compression", *QUALITY_MEANS):
         schema.update({name: pl.Float64, name + "_lo": pl.Float64, name + "_hi": pl.Float64})
     for name in QUALITY_MEANS:
@@ -265,8 +296,9 @@ def _comparison_schema() -> dict:
 
 def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: int = 0,
                          baseline: str = "off") -> pl.DataFrame:
-    """Canonical modes vs free generation, per (model, temperature) run in ``baseline`` and at
-    least one other mode: one row per mode, baseline first, then the others sorted.
+    """Canonical modes vs free generation, per (model, truncation, temperature) run in
+    ``baseline`` and at least one other mode: one row per mode, baseline first, then the others
+    sorted (a mode is only ever compared with free generation sampled the same way).
 
     Each row: n, non-canonical share (Wilson CI), mean compression and the text-quality proxies
     (bootstrap CIs), and for the non-baseline modes the paired difference vs the baseline of
@@ -281,24 +313,29 @@ def canonical_comparison(samples: pl.DataFrame, n_resamples: int = 2000, seed: i
     return summariser.comparison(baseline)
 
 
-def sigmoid_fits(groups: pl.DataFrame) -> pl.DataFrame:
-    """Per model (and canonical mode): logistic fits vs temperature of the fraction compressed
-    (the study's, ``midpoint``/``slope``/``rmse``) and of the fraction non-canonical (``nc_``
-    columns), which stays a sigmoid where lengthening re-encodings make the former fall again.
-    ``reason``/``nc_reason`` say why a fit is missing (`stats.sigmoid_fit`); null for a fit."""
-    schema = {"model": pl.String, "canonical": pl.String, "n_temperatures": pl.Int64,
+def sigmoid_fits(groups: pl.DataFrame, keys: list[str] | None = None) -> pl.DataFrame:
+    """Per series (the group ``keys`` but temperature; default model and canonical mode):
+    logistic fits vs temperature of the fraction compressed (the study's,
+    ``midpoint``/``slope``/``rmse``) and of the fraction non-canonical (``nc_`` columns), which
+    stays a sigmoid where lengthening re-encodings make the former fall again.
+    ``reason``/``nc_reason`` say why a fit is missing (`stats.sigmoid_fit`); null for a fit.
+    The series' keys come first (``model`` and ``canonical`` always, null where not a key)."""
+    if keys is None:
+        keys = [k for k in ("model", "canonical") if k in groups.columns]
+    by = [k for k in series_keys(keys) if k in groups.columns]
+    schema = {"model": pl.String, "canonical": pl.String,
+              **{k: groups.schema[k] for k in by if k not in ("model", "canonical")},
+              "n_temperatures": pl.Int64,
               "midpoint": pl.Float64, "slope": pl.Float64, "rmse": pl.Float64,
               "converged": pl.Boolean, "nc_midpoint": pl.Float64, "nc_slope": pl.Float64,
               "nc_rmse": pl.Float64, "nc_converged": pl.Boolean,
               "reason": pl.String, "nc_reason": pl.String}
-    if "temperature" not in groups.columns or "model" not in groups.columns:
+    if "temperature" not in groups.columns or not by:
         return pl.DataFrame(schema=schema)
-    by = ["model", "canonical"] if "canonical" in groups.columns else ["model"]
     rows = []
     for key, df in groups.filter(pl.col("temperature").is_not_null()).group_by(
             by, maintain_order=True):
-        row = {"model": key[0], "canonical": key[1] if len(key) > 1 else None,
-               "n_temperatures": df.height}
+        row = {**dict(zip(by, key)), "n_temperatures": df.height}
         for prefix, count in (("", "n_compressed"), ("nc_", "n_noncanonical")):
             fit = stats.sigmoid_fit(df["temperature"].to_numpy(), df[count].to_numpy(),
                                     df["n"].to_numpy())

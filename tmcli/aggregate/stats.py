@@ -11,9 +11,34 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 
 Z95 = 1.959963984540054
 CHUNK = 4096  # samples weighted at once by the array functions below (bounded memory)
+
+
+def matrix(lists: pl.Series) -> np.ndarray:
+    """(samples × windows) from a list column, short and missing lists padded with 0, built from
+    the column's flat values (no Python object per value)."""
+    arr = lists.rechunk().to_arrow()
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    out: np.ndarray = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
+    if lengths.sum():
+        values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
+        rows: np.ndarray = np.repeat(np.arange(len(arr)), lengths)
+        cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[rows, cols] = values
+    return out
+
+
+def grow(a: np.ndarray, width: int) -> np.ndarray:
+    """``a`` widened (last axis) to ``width`` with zeros."""
+    if a.shape[-1] >= width:
+        return a
+    pad = [(0, 0)] * (a.ndim - 1) + [(0, width - a.shape[-1])]
+    return np.pad(a, pad)
 
 
 def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from tmcli.measure.sample_table import (
     SAMPLE_SCHEMA,
     TRAJECTORY_COLUMNS,
     in_memory,
+    schema_with,
 )
 
 # In the folder `analyze --ray --output` writes (parts `part-NNNNN.parquet`, one per shard): the
@@ -71,7 +72,8 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
         if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
     defaults = {"causes": pa.list_(pa.string()), "normalized": pa.bool_(),
-                "cut_bytes": pa.int64(), "unknown_ids": pa.int64()}
+                "cut_bytes": pa.int64(), "unknown_ids": pa.int64(), "top_k": pa.int64(),
+                "top_p": pa.float64(), "min_p": pa.float64()}
     for name in TRAJECTORY_COLUMNS:  # files written before trajectories existed: all null
         if name not in table.column_names:
             kind = SAMPLE_SCHEMA[name]
@@ -80,10 +82,12 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
                                         if kind == pl.Boolean else pa.int64()))
     for name, kind in defaults.items():  # files written before these columns existed
         if name not in table.column_names:
-            fill = pa.nulls(table.num_rows, kind) if name == "causes" else \
-                pa.array([False if name == "normalized" else 0] * table.num_rows, kind)
+            fill = pa.nulls(table.num_rows, kind) if name in ("causes", "top_k", "top_p", "min_p") \
+                else pa.array([False if name == "normalized" else 0] * table.num_rows, kind)
             table = table.append_column(name, fill)
-    schema = {k: v for k, v in SAMPLE_SCHEMA.items() if k not in DETAIL_COLUMNS}
+    # the table's own columns, and the record fields it carries (`analyze --group-by step`)
+    fields = [c for c in table.column_names if c not in SAMPLE_SCHEMA]
+    schema = {k: v for k, v in schema_with(fields).items() if k not in DETAIL_COLUMNS}
     missing = [c for c in schema if c not in table.column_names]
     if missing:
         raise TmcliError(f"{path} lacks the per-sample column(s) {', '.join(missing[:5])}",

@@ -2,7 +2,8 @@
 
 `app` holds the Typer application, the exit codes and the options the commands share; the
 commands live by what they do: `measure` (analyze, check, selftest, report, diff, filter),
-`generate` (generate, score) and `models` (models, models install). Importing this package
+`generate` (generate, score) and `models` (models, models install); `sweep_spec` turns
+generate's options into the typed `SweepSpec` it hands to `tmcli.generate`. Importing this package
 registers them all; nothing here imports torch, transformers or vLLM.
 """
 

@@ -182,7 +182,7 @@ WindowOpt = Annotated[int, typer.Option("--window", "-w", min=1, help="Window si
 MethodOpt = Annotated[str, typer.Option("--window-method", metavar="aligned|study", help="aligned (windows sum to the whole) or study (adds the study script's own figures: each window re-encoded alone, its centre of gravity).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip invalid lines (and report how many) instead of stopping.")]
 ContextOpt = Annotated[bool, typer.Option("--context/--no-context", help="Re-encode the completion after its prompt ids (default) or alone.")]
-GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="Comma-separated columns (default: model,temperature[,canonical]).")]
+GroupOpt = Annotated[Optional[str], typer.Option("--group-by", metavar="FIELD,FIELD", help="Comma-separated record fields or columns: any field of the records (checkpoint, step, policy_version; a.b reaches into objects), carried into the per-sample table. Default: model, canonical mode and truncation (top_k, top_p, min_p) where they vary, temperature; one figure series per group but temperature.")]
 KeepDupOpt = Annotated[bool, typer.Option(
     "--keep-duplicates", help="Count every copy of a record that appears more than once (same "
     "id, model, temperature and canonical mode); by default each counts once.")]

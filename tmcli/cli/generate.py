@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from tmcli.cli.app import _Command, app
-from tmcli.errors import TmcliError
-from tmcli.sources.aliases import DEFAULT_MODEL, alias_names
+from tmcli.sources.aliases import alias_names
 
 if TYPE_CHECKING:
     from tmcli.generation.progress import Progress
@@ -133,9 +132,22 @@ def generate(
     model: Annotated[Optional[list[str]], typer.Option(
         "--model", "-m", metavar="SPEC", help=f"Alias ({', '.join(alias_names(models=True))}), local path, GGUF file or hub id. "
         "Repeat for several models.")] = None,
-    temperatures: Annotated[str, typer.Option(
+    temperatures: Annotated[Optional[str], typer.Option(
         "--temperatures", "-t", metavar="T,T|A:B:STEP", help="List (0,1,2) or start:stop:step range (0:2:0.2, stop "
-        "included); 0 is greedy.")] = "0:2:0.2",
+        "included); 0 is greedy. Default 0:2:0.2, or the model's with --sampling-config model.")] = None,
+    top_k: Annotated[Optional[str], typer.Option(
+        "--top-k", metavar="K,K", help="Keep the K most likely tokens (ties with the K-th too), as "
+        "transformers does; a list is a sweep axis (0,50). Default 0: off.")] = None,
+    top_p: Annotated[Optional[str], typer.Option(
+        "--top-p", metavar="P,P", help="Keep the most likely tokens up to probability P (nucleus), "
+        "as transformers does; a list is a sweep axis (1,0.95,0.9). Default 1: off.")] = None,
+    min_p: Annotated[Optional[str], typer.Option(
+        "--min-p", metavar="M,M", help="Drop tokens less likely than M x the top token's "
+        "probability, as transformers does; a list is a sweep axis. Default 0: off.")] = None,
+    sampling_config: Annotated[Optional[str], typer.Option(
+        "--sampling-config", metavar="model", help="model: sample as each model's own "
+        "generation_config says (transformers' defaults where it is silent, e.g. top-k 50); the "
+        "values used are recorded.")] = None,
     n_prompts: Annotated[Optional[int], typer.Option(
         "--n-prompts", "-n", help="Use the first N prompts (after --min-chars and --shuffle).")] = None,
     min_chars: Annotated[int, typer.Option(
@@ -191,44 +203,24 @@ def generate(
         "messages and response_mask (trajectories). --max-new-tokens is per turn; a turn ends "
         "at the end-of-turn token.")] = None,
 ) -> None:
-    """Generate completions for models x temperatures x prompts into a JSONL file (resumable)."""
-    from tmcli.generation.prompts import read_prompts
-    from tmcli.generation.sweep import generate as run_generate
-    from tmcli.generation.sweep import parse_temperatures
-
-    models = model or [DEFAULT_MODEL]
-    bar, shown = _progress(quiet)
-
-    def run():
-        temps = parse_temperatures(temperatures)
-        chosen = read_prompts(prompts, field=prompt_field, min_chars=min_chars,
-                              n_prompts=n_prompts, shuffle=shuffle, seed=seed)
-        if turns is not None:  # trajectories: their own loop (tmcli.generation.trajectories)
-            from tmcli.generation.trajectories import generate_trajectories
-
-            if canonical != "off":
-                raise TmcliError("--canonical is not supported with --turns",
-                                 hint="drop one of them")
-            return generate_trajectories(
-                models, chosen, output, turns=turns, temperatures=temps,
-                max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
-                threads=threads, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                engine=engine, progress=shown)
-        return run_generate(models, chosen, output, temperatures=temps,
-                            max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, seed=seed,
-                            device=device, dtype=dtype, threads=threads, batch_size=batch_size,
-                            trust_remote_code=trust_remote_code, engine=engine,
-                            canonical=canonical, retokenize_every=retokenize_every,
-                            tensor_parallel_size=tensor_parallel_size,
-                            data_parallel_size=data_parallel_size,
-                            gpu_memory_utilization=gpu_memory_utilization,
-                            max_model_len=max_model_len, ray_address=ray_address,
-                            progress=shown)
-
+    """Generate completions for models x temperatures x truncation x prompts into a JSONL file
+    (resumable)."""
+    from tmcli.cli.sweep_spec import SweepSpec
     from tmcli.generation.sweep import GenerateInterrupted
 
+    spec = SweepSpec.from_cli(
+        model=model, temperatures=temperatures, top_k=top_k, top_p=top_p, min_p=min_p,
+        sampling_config=sampling_config, output=output, prompts=prompts,
+        prompt_field=prompt_field, min_chars=min_chars, n_prompts=n_prompts, shuffle=shuffle,
+        max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, seed=seed, engine=engine,
+        canonical=canonical, retokenize_every=retokenize_every, device=device, dtype=dtype,
+        threads=threads, batch_size=batch_size, trust_remote_code=trust_remote_code,
+        tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+        ray_address=ray_address, turns=turns)
+    bar, shown = _progress(quiet)
     try:
-        summary = run()
+        summary = spec.run(progress=shown)
     except GenerateInterrupted as exc:
         bar.stop()
         s = exc.summary
@@ -267,7 +259,7 @@ def score(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
-    from tmcli.generation.sweep import parse_temperatures
+    from tmcli.cli.sweep_spec import parse_temperatures
     from tmcli.scoring.nll import score as run_score
 
     temps = parse_temperatures(temperatures) if temperatures else None

@@ -223,13 +223,15 @@ def report(
     prompt_ids_field: PromptIdsFieldOpt = None,
     png_dir: Annotated[Optional[str], typer.Option(
         "--png-dir", metavar="DIR", help="Also write every figure as a PNG here (needs Chromium).")] = None,
+    group_by: GroupOpt = None,
     keep_duplicates: KeepDupOpt = False,
     chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
     from tmcli.aggregate.analysis import parse_tokenizer_option
     from tmcli.aggregate.stored import load_analysis
-    from tmcli.present.html_report import check_path, parse_temperatures, warnings, write_report
+    from tmcli.cli.sweep_spec import parse_temperatures
+    from tmcli.present.html_report import check_path, warnings, write_report
 
     temps = parse_temperatures(temperatures) if temperatures else None
     if html is not None:
@@ -238,7 +240,8 @@ def report(
                              tokenizer=parse_tokenizer_option(tokenizer),
                              window=window, skip_invalid=skip_invalid or None,
                              ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                             keep_duplicates=keep_duplicates, chat_template=chat_template)
+                             group_by=_groups(group_by), keep_duplicates=keep_duplicates,
+                             chat_template=chat_template)
     if png_dir is not None:
         from tmcli.present.png import export_png
 

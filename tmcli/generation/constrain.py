@@ -225,6 +225,9 @@ class RowStats:
     rewrites: int = 0  # retokenize: times the ids were replaced by their canonical form
     rolled_back: int = 0  # retokenize: cached tokens discarded
     steps: int = 0  # decoder steps this row took part in
+    # constrain with truncation: steps where truncation kept no canonical token, so the token
+    # was drawn from the canonical tokens of the whole (untruncated) distribution
+    untruncated: int = 0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -241,24 +244,42 @@ class RowState:
     stats: RowStats = field(default_factory=RowStats)
 
 
-def constrain_tokens(oracle: Oracle, rows: list[RowState], scores, tokens, N: int):
+def constrain_tokens(oracle: Oracle, rows: list[RowState], scores, tokens, N: int,
+                     untruncated=None):
     """Replace each row's candidate by its best-scoring viable token (masking and retrying).
 
     Ids the tokenizer lacks (unused rows of a larger embedding) can never be canonical: they are
-    masked up front, which draws from the same renormalised distribution as rejecting them."""
+    masked up front, which draws from the same renormalised distribution as rejecting them.
+
+    With truncation, ``scores`` are -inf outside each row's kept set, so the draw is from the
+    canonical tokens of the kept set, renormalised. A row whose kept set holds no canonical
+    token at all then draws, with the same noise, from the canonical tokens of the whole
+    distribution (``untruncated``: the race scores before truncation), and counts the step in
+    ``stats.untruncated``: the constraint wins over truncation, so the sequence stays
+    canonical."""
     import torch
 
     tokens = tokens.clone()
     size = oracle.vocab.size
+    kept = torch.isfinite(scores) if untruncated is not None else None
     if scores.shape[1] > size or oracle.banned_ids:
-        scores[:, size:] = float("-inf")
-        if oracle.banned_ids:
-            banned = torch.tensor(oracle.banned_ids, dtype=torch.long, device=scores.device)
-            scores.index_fill_(1, banned, float("-inf"))
+        for s in (scores, untruncated) if untruncated is not None else (scores,):
+            s[:, size:] = float("-inf")
+            if oracle.banned_ids:
+                banned = torch.tensor(oracle.banned_ids, dtype=torch.long, device=s.device)
+                s.index_fill_(1, banned, float("-inf"))
         tokens = scores.argmax(-1)
     pending = list(range(len(rows)))
+    fell_back: set[int] = set()
     tries = 0
     while pending:
+        if untruncated is not None:  # kept sets with nothing canonical left in them
+            for i in pending:
+                if i not in fell_back and scores[i, tokens[i]] == float("-inf"):
+                    fell_back.add(i)
+                    scores[i] = untruncated[i].masked_fill(kept[i], float("-inf"))
+                    tokens[i] = scores[i].argmax()
+                    rows[i].stats.untruncated += 1
         fulls = [rows[i].prompt + rows[i].seq + [int(tokens[i])] for i in pending]
         strict = [len(rows[i].seq) + 1 >= N for i in pending]
         ok = oracle.viable(fulls, strict, [0] * len(pending))

@@ -1,4 +1,5 @@
-"""The one sampler every engine uses: pure temperature sampling as a seeded per-row race.
+"""The one sampler every engine uses: temperature sampling, truncated or not, as a seeded per-row
+race.
 
 Each row (one prompt at one temperature) draws its noise from its own generator, seeded from
 (seed, prompt, temperature), one vocabulary-wide draw per sampled token. A row's samples then
@@ -7,7 +8,10 @@ that computed the logits (the fused decoder, transformers, or vLLM, where `Noise
 inside a logits processor). On CPU the generators are numpy's PCG64; on an accelerator they are
 torch generators on that device, so draws agree across engines on the same kind of device.
 
-Nothing is inherited from a model's generation config: no top-k, no top-p, no penalties.
+Truncation (top-k, top-p, min-p; `tmcli.generation.truncation`) sets the tokens a row's settings
+drop to -inf before the race, so the race draws from the kept tokens renormalised. Nothing is
+inherited from a model's generation config unless asked for (``--sampling-config model``), and
+no penalties are applied.
 """
 
 from __future__ import annotations
@@ -15,33 +19,42 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def race_scores(logits, temperatures, log_noise):
-    """The scores whose argmax is a row's sample: ``logit / T - log E`` (``log_noise``), and the
-    logits themselves for T=0 rows (``log_noise`` may be None when every row is greedy).
+def race_scores(logits, temperatures, log_noise, truncation=None):
+    """The scores whose argmax is a row's sample: ``logit / T - log E`` (``log_noise``) over the
+    tokens the row's `Truncation` keeps (the others -inf), and the logits themselves for T=0 rows
+    (``log_noise`` may be None when every row is greedy). ``truncation``: one setting per row,
+    or None for pure sampling.
 
     Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i is token i with
     probability p_i, and the argmax over any subset of tokens is a draw from the distribution
-    renormalised to that subset (canonical sampling masks tokens this way)."""
+    renormalised to that subset (truncation and canonical sampling mask tokens this way)."""
     import torch
 
     greedy = temperatures == 0
     if bool(greedy.all()):
         return logits
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    scores = torch.div(logits, t[:, None]).sub_(log_noise)
+    scores = torch.div(logits, t[:, None])
+    if truncation is not None:
+        from tmcli.generation.truncation import NONE, truncate_
+
+        rows = [NONE if g else s for s, g in zip(truncation, greedy.tolist())]
+        if any(s.active for s in rows):
+            truncate_(scores, rows)
+    scores.sub_(log_noise)
     if bool(greedy.any()):
         scores[greedy] = logits[greedy]
     return scores
 
 
-def sample(logits, temperatures, log_noise):
-    """Pure temperature sampling, one temperature per row; T=0 rows are greedy (argmax).
+def sample(logits, temperatures, log_noise, truncation=None):
+    """Temperature sampling, one temperature (and truncation) per row; T=0 rows are greedy.
 
     The argmax of `race_scores`. Unlike inverse-CDF sampling, whose cumulative sum over the whole
     vocabulary turns float rounding into a different token now and then, a draw here only changes
     when two tokens' scores tie to within rounding, so the rows a record shared its batch with do
     not change its samples."""
-    return race_scores(logits, temperatures, log_noise).argmax(-1)
+    return race_scores(logits, temperatures, log_noise, truncation).argmax(-1)
 
 
 def _to_log_noise(uniform):

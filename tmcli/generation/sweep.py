@@ -1,15 +1,18 @@
-"""`generate`: the study's sweep (models x temperatures x prompts), batched, resumable, seeded.
+"""`generate`: the study's sweep (models x temperatures x truncation settings x prompts), batched,
+resumable, seeded.
 
 Which engine decodes (`tmcli.generation.engines`: fused, transformers, vLLM) is chosen by name; all of them
 sample with `tmcli.generation.sampler`, so the engine changes the speed, not the records. Batches hold rows
-of similar prompt length (prompts x temperatures, one temperature per row).
+of similar prompt length (prompts x temperatures x truncation settings, one of each per row).
 
 How nothing is lost: records are appended and fsynced per batch; a record's id is a function of
-what determines it (model, prompt, temperature, seed, lengths, canonical mode), so rerunning the
-same command skips what is done, and a line cut by a crash is repaired before appending.
+what determines it (model, prompt, temperature, truncation, seed, lengths, canonical mode), so
+rerunning the same command skips what is done, and a line cut by a crash is repaired before
+appending.
 
 How it is reproducible: each row draws its sampling noise from its own generator, seeded from
-(seed, prompt, temperature), so a record does not depend on which rows shared its batch.
+(seed, prompt, temperature), so a record does not depend on which rows shared its batch, and
+truncation settings are compared on common random numbers.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from tmcli.errors import TmcliError
@@ -28,6 +30,7 @@ from tmcli.generation.constrain import CANONICAL_MODES
 from tmcli.generation.engines import Engine
 from tmcli.generation.progress import NoProgress, Progress
 from tmcli.generation.prompts import Prompt
+from tmcli.generation.truncation import NONE, Truncation
 from tmcli.sources.aliases import DEFAULT_MODEL
 
 
@@ -52,48 +55,29 @@ class _Job:
     prompt: Prompt
     temperature: float
     row_seed: int
-
-
-def parse_temperatures(spec: str) -> list[float]:
-    """``"0,1,2"`` or ``"0:2:0.2"`` (start:stop:step, stop included), or a comma list of both."""
-    values: list[float] = []
-    for part in (p.strip() for p in spec.split(",")):
-        try:
-            if ":" in part:
-                bits = [Decimal(b) for b in part.split(":")]
-                if len(bits) != 3:
-                    raise InvalidOperation
-                start, stop, step = bits
-                if step <= 0:
-                    raise TmcliError(f"temperature step must be positive in '{part}'")
-                x = start
-                while x <= stop:
-                    values.append(float(x))
-                    x += step
-            else:
-                values.append(float(Decimal(part)))
-        except InvalidOperation:
-            raise TmcliError(f"cannot read temperatures '{spec}'",
-                             hint="use a list like 0,1,2 or a range like 0:2:0.2") from None
-    for t in values:
-        if t < 0 or t != t or t == float("inf"):
-            raise TmcliError(f"temperature {t:g} is not allowed", hint="temperatures must be >= 0")
-    if not values:
-        raise TmcliError(f"no temperatures in '{spec}'", hint="e.g. --temperatures 0:2:0.2")
-    return list(dict.fromkeys(values))
+    truncation: Truncation = NONE
 
 
 def record_id(model: str, prompt: Prompt, temperature: float, seed: int, *, max_new_tokens: int,
-              stop_at_eos: bool, canonical: str = "off", prompt_ids: Sequence[int] = ()) -> str:
+              stop_at_eos: bool, canonical: str = "off", prompt_ids: Sequence[int] = (),
+              truncation: Truncation = NONE) -> str:
     """Readable and deterministic; the digest covers the prompt text, the ids it was encoded to
     and the lengths too, so a changed prompt file, prompt encoding or length never passes for
-    work already done."""
+    work already done. Truncation is in the id only when it truncates (``top_k50:``,
+    ``top_p0.95:``, ``min_p0.05:``), so a pure-sampling record keeps the id it always had."""
     fed = ",".join(map(str, prompt_ids))
     key = (f"{model}\0{prompt.text}\0{temperature!r}\0{seed}\0{max_new_tokens}\0{stop_at_eos}"
            f"\0{canonical}\0{fed}")
+    cut = ""
+    if truncation.active:
+        t = truncation
+        key += f"\0top_k={t.top_k}\0top_p={t.top_p!r}\0min_p={t.min_p!r}"
+        cut = "".join(part for part in (f"top_k{t.top_k}:" if t.top_k else "",
+                                        f"top_p{t.top_p:g}:" if t.top_p < 1 else "",
+                                        f"min_p{t.min_p:g}:" if t.min_p else "") if part)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     mode = "" if canonical == "off" else f"{canonical}:"
-    return f"{model}:T{temperature:g}:p{prompt.index}:s{seed}:{mode}{digest}"
+    return f"{model}:T{temperature:g}:{cut}p{prompt.index}:s{seed}:{mode}{digest}"
 
 
 def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
@@ -104,12 +88,41 @@ def row_seed(prompt: Prompt, temperature: float, seed: int) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
+def truncation_grid(top_k=None, top_p=None, min_p=None,
+                    sampling_config: str | None = None) -> list[Truncation]:
+    """Every combination of the truncation axes (each one value or several; None: off), in the
+    order given. With ``sampling_config="model"`` the axes come from the model and none may be
+    given."""
+    if sampling_config not in (None, "model"):
+        raise TmcliError(f"unknown sampling config '{sampling_config}'",
+                         hint="use --sampling-config model (each model's own generation config)")
+    given = [name for name, v in (("--top-k", top_k), ("--top-p", top_p), ("--min-p", min_p))
+             if v is not None]
+    if sampling_config == "model":
+        if given:
+            raise TmcliError(f"{', '.join(given)} cannot be combined with --sampling-config model",
+                             hint="drop them to use the model's own settings, or drop "
+                                  "--sampling-config to set them yourself")
+        return [NONE]
+
+    def axis(value, off):
+        values = [off] if value is None else [value] if isinstance(value, (int, float)) \
+            else list(value)
+        if not values:
+            raise TmcliError("a truncation axis is empty", hint="give at least one value")
+        return list(dict.fromkeys(values))
+
+    return [Truncation(k, p, m) for k in axis(top_k, 0) for p in axis(top_p, 1.0)
+            for m in axis(min_p, 0.0)]
+
+
 # -- the sweep ------------------------------------------------------------------------------------
 
 def _batches(jobs: list[_Job], lengths: dict[int, int], size: int) -> list[list[_Job]]:
     """Longest prompts first (errors and the ETA show early), a prompt's rows kept together, and
     batches of equal size (130 rows at 128 per batch run as 65 + 65, not 128 + 2)."""
-    jobs = sorted(jobs, key=lambda j: (-lengths[j.prompt.index], j.prompt.index, j.temperature))
+    jobs = sorted(jobs, key=lambda j: (-lengths[j.prompt.index], j.prompt.index, j.temperature,
+                                       j.truncation))
     n = -(-len(jobs) // size)
     size = -(-len(jobs) // n)
     return [jobs[i : i + size] for i in range(0, len(jobs), size)]
@@ -130,7 +143,11 @@ class GenerateInterrupted(KeyboardInterrupt):
 
 
 def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], output: str | os.PathLike,
-             *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
+             *, temperatures: Sequence[float] | None = None,
+             top_k: int | Sequence[int] | None = None,
+             top_p: float | Sequence[float] | None = None,
+             min_p: float | Sequence[float] | None = None,
+             sampling_config: str | None = None, max_new_tokens: int = 1024,
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
              trust_remote_code: bool = False, engine: str | Engine = "auto", canonical: str = "off",
@@ -138,7 +155,15 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
              data_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
              max_model_len: int | None = None, ray_address: str | None = None,
              progress: Progress | None = None) -> GenerateSummary:
-    """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
+    """Generate one record per (model, prompt, temperature, truncation setting) into ``output``
+    (JSONL), resuming.
+
+    ``temperatures`` (default 1.0) and the truncation axes ``top_k`` (0: off), ``top_p`` (1: off)
+    and ``min_p`` (0: off) each take one value or several; every combination is a row
+    (default: pure sampling). ``sampling_config="model"`` takes top-k, top-p and min-p from each
+    model's own generation config as transformers resolves it (its defaults where the file
+    sets none: top-k 50), and the temperature too unless ``temperatures`` is given (0, greedy,
+    where the config does not sample); the values used are recorded.
 
     ``engine`` is a name from `tmcli.generation.engines.ENGINE_CHOICES`, or an engine already loaded
     (`tmcli.generation.engines.load_engine`) for the one model given, which is then reused and left open
@@ -150,18 +175,21 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     `GenerateInterrupted`, which carries the summary of what was saved."""
     from tmcli import __version__
     from tmcli.generation.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
+    from tmcli.generation.truncation import model_sampling_config
     from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
     from tmcli.sources.models import model_prompt_tokenizer, needs_conversion
     from tmcli.sources.tokenizers import encode_prompt, load_tokenizer
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
     prompts = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
-    temperatures = list(dict.fromkeys(float(t) for t in temperatures))
+    temperatures = None if temperatures is None else \
+        list(dict.fromkeys(float(t) for t in temperatures))
+    cuts = truncation_grid(top_k, top_p, min_p, sampling_config)
     if not models:
         raise TmcliError("no model given", hint=f"pass --model (e.g. --model {DEFAULT_MODEL})")
     if not prompts:
         raise TmcliError("no prompts given", hint="pass --prompts FILE")
-    if not temperatures or any(t < 0 or t != t for t in temperatures):
+    if temperatures is not None and (not temperatures or any(t < 0 or t != t for t in temperatures)):
         raise TmcliError("temperatures must be >= 0", hint="e.g. --temperatures 0:2:0.2")
     for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
                         ("--threads", threads), ("--retokenize-every", retokenize_every),
@@ -199,15 +227,22 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         todo[spec] = []
         ptok = model_prompt_tokenizer(spec)
         prompt_ids[spec] = fed = {p.index: encode_prompt(ptok, p.text) for p in prompts}
+        temps, spec_cuts = temperatures or [1.0], cuts
+        if sampling_config == "model":
+            if needs_conversion(spec):
+                note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
+            config_t, cut = model_sampling_config(spec, trust_remote_code=trust_remote_code)
+            temps, spec_cuts = temperatures or [config_t], [cut]
         for p in prompts:
-            for t in temperatures:
-                rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens,
-                                stop_at_eos=stop_at_eos, canonical=mode_key,
-                                prompt_ids=fed[p.index])
-                if rid in done:
-                    summary.skipped += 1
-                else:
-                    todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed)))
+            for t in temps:
+                for cut in spec_cuts:
+                    rid = record_id(spec, p, t, seed, max_new_tokens=max_new_tokens,
+                                    stop_at_eos=stop_at_eos, canonical=mode_key,
+                                    prompt_ids=fed[p.index], truncation=cut)
+                    if rid in done:
+                        summary.skipped += 1
+                    else:
+                        todo[spec].append(_Job(rid, p, t, row_seed(p, t, seed), cut))
     total = sum(len(j) for j in todo.values()) * max_new_tokens
     if total == 0:
         return summary
@@ -244,7 +279,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                     kw = dict(longest=longest, seed=seed, max_new_tokens=max_new_tokens,
                               stop_at_eos=stop_at_eos, canonical=canonical,
                               retokenize_every=retokenize_every, batch_size=batch_size,
-                              version=__version__)
+                              version=__version__, sampling_config=sampling_config)
                     if ray is not None:
                         from tmcli.generation.data_parallel import run_replicated
 
@@ -301,14 +336,16 @@ def decode_unit(eng, tok, jobs: list[_Job], ids: dict[int, list[int]], sweep: di
 
 def _sweep(eng: Engine, jobs: list[_Job], ids: dict[int, list[int]], writer,
            summary: GenerateSummary, progress: Progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
-           retokenize_every: int, batch_size: int | None, version: str) -> None:
+           retokenize_every: int, batch_size: int | None, version: str,
+           sampling_config: str | None = None) -> None:
     """Decode one model's jobs batch by batch on ``eng``, writing each batch's records.
     ``longest``: the longest prompt plus ``max_new_tokens``."""
     size = eng.batch_size(longest, batch_size, len(jobs))
-    sampling = {"top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0,
+    sampling = {"repetition_penalty": 1.0,
                 "min_new_tokens": 0 if stop_at_eos else max_new_tokens,
                 "max_new_tokens": max_new_tokens, "stop_at_eos": stop_at_eos,
-                "eos_token_ids": list(eng.eos_ids)}
+                "eos_token_ids": list(eng.eos_ids),
+                **({"config": sampling_config} if sampling_config else {})}
     meta = eng.metadata()
     progress.describe(f"{eng.spec} ({meta['engine']})")
     started = time.perf_counter()
@@ -321,6 +358,10 @@ def _sweep(eng: Engine, jobs: list[_Job], ids: dict[int, list[int]], writer,
                                      [j.temperature for j in batch], [j.row_seed for j in batch],
                                      mode=canonical, max_new_tokens=max_new_tokens,
                                      stop_at_eos=stop_at_eos, every=retokenize_every,
+                                     # asked only where a row truncates: an engine
+                                     # registered before truncation still samples purely
+                                     **({"truncation": [j.truncation for j in batch]}
+                                        if any(j.truncation.active for j in batch) else {}),
                                      on_step=progress.advance)
             except (RuntimeError, MemoryError) as exc:
                 if not _is_oom(exc):
@@ -333,13 +374,14 @@ def _sweep(eng: Engine, jobs: list[_Job], ids: dict[int, list[int]], writer,
                 records.append({
                     "id": job.id, "model": eng.spec, "model_id": eng.model_id,
                     "tokenizer": eng.tokenizer, "temperature": job.temperature,
+                    **job.truncation.as_dict(),
                     "prompt_index": job.prompt.index, "prompt": job.prompt.text,
                     "prompt_token_ids": ids[job.prompt.index],
                     "completion": tok.decode(gen, skip_special_tokens=False),
                     "token_ids": gen, "n_new_tokens": len(gen), "finish_reason": reason,
                     "seed": seed,
                     "sampling": {"do_sample": job.temperature > 0, "temperature": job.temperature,
-                                 **sampling},
+                                 **job.truncation.as_dict(), **sampling},
                     "canonical": canonical,
                     **({"retokenize_every": retokenize_every} if canonical == "retokenize" else {}),
                     **({"canonical_stats": stats} if stats is not None else {}),

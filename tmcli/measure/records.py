@@ -5,7 +5,7 @@ sample row measured in batches on every core (`tmcli.measure.parallel`).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import polars as pl
 
@@ -15,7 +15,13 @@ from tmcli.io.readers.openai import token_ids_from_logprobs
 from tmcli.measure.alignment import Sample
 from tmcli.measure.columns import MetricsBatch
 from tmcli.measure.reencode import Reencoder
-from tmcli.measure.sample_table import RECORD_COLUMNS, SCORE_COLUMNS, TURN_COLUMNS, batch_frame
+from tmcli.measure.sample_table import (
+    RECORD_COLUMNS,
+    SCORE_COLUMNS,
+    TURN_COLUMNS,
+    batch_frame,
+    record_field,
+)
 from tmcli.measure.text_quality import record_float
 
 
@@ -107,21 +113,35 @@ def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     return spec, enc, Sample(ids, rec.prompt_ids)
 
 
-def _record_columns(batch: list) -> dict[str, list]:
+def _setting(meta: dict, name: str, kind: type):
+    """A sampling setting from the record's top level, else its ``sampling`` object."""
+    value = meta.get(name)
+    if value is None and isinstance(meta.get("sampling"), dict):
+        value = meta["sampling"].get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if kind is int:
+        return int(value) if float(value).is_integer() else None
+    return float(value)
+
+
+def _record_columns(batch: list, fields: Sequence[str] = ()) -> dict[str, list]:
     """The record's own columns of the per-sample table (`RECORD_COLUMNS`, `SCORE_COLUMNS`, and
-    `TURN_COLUMNS` for a sampled turn of a trajectory, see `tmcli.measure.turns`)."""
+    `TURN_COLUMNS` for a sampled turn of a trajectory, see `tmcli.measure.turns`), and the record
+    ``fields`` a user groups by (`sample_table.record_field`)."""
+    own = [f for f in fields if f not in RECORD_COLUMNS]
     cols: dict[str, list] = {name: [] for name in (*RECORD_COLUMNS, *SCORE_COLUMNS,
-                                                   *TURN_COLUMNS)}
+                                                   *TURN_COLUMNS, *own)}
     for rec, spec, _smp in batch:
         meta = rec.meta
-        temp = meta.get("temperature")
-        if temp is None and isinstance(meta.get("sampling"), dict):
-            temp = meta["sampling"].get("temperature")
         index = meta.get("prompt_index")
         for name, value in (
                 ("id", rec.id), ("source", rec.source), ("line", rec.line),
                 ("model", str(meta.get("model") or spec)), ("tokenizer", spec),
-                ("temperature", float(temp) if isinstance(temp, (int, float)) else None),
+                ("temperature", _setting(meta, "temperature", float)),
+                ("top_k", _setting(meta, "top_k", int)),
+                ("top_p", _setting(meta, "top_p", float)),
+                ("min_p", _setting(meta, "min_p", float)),
                 ("canonical", str(meta.get("canonical") or "off")),
                 ("prompt_index", index if isinstance(index, int) else None),
                 ("nll_token", record_float(meta.get("nll_token"))),
@@ -130,6 +150,8 @@ def _record_columns(batch: list) -> dict[str, list]:
         turn = rec.turn.row() if rec.turn is not None else {}
         for name in TURN_COLUMNS:
             cols[name].append(turn.get(name, [] if name == "drift_spans" else None))
+        for name in own:
+            cols[name].append(record_field(meta, name))
     return cols
 
 
@@ -148,8 +170,10 @@ def _as_invalid(rec: Record, exc: Exception) -> InvalidRecord | None:
 def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: str,
                     batch_size: int, skip_invalid: bool, errors: list,
                     examples: list | None = None, n_examples: int = 0,
-                    jobs: int | None = None) -> Iterator[pl.DataFrame]:
-    """Yield one DataFrame of sample rows per batch of records (batches of one tokenizer)."""
+                    jobs: int | None = None, fields: Sequence[str] = ()) -> Iterator[pl.DataFrame]:
+    """Yield one DataFrame of sample rows per batch of records (batches of one tokenizer).
+    ``fields``: record fields carried into the rows as they are (`sample_table.record_field`),
+    beyond the table's own columns (what a user groups by: ``checkpoint``, ``step``)."""
     from tmcli.measure.parallel import Measurer
     from tmcli.measure.turns import expand
 
@@ -172,7 +196,7 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
                         heapq.heappush(examples, item)
                     else:
                         heapq.heapreplace(examples, item)
-        return batch_frame(_record_columns(batch), metrics)
+        return batch_frame(_record_columns(batch, fields), metrics, fields)
 
     def submit(spec: str, last: bool = False):
         batch = pending.pop(spec)

@@ -4,6 +4,9 @@ of sample rows as a DataFrame (built from columns, through Arrow).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import orjson
 import polars as pl
 
 from tmcli.measure.metrics import METRIC_COLUMNS
@@ -15,6 +18,8 @@ from tmcli.measure.metrics import METRIC_COLUMNS
 RECORD_COLUMNS = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
     "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
+    # truncation the record says it was sampled with (null where it says nothing)
+    "top_k": pl.Int64, "top_p": pl.Float64, "min_p": pl.Float64,
     "prompt_index": pl.Int64,
 }
 SCORE_COLUMNS = {"nll_token": pl.Float64, "nll_char": pl.Float64}
@@ -47,11 +52,51 @@ def in_memory(samples: pl.DataFrame) -> pl.DataFrame:
     return samples.cast({k: v for k, v in MEMORY_DTYPES.items() if k in samples.columns})
 
 
-def batch_frame(record_columns: dict[str, list], metrics) -> pl.DataFrame:
-    """A batch's sample rows: the records' own columns (one list each) beside the measurement's
-    (a `columns.MetricsBatch`, whose columns come as arrays)."""
+def batch_frame(record_columns: dict[str, list], metrics, fields: Sequence[str] = ()) -> pl.DataFrame:
+    """A batch's sample rows: the records' own columns (one list each, ``fields`` included)
+    beside the measurement's (a `columns.MetricsBatch`, whose columns come as arrays)."""
     arrays = metrics.arrow_columns()
+    schema = schema_with(fields)
     cols = {name: pl.from_arrow(arrays[name]) if name in arrays
             else pl.Series(name, record_columns[name], dtype=dtype)
-            for name, dtype in SAMPLE_SCHEMA.items()}
-    return pl.DataFrame(cols).cast(SAMPLE_SCHEMA)
+            for name, dtype in schema.items()}
+    return pl.DataFrame(cols).cast(schema)
+
+
+def schema_with(fields: Sequence[str] = ()) -> dict:
+    """`SAMPLE_SCHEMA` plus the record fields a user groups by (``--group-by checkpoint``), each
+    a string column: the field's text, or its JSON for a number or anything else
+    (`record_field`); `natural_types` gives numbers back their type once all rows are in."""
+    return {**SAMPLE_SCHEMA, **{f: pl.String for f in fields if f not in SAMPLE_SCHEMA}}
+
+
+def record_field(meta: dict, name: str) -> str | None:
+    """A record's field as a sample-table string: ``checkpoint`` or a dotted path into nested
+    objects (``sampling.top_k``); None when the record lacks it."""
+    value = meta
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def natural_types(samples: pl.DataFrame, names: Sequence[str]) -> pl.DataFrame:
+    """String columns ``names`` as integers, else floats, where every value reads back as the
+    same text (``"10"`` but not ``"0010"``), so groups sort as numbers (step 2 before step 10)."""
+    for name in names:
+        col = samples[name]
+        if col.dtype != pl.String or col.null_count() == col.len():
+            continue
+        values = col.drop_nulls().unique().to_list()
+        for kind, read in ((pl.Int64, int), (pl.Float64, float)):
+            try:
+                same = all(orjson.dumps(read(v)).decode() == v for v in values)
+            except ValueError:
+                same = False
+            if same:
+                samples = samples.with_columns(col.cast(kind))
+                break
+    return samples

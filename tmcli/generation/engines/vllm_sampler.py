@@ -2,8 +2,10 @@
 
 vLLM is asked for greedy decoding (temperature 0) and this processor, which runs before vLLM's
 own sampler, leaves exactly one finite logit per row: the token tmcli's per-row seeded race
-chose (`tmcli.generation.sampler`), after the canonical constraint (`constrain.constrain_tokens`, with the
-same `Oracle`) for ``constrain`` rows. So vLLM's sampler, its seeds (per-request seeds crash its
+chose (`tmcli.generation.sampler`) among the tokens the row's truncation keeps
+(`tmcli.generation.truncation`: top-k, top-p, min-p as transformers applies them), after the
+canonical constraint (`constrain.constrain_tokens`, with the same `Oracle`) for ``constrain``
+rows. vLLM's own top-k/top-p/min-p are never used: they are not transformers' (ties, order). So vLLM's sampler, its seeds (per-request seeds crash its
 CPU backend) and the model's generation config play no part, and a row draws the same noise as on
 the fused engine whatever batch vLLM put it in.
 
@@ -30,6 +32,7 @@ class _Request:
     def __init__(self, args: dict, prompt: list[int] | None, out: list[int], device):
         from tmcli.generation.constrain import RowState
         from tmcli.generation.sampler import NoiseStream
+        from tmcli.generation.truncation import Truncation
 
         self.key = args["key"]
         self.temperature = float(args["temperature"])
@@ -40,6 +43,7 @@ class _Request:
         self.mode = args["mode"]
         self.tokenizer = args["tokenizer"]
         self.stats_dir = args.get("stats")
+        self.truncation = Truncation(**args.get("truncation", {}))
         self.row = RowState(list(prompt or []))
         self.out = out
         self.last_step = -1
@@ -126,11 +130,14 @@ class RaceLogitsProcessor(LogitsProcessor):
                 r.stream.draw(len(r.out), vocab).to(logits.device, non_blocking=True)
                 if r.stream is not None else torch.zeros(vocab, device=logits.device)
                 for r in reqs])
-        scores = race_scores(lg, temps, noise)
+        cut = [r.truncation for r in reqs]
+        truncating = any(c.active for c, r in zip(cut, reqs) if r.temperature > 0)
+        scores = race_scores(lg, temps, noise, cut if truncating else None)
         tokens = scores.argmax(-1)
         constrained = [j for j, r in enumerate(reqs) if r.mode == "constrain"]
         if constrained:
-            tokens = self._constrain(reqs, constrained, scores, tokens)
+            whole = race_scores(lg, temps, noise) if truncating else None
+            tokens = self._constrain(reqs, constrained, scores, tokens, whole)
         logits.index_fill_(0, index, float("-inf"))
         logits[index, tokens] = 0.0
         for j in constrained:
@@ -140,7 +147,7 @@ class RaceLogitsProcessor(LogitsProcessor):
                 self._report(r)
         return logits
 
-    def _constrain(self, reqs, rows, scores, tokens):
+    def _constrain(self, reqs, rows, scores, tokens, whole=None):
         from tmcli.generation.constrain import constrain_tokens
 
         groups: dict[tuple[str, int], list[int]] = {}
@@ -152,7 +159,8 @@ class RaceLogitsProcessor(LogitsProcessor):
                 reqs[j].row.seq = reqs[j].out
             sel = torch.tensor(js, device=scores.device)
             got = constrain_tokens(self._oracle(tokenizer), [reqs[j].row for j in js],
-                                   scores.index_select(0, sel), tokens.index_select(0, sel), n)
+                                   scores.index_select(0, sel), tokens.index_select(0, sel), n,
+                                   untruncated=None if whole is None else whole.index_select(0, sel))
             tokens[sel] = got
         return tokens
 

@@ -11,6 +11,7 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from tmcli.aggregate.groups import FEW_SAMPLES
+from tmcli.aggregate.keys import SAMPLING_KEYS, group_label
 from tmcli.present.figures.style import (
     LAYOUT,
     _band,
@@ -72,6 +73,10 @@ def canonical_comparison(comparison: pl.DataFrame) -> go.Figure:
     (e.g. no NLL).
     """
     rows = comparison.filter(pl.col("temperature").is_not_null())
+    cut = [k for k in SAMPLING_KEYS if k in rows.columns]
+    if rows.select(cut).n_unique() > 1:  # arms sampled apart (truncation): a row of panels each
+        rows = rows.with_columns(model=pl.struct(["model", *cut]).map_elements(
+            lambda r: group_label(r, ["model", *cut]), return_dtype=pl.String))
     models = sorted(rows["model"].unique().to_list())
     modes = rows["canonical"].unique(maintain_order=True).to_list()  # "off" first
     ncols = len(COMPARE_PANELS)

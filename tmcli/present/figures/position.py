@@ -14,6 +14,7 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from tmcli.aggregate.groups import FEW_SAMPLES
+from tmcli.aggregate.keys import ARMS, group_label
 from tmcli.present.figures.style import (
     LAYOUT,
     _band,
@@ -45,10 +46,15 @@ def window_profile(pooled: pl.DataFrame, groups: pl.DataFrame, window: int,
     fig = make_subplots(rows=max(len(picks), 1), cols=2, subplot_titles=titles or None,
                         shared_xaxes=True, vertical_spacing=spacing, horizontal_spacing=0.08)
     labels = series(groups)
+    # models are pooled, arms sampled differently (truncation, canonical mode) never are
+    arms = [k for k in pooled.columns if k in ARMS]
     shown = set()
     for r, (_w, t) in enumerate(picks, start=1):
-        curves = [("all models", pooled.filter(pl.col("temperature") == t), -1)] + [(label, df.filter(pl.col("temperature") == t), i)
-                                                  for i, (label, df) in enumerate(labels)]
+        at = pooled.filter(pl.col("temperature") == t)
+        curves = [(html.escape(f"all models ({group_label(g, arms)})") if arms else "all models",
+                   at[j:j + 1], -1 - j) for j, g in enumerate(at.iter_rows(named=True))]
+        curves += [(label, df.filter(pl.col("temperature") == t), i)
+                   for i, (label, df) in enumerate(labels)]
         for label, row, i in curves:
             if row.height == 0:
                 continue
@@ -56,7 +62,7 @@ def window_profile(pooled: pl.DataFrame, groups: pl.DataFrame, window: int,
             m = np.array(g["window_mean"], dtype=float)
             x = np.array(g["window_centre"], dtype=float)  # where each window's tokens are
             starts: np.ndarray = np.arange(len(m)) * window
-            col = 1 if label == "all models" else 2
+            col = 1 if i < 0 else 2
             _band(fig, x, g["window_lo"], g["window_hi"], _colour(i, 0.18), label, row=r, col=col)
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
                                       g["window_n"]])
@@ -189,8 +195,9 @@ def first_divergence(survival: pl.DataFrame, keys: list[str]) -> go.Figure:
     """
     rows = survival.filter(pl.col("temperature").is_not_null())
     by = [k for k in keys if k != "temperature"]
-    panels = list(rows.sort(by).group_by(by, maintain_order=True)) if by else [((), rows)]
-    names = [" · ".join(map(str, k)) or "all samples" for k, _ in panels]
+    panels = list(rows.sort(by, nulls_last=True).group_by(by, maintain_order=True)) \
+        if by else [((), rows)]
+    names = [group_label(dict(zip(by, k)), by) if by else "all samples" for k, _ in panels]
     temps = sorted(rows["temperature"].unique().to_list())
     scale = sample_colorscale("Plasma", [0.85 * k / max(len(temps) - 1, 1)
                                          for k in range(len(temps))])

@@ -12,6 +12,7 @@ import polars as pl
 from plotly.colors import qualitative
 
 from tmcli.aggregate.groups import FEW_SAMPLES
+from tmcli.aggregate.keys import group_keys, group_label, series_keys
 
 PALETTE = qualitative.Plotly
 
@@ -22,13 +23,15 @@ LAYOUT: dict[str, Any] = dict(template="plotly_white", height=460, margin=dict(l
 
 
 def series(groups: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
-    """(escaped label, rows sorted by temperature) per model, and per canonical mode if any."""
-    keys = ["model", "canonical"] if "canonical" in groups.columns else ["model"]
+    """(escaped label, rows sorted by temperature) per series: one per value of the group keys
+    but temperature (model, canonical mode, truncation, a field a user grouped by)."""
+    keys = series_keys(group_keys(groups))
     rows = groups.filter(pl.col("temperature").is_not_null()).sort([*keys, "temperature"])
+    if not keys:
+        return [(html.escape(group_label({}, keys)), rows)] if rows.height else []
     out = []
     for key, df in rows.group_by(keys, maintain_order=True):
-        label = str(key[0]) if len(key) == 1 else f"{key[0]} (canonical {key[1]})"
-        out.append((html.escape(label), df))
+        out.append((html.escape(group_label(dict(zip(keys, key)), keys)), df))
     return out
 
 
@@ -42,9 +45,12 @@ def _rows(nrows: int, panel_px: int, gap_px: int = 110) -> tuple[float, int]:
     return gap_px / area, area + margin["t"] + margin["b"]
 
 
+GREYS = ("#3d3d3d", "#8c8c8c", "#5e5e5e", "#b5b5b5")  # pooled curves, one per arm
+
+
 def _colour(i: int, alpha: float = 1.0) -> str:
-    """Series i's colour; i < 0 is the pooled "all models" curve."""
-    h = "#3d3d3d" if i < 0 else PALETTE[i % len(PALETTE)]
+    """Series i's colour; i < 0 is a pooled "all models" curve (-1, -2...: one per arm)."""
+    h = GREYS[(-i - 1) % len(GREYS)] if i < 0 else PALETTE[i % len(PALETTE)]
     h = h.lstrip("#")
     r, g, b = (int(h[k:k + 2], 16) for k in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
@@ -77,7 +83,8 @@ def _warn(fig: go.Figure, groups: pl.DataFrame, extra: str = "") -> go.Figure:
     lines = []
     few = groups.filter(pl.col("few_samples")) if "few_samples" in groups.columns else groups[:0]
     if few.height:
-        names = [f"{html.escape(str(r['model']))} T={_t(r['temperature'])} (n={r['n']})"
+        keys = series_keys(group_keys(few))
+        names = [f"{html.escape(group_label(r, keys))} T={_t(r.get('temperature'))} (n={r['n']})"
                  for r in few.iter_rows(named=True)]
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
         lines.append(f"⚠ fewer than {FEW_SAMPLES} samples (hollow markers): {shown}")

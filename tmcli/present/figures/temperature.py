@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from tmcli.aggregate import stats
+from tmcli.aggregate.keys import group_keys, series_keys
 from tmcli.present.figures.style import (
     LAYOUT,
     _band,
@@ -25,7 +26,8 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
                         max_temperature: float | None = None) -> go.Figure:
     """Figure 1: share of samples with compression > 0, Wilson intervals, fitted sigmoid."""
     fig = go.Figure()
-    fit_of = {(r["model"], r.get("canonical")): r for r in fits.iter_rows(named=True)}
+    keys = series_keys(group_keys(groups))
+    fit_of = {tuple(r.get(k) for k in keys): r for r in fits.iter_rows(named=True)}
     for i, (label, df) in enumerate(series(groups)):
         if max_temperature is not None:
             df = df.filter(pl.col("temperature") <= max_temperature + 1e-9)
@@ -52,8 +54,7 @@ def fraction_compressed(groups: pl.DataFrame, fits: pl.DataFrame,
             customdata=df.select("n", "n_noncanonical").to_numpy(),
             hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "non-canonical %{y:.1%}",
                                   "%{customdata[1]} of n=%{customdata[0]} samples"])))
-        key = (df["model"][0], df["canonical"][0] if "canonical" in df.columns else None)
-        fit = fit_of.get(key) or fit_of.get((key[0], None))
+        fit = fit_of.get(tuple(df[k][0] for k in keys))
         t = np.linspace(0, float(df["temperature"].max()), 200)
         for prefix, dash, what in (("", "dash", "compressed"), ("nc_", "dot", "non-canonical")):
             if not fit or fit.get(prefix + "midpoint") is None:
