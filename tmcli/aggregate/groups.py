@@ -74,11 +74,13 @@ def groups_in_order(samples: pl.DataFrame, keys: list[str], *, copy: bool = True
 
 
 def drop_duplicates(samples: pl.DataFrame) -> tuple[pl.DataFrame, int]:
-    """``samples`` with each `DUPLICATE_KEY` once (its first row), and how many rows went."""
-    if samples["id"].n_unique() == samples.height:  # the usual case, and the cheapest test
+    """``samples`` with each `DUPLICATE_KEY` once (its first row), and how many rows went.
+    A sample without an id of its own (null ``id``) is never a duplicate."""
+    ids = samples["id"]
+    if ids.null_count() == 0 and ids.n_unique() == samples.height:  # the usual case, cheapest
         return samples, 0
     keys = [k for k in DUPLICATE_KEY if k in samples.columns]
-    first = samples.select(pl.struct(keys).is_first_distinct()).to_series()
+    first = samples.select(pl.struct(keys).is_first_distinct() | pl.col("id").is_null()).to_series()
     dropped = samples.height - int(first.sum())
     return (samples.filter(first), dropped) if dropped else (samples, 0)
 
