@@ -17,11 +17,9 @@ import polars as pl
 
 from tmcli import __version__
 from tmcli.aggregate.groups import FEW_SAMPLES
-from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
 from tmcli.present.figures import modes, position, temperature, trajectories
 
-HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -365,34 +363,11 @@ samples for means, rates and the centre of gravity).</p>
 """
 
 
-def parse_temperatures(text: str) -> tuple[float, ...]:
-    """'2.0,0.8' -> (2.0, 0.8)."""
-    try:
-        temps = tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise TmcliError(f"--temperatures must be numbers separated by commas, got '{text}'",
-                         hint="e.g. --temperatures 2.0,0.8") from None
-    if not temps or any(t < 0 or t != t for t in temps):
-        raise TmcliError(f"no usable temperature in '{text}'", hint="e.g. --temperatures 2.0,0.8")
-    return temps
-
-
-def check_path(path: str | Path) -> Path:
-    """The report's format comes from its suffix; only HTML exists."""
-    path = Path(path)
-    if path.suffix.lower() not in HTML_SUFFIXES:
-        raise TmcliError(f"cannot write a report as '{path.suffix or path.name}'",
-                         hint="name the file with .html, e.g. --html report.html")
-    if not path.parent.is_dir():
-        raise TmcliError(f"no such directory: {path.parent}", hint="create it first")
-    return path
-
-
 def write_report(analysis, path: str | Path, *, temperatures=None) -> Path:
-    """Write the HTML report to ``path`` (.html)."""
+    """Write the HTML report to ``path`` (.html; replaced atomically, see `io.outputs`)."""
     from tmcli.io.outputs import replacing
 
-    path = check_path(path)
+    path = Path(path)
     text = render_html(analysis, temperatures=temperatures)
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
