@@ -133,6 +133,12 @@ def test_a_users_own_tmp_file_is_never_touched(outputs, tmp_path):
         assert run(*args).exit_code == 0
     assert mine.read_text() == "mine" and (tmp_path / "kept.html.tmp").read_text() == "mine too"
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmcli-tmp")]
+    umask = os.umask(0)
+    os.umask(umask)  # a new output gets the usual permissions (a temporary file's are private)
+    assert stat.S_IMODE(os.stat(tmp_path / "kept.jsonl").st_mode) == 0o666 & ~umask
+    os.chmod(tmp_path / "kept.html", 0o640)  # a replaced one keeps its own
+    assert run("report", outputs, "--html", tmp_path / "kept.html").exit_code == 0
+    assert stat.S_IMODE(os.stat(tmp_path / "kept.html").st_mode) == 0o640
 
 
 @pytest.mark.parametrize("command", [["filter", "-o"], ["analyze", "-o"], ["report", "--html"]])

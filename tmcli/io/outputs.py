@@ -132,7 +132,7 @@ def other_writer(path: str | Path, mine: str | None = None, *, check_target: boo
                     return True
             finally:
                 os.close(fd)
-    prefix = f".{path.name}."
+    prefix = _tmp_prefix(path.name)
     try:
         names = [n for n in os.listdir(path.parent or ".")
                  if n.startswith(prefix) and n.endswith(TMP_SUFFIX)]
@@ -154,6 +154,12 @@ def other_writer(path: str | Path, mine: str | None = None, *, check_target: boo
         finally:
             os.close(fd)
     return False
+
+
+def _tmp_prefix(name: str) -> str:
+    """The temporary files of target ``name`` start with this (cut so that the temporary name
+    stays within a file system's 255 bytes when the target's own name does)."""
+    return f".{name[:200]}."
 
 
 def busy_error(path: str | Path) -> TmcliError:
@@ -182,7 +188,7 @@ class AtomicFile:
         self.path = target(path)
         refuse_special(self.path)
         try:
-            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+            fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=_tmp_prefix(self.path.name),
                                         suffix=TMP_SUFFIX)
         except OSError as exc:
             raise from_os_error(exc, str(path)) from None
@@ -191,7 +197,8 @@ class AtomicFile:
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.fchmod(fd, _mode_for(self.path))
+            if hasattr(os, "fchmod"):  # (not on Windows before Python 3.13)
+                os.fchmod(fd, _mode_for(self.path))
             if other_writer(self.path, mine=name):
                 raise busy_error(path)
         except BaseException as exc:

@@ -177,8 +177,12 @@ def per_item(obj: dict, key: str, source: str, line: int, make) -> list[Record]:
     if not items:
         raise InvalidRecord(source, line, f"'{key}' is empty: the line holds no completion",
                             hint="drop the line (a request that returned nothing)")
-    return [Record(source, line, sub_id(rid, len(items), item, k), *make(k, item),
-                   id_given=given) for k, item in enumerate(items)]
+    records = []
+    for k, item in enumerate(items):
+        ids, prompt, meta, logprob_tokens = make(k, item)
+        records.append(Record(source, line, sub_id(rid, len(items), item, k), ids, prompt, meta,
+                              logprob_tokens, id_given=given))
+    return records
 
 
 def sub_id(rid: str, count: int, item: dict, k: int) -> str:
