@@ -35,10 +35,11 @@ DEFAULT_GROUP_BY = ("model", "temperature")
 MIN_RESAMPLES, MAX_RESAMPLES = 100, 100_000
 
 
-def check_resamples(n: int) -> int:
-    """``n`` if it is a usable number of bootstrap resamples, else the one-line error."""
-    if isinstance(n, bool) or not isinstance(n, int) or not MIN_RESAMPLES <= n <= MAX_RESAMPLES:
-        raise TmcliError(f"--resamples {n} is outside {MIN_RESAMPLES:,} to {MAX_RESAMPLES:,}",
+def check_resamples(n: int, minimum: int = MIN_RESAMPLES) -> int:
+    """``n`` if it is a usable number of bootstrap resamples (``minimum`` to `MAX_RESAMPLES`:
+    the command line asks for `MIN_RESAMPLES`, the library for 1), else the one-line error."""
+    if isinstance(n, bool) or not isinstance(n, int) or not minimum <= n <= MAX_RESAMPLES:
+        raise TmcliError(f"--resamples {n} is outside {minimum:,} to {MAX_RESAMPLES:,}",
                          hint="the intervals stop moving long before the top (2,000, the "
                          "default, is plenty), while time and memory grow with the count")
     return n
@@ -226,7 +227,7 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
                       skipped: list | None = None, meta: dict | None = None,
                       keep_duplicates: bool = False) -> Analysis:
     """An `Analysis` from per-sample rows (just measured, or read back from parquet)."""
-    check_resamples(n_resamples)
+    check_resamples(n_resamples, minimum=1)  # the memory bound; the CLI also asks for >= 100
     meta = dict(meta or {})
     meta["n_duplicates"] = 0
     if not keep_duplicates:
