@@ -1,7 +1,8 @@
 """The one error type for user mistakes, and the exit codes the CLI maps every failure to.
 
 The CLI prints ``str(error)`` on one line and exits 2; library callers catch it like any exception.
-Messages name the problem and the fix ("file.jsonl:12: ...; pass --skip-invalid to skip such lines").
+Messages name the problem and the fix ("file.jsonl:12: ...; drop the line"); the CLI adds
+"or pass --skip-invalid to skip such lines" to an `InvalidRecord` that can be skipped.
 
 Exit codes (a CI gate must be able to tell them apart):
   0  success
