@@ -1,7 +1,8 @@
 """The one error type for user mistakes, and the exit codes the CLI maps every failure to.
 
 The CLI prints ``str(error)`` on one line and exits 2; library callers catch it like any exception.
-Messages name the problem and the fix ("file.jsonl:12: ...; pass --skip-invalid to skip such lines").
+Messages name the problem and the fix ("file.jsonl:12: ...; drop the line"); the CLI adds
+"or pass --skip-invalid to skip such lines" to an `InvalidRecord` that can be skipped.
 
 Exit codes (a CI gate must be able to tell them apart):
   0  success
@@ -10,6 +11,9 @@ Exit codes (a CI gate must be able to tell them apart):
      (missing, permission denied, disk full), out of memory
   70 an internal error, i.e. a bug in tmcli (EX_SOFTWARE of sysexits.h); `--debug` or
      TMCLI_DEBUG=1 prints the traceback
+  130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM): every worker stopped, no
+     temporary file left
+  141 stdout was closed early (a broken pipe, as when killed by SIGPIPE)
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import errno
 import re
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE, EXIT_TERMINATED = 130, 141, 143
 
 
 def one_line(exc: BaseException, limit: int = 300, *, ellipsis: bool = True) -> str:
@@ -40,12 +45,17 @@ class TmcliError(Exception):
 
 
 class InvalidRecord(TmcliError):
-    """One line of an input file cannot be used. Carries where, so --skip-invalid can count it."""
+    """One line of an input file cannot be used. Carries where, so a skipped one is counted
+    with its reason; ``skippable`` says whether skipping it (``skip_invalid``, the CLI's
+    ``--skip-invalid``) is a fix: False when the line is fine and an option is wrong (skipping it
+    would silently measure the rest under that option)."""
 
-    def __init__(self, source: str, line: int, message: str, *, hint: str | None = None):
+    def __init__(self, source: str, line: int, message: str, *, hint: str | None = None,
+                 skippable: bool = True):
         self.source = source
         self.line = line
         self.detail = message
+        self.skippable = skippable
         super().__init__(f"{source}:{line}: {message}", hint=hint)
 
     def __reduce__(self):
@@ -67,6 +77,9 @@ _OS_HINTS = {
     errno.EISDIR: "give a file, not a folder",
     errno.ENOTDIR: "a part of the path is a file, not a folder",
     errno.EIO: "the device reported an I/O error; check the disk or give another file",
+    errno.ELOOP: "the path is a symbolic link that leads back to itself; fix the link",
+    errno.ENAMETOOLONG: "give a shorter path",
+    errno.ENXIO: "give a regular file",
 }
 
 

@@ -40,18 +40,19 @@ def one_error_line(result, code: int = 2) -> str:
     return lines[0]
 
 
-def cli_subprocess(*args, limit_bytes: int | None = None, **kwargs):
+def cli_subprocess(*args, limit_bytes: int | None = None, env_extra: dict | None = None,
+                   **kwargs):
     """`python -m tmcli ARGS` in a fresh process, with at most 4 GiB of address space (a
     regression that reads a device without end fails fast instead of filling the machine);
     ``limit_bytes`` caps the size of any file it writes (RLIMIT_FSIZE, with SIGXFSZ ignored), so
-    a write fails as on a full disk."""
+    a write fails as on a full disk; ``env_extra`` adds to its environment."""
     def cap():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
         if limit_bytes is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "tmcli", *map(str, args)], env=env,
                           capture_output=True, text=True, preexec_fn=cap, timeout=300, **kwargs)
 
@@ -331,9 +332,10 @@ def test_full_disk_writing_html_leaves_no_tmp(tmp_path, outputs):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
-def test_full_device_for_records_is_one_line(outputs):
+def test_full_disk_for_records_is_one_line(outputs, tmp_path):
     # score copies records outside --temperatures through unscored: a write, with no model
-    done = cli_subprocess("score", outputs, "-o", "/dev/full", "--temperatures", "5")
+    out = tmp_path / "scored.jsonl"
+    done = cli_subprocess("score", outputs, "-o", out, "--temperatures", "5", limit_bytes=100)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("Error: /dev/full: No space left on device"), done.stderr
+    assert done.stderr.startswith(f"Error: {out}: File too large"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

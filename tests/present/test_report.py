@@ -239,6 +239,9 @@ def test_parquet_round_trip_gives_the_same_report(analysis, tmp_path):
 
 
 def test_bad_inputs_fail_with_a_fix(analysis, tmp_path):
+    with pytest.raises(TmcliError, match="no such file"):
+        load_analysis(tmp_path / "x.txt")
+    (tmp_path / "x.txt").write_text("notes")
     with pytest.raises(TmcliError, match="suffix '.txt'"):
         load_analysis(tmp_path / "x.txt")
     bad = tmp_path / "other.parquet"
@@ -255,8 +258,9 @@ def test_bad_inputs_fail_with_a_fix(analysis, tmp_path):
     good = write_parquet(analysis, tmp_path / "s.parquet")
     with pytest.raises(TmcliError, match="window cannot apply to a stored analysis"):
         load_analysis(good, window=32)
-    with pytest.raises(TmcliError, match="name the file with .html"):
-        write_report(analysis, tmp_path / "r.pdf")
+    # the name of the report is the command line's to check (`tmcli.cli.paths`), before the work
+    res = CliRunner().invoke(app, ["report", str(good), "--html", str(tmp_path / "r.pdf")])
+    assert res.exit_code == 2 and "name the file with .html" in res.output
 
 
 # -- CLI -------------------------------------------------------------------------------------

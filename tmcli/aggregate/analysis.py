@@ -23,11 +23,25 @@ import polars as pl
 from tmcli import __version__
 from tmcli.aggregate.curves import pooled_window_profile, survival
 from tmcli.aggregate.groups import Summariser, sigmoid_fits
-from tmcli.errors import InvalidRecord, TmcliError, one_line
+from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.io.readers.base import Record
 from tmcli.io.records import read_records
 from tmcli.measure.records import TokenizerPool, measure_records
 from tmcli.measure.sample_table import SAMPLE_SCHEMA, in_memory, natural_types, schema_with
+
+# Bootstrap resamples: from 100 (fewer cannot place a 95% interval's ends) to 100,000 (the
+# intervals stop moving long before; time and memory grow with the count: 10^9 took 8.5 GB).
+MIN_RESAMPLES, MAX_RESAMPLES = 100, 100_000
+
+
+def check_resamples(n: int, minimum: int = MIN_RESAMPLES) -> int:
+    """``n`` if it is a usable number of bootstrap resamples (``minimum`` to `MAX_RESAMPLES`:
+    the command line asks for `MIN_RESAMPLES`, the library for 1), else the one-line error."""
+    if isinstance(n, bool) or not isinstance(n, int) or not minimum <= n <= MAX_RESAMPLES:
+        raise TmcliError(f"--resamples {n} is outside {minimum:,} to {MAX_RESAMPLES:,}",
+                         hint="the intervals stop moving long before the top (2,000, the "
+                         "default, is plenty), while time and memory grow with the count")
+    return n
 
 
 @dataclass
@@ -69,6 +83,7 @@ class Analysis:
             "group_by": self.group_by,
             "n_samples": self.n_samples,
             "n_skipped": len(self.skipped),
+            "skipped_reasons": self.skipped_reasons(),
             "groups": _jsonable(self.groups.to_dicts()),
             "sigmoid_fits": _jsonable(self.fits.to_dicts()),
             "canonical_comparison": _rows(self.comparison),
@@ -76,6 +91,14 @@ class Analysis:
             "pooled_window_profile": _rows(self.pooled_windows),
             "meta": _jsonable(self.meta),
         }
+
+    def skipped_reasons(self) -> dict[str, int]:
+        """Lines skipped (``skip_invalid``) by reason, most frequent first."""
+        counts: dict[str, int] = {}
+        for exc in self.skipped:
+            reason = getattr(exc, "detail", str(exc))
+            counts[reason] = counts.get(reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
     def stored_metadata(self) -> dict:
         """What a parquet file of the samples keeps beside them to rebuild this analysis
@@ -128,21 +151,6 @@ def _example(item, pool: TokenizerPool) -> dict:
     }
 
 
-def parse_tokenizer_option(values: list[str] | None) -> str | dict | None:
-    """`--tokenizer SPEC` (one for all) or repeated `--tokenizer NAME=SPEC` (a mapping)."""
-    if not values:
-        return None
-    pairs = [v for v in values if "=" in v]
-    if not pairs:
-        if len(values) > 1:
-            raise TmcliError("several --tokenizer values given",
-                             hint="give one, or map each as --tokenizer NAME=SPEC")
-        return values[0]
-    if len(pairs) != len(values):
-        raise TmcliError("mix of --tokenizer SPEC and NAME=SPEC", hint="use one form")
-    return dict(v.split("=", 1) for v in values)
-
-
 def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None = None,
                     window: int = 64, method: str = "aligned", context: bool = True,
                     group_by: list[str] | None = None, batch_size: int = 256,
@@ -150,7 +158,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                     n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None,
                     jobs: int | None = None, output: str | None = None,
                     keep_duplicates: bool = False, keep_samples: bool = True,
-                    chat_template: str | None = None) -> Analysis:
+                    chat_template: str | None = None, line_counts: dict | None = None
+                    ) -> Analysis:
     """Measure every record and summarise by group (the whole of `tmcli analyze`).
 
     Group summaries are streamed (`groups.Summariser`): memory does not grow with the input,
@@ -162,6 +171,7 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     by turn."""
     if window < 1:
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
+    check_resamples(n_resamples, minimum=1)  # the memory bound; the CLI also asks for >= 100
     if method not in ("aligned", "study"):
         raise TmcliError(f"unknown window method '{method}'", hint="use aligned or study")
     from tmcli.io.outputs import ParquetSink
@@ -198,11 +208,15 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
         samples = pl.concat(kept) if kept else in_memory(pl.DataFrame(schema=schema_with(fields)))
         kept.clear()
         if summariser.n == 0:
-            raise TmcliError("no usable records in the input",
+            where = ", ".join("<stdin>" if str(p) == "-" else str(p)
+                              for p in (meta or {}).get("inputs") or []) or "the input"
+            raise TmcliError(f"no usable records in {where}",
                              hint=f"{len(errors)} invalid line(s) were skipped" if errors
                              else "the input is empty")
         info = run_meta(sorted(pool._encoders), window=window, method=method, context=context,
                         n_samples=summariser.n, n_skipped=len(errors), extra=meta)
+        if line_counts is not None:  # filled by read_records as the records were read
+            info["n_lines"] = line_counts.get("lines", 0)
         examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
         analysis = _analysis(summariser, samples, window, method, examples, errors, info)
         if sink is not None:
@@ -264,6 +278,7 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
                       skipped: list | None = None, meta: dict | None = None,
                       keep_duplicates: bool = False) -> Analysis:
     """An `Analysis` from per-sample rows (just measured, or read back from parquet)."""
+    check_resamples(n_resamples, minimum=1)  # the memory bound; the CLI also asks for >= 100
     keys = list(group_by or ())
     missing = [k for k in keys if k not in samples.columns]
     if missing:
@@ -281,36 +296,28 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
 
 def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
                  skip_invalid: bool = False, **kwargs) -> Analysis:
-    """`analyze_records` over a file (``-`` for stdin) in any supported format."""
+    """`analyze_records` over a file (``-`` for stdin) in any supported format.
+
+    ``meta["n_lines"]`` is the lines (or table rows) read: each was measured (``n_samples``
+    counts its completions) or skipped with its reason (``skipped``)."""
     errors: list = []
+    counts: dict = {}
     with reported_against(path):
         records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                               skip_invalid=skip_invalid, errors=errors)
+                               skip_invalid=skip_invalid, errors=errors, counts=counts)
         return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
-                               meta={"inputs": [path]}, **kwargs)
+                               meta={"inputs": [path]}, line_counts=counts, **kwargs)
 
 
 @contextmanager
 def reported_against(path: str):
-    """Whatever goes wrong while reading or measuring ``path``, reported against the file: an OS
-    error names it (a read error names no file of its own), and any other failure becomes a
-    one-line `TmcliError` (exit 2 in the CLI) instead of a traceback."""
+    """An OS error met while reading or measuring ``path`` names it (a read error names no file
+    of its own). Anything else propagates as it is: an invalid line names its own file:line
+    (the CLI adds --skip-invalid when it can be skipped: `InvalidRecord.skippable`), and a bug is
+    never reported as a problem of the input."""
     try:
         yield
-    except InvalidRecord as exc:
-        if "--skip-invalid" in str(exc):
-            raise
-        hint = f"{exc.hint}; or pass --skip-invalid to skip such lines" if exc.hint \
-            else "fix or drop the line, or pass --skip-invalid to skip such lines"
-        raise InvalidRecord(exc.source, exc.line, exc.detail, hint=hint) from None
-    except (TmcliError, MemoryError):
-        raise
     except OSError as exc:
         if exc.filename is None:  # a read error (the output's are reported by its sink)
             exc.filename = path
         raise
-    except Exception as exc:
-        text = one_line(exc, 200, ellipsis=False)
-        raise TmcliError(f"{path}: cannot analyse this input ({type(exc).__name__}: {text})",
-                         hint="run with --debug to see where; --skip-invalid skips records "
-                         "that fail on their own") from exc

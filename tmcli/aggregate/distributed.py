@@ -72,10 +72,11 @@ def measure_shard(index: int, path: str, *, output: str | None, tokenizer, windo
 
     errors: list = []
     heap: list = []
+    counts: dict = {}
     pool = TokenizerPool(tokenizer, window=window, context=context)
     with reported_against(path):
         records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                               skip_invalid=skip_invalid, errors=errors)
+                               skip_invalid=skip_invalid, errors=errors, counts=counts)
         frames = list(measure_records(records, pool, method=method, batch_size=256,
                                       skip_invalid=skip_invalid, errors=errors, examples=heap,
                                       n_examples=n_examples, jobs=1))
@@ -91,7 +92,8 @@ def measure_shard(index: int, path: str, *, output: str | None, tokenizer, windo
                 for item in heap]
     return {"index": index, "samples": sink.getvalue().to_pybytes(),
             "skipped": orjson.dumps([[e.source, e.line, e.detail, e.hint] for e in errors]),
-            "examples": orjson.dumps(examples), "tokenizers": orjson.dumps(sorted(pool._encoders))}
+            "examples": orjson.dumps(examples), "tokenizers": orjson.dumps(sorted(pool._encoders)),
+            "lines": counts.get("lines", 0)}
 
 
 def _write_part(samples: pl.DataFrame, path: Path) -> None:
@@ -124,7 +126,7 @@ class MeasureShards:
                 row = {**measure_shard(int(index), str(path), **self.settings), "error": b""}
             except TmcliError as exc:
                 row = {"index": int(index), "samples": b"", "skipped": b"[]", "examples": b"[]",
-                       "tokenizers": b"[]", "error": pickle.dumps(exc)}
+                       "tokenizers": b"[]", "lines": 0, "error": pickle.dumps(exc)}
             for key, value in row.items():
                 out.setdefault(key, []).append(value)
         return out
@@ -231,6 +233,7 @@ def _summarise(rows: list[dict], shards: list[str], settings: dict, **kwargs) ->
     meta = run_meta(tokenizers, window=settings["window"], method=settings["method"],
                     context=settings["context"], n_samples=samples.height,
                     n_skipped=len(errors), extra={"inputs": shards})
+    meta["n_lines"] = sum(int(row.get("lines", 0)) for row in rows)  # as a local run counts
     return summarise_samples(samples, window=settings["window"], method=settings["method"],
                              examples=[ex for _k, ex in candidates[:settings["n_examples"]]],
                              skipped=errors, meta=meta, **kwargs)

@@ -53,7 +53,8 @@ class Summariser:
     are kept by all of them (`FINEST`), which the canonical comparison reads, and the groups
     merged at the end (`GroupSums.merged`) where a setting only some rows state (the others
     null) splits nothing. With
-    ``dedupe`` a row whose `DUPLICATE_KEY` was seen before is dropped (and counted): rows are
+    ``dedupe`` a row whose `DUPLICATE_KEY` was seen before is dropped (and counted; a row
+    without an id of its own, null ``id``, never is): rows are
     remembered by a 128-bit hash of that key (16 bytes per row, the only memory per row)."""
 
     def __init__(self, keys: list[str] | None, window: int, n_resamples: int = 2000,
@@ -108,14 +109,16 @@ class Summariser:
         key = pl.struct(cols)
         hashes = frame.select(a=key.hash(seed=1), b=key.hash(seed=2))
         found = [(a << 64) | b for a, b in zip(hashes["a"].to_list(), hashes["b"].to_list())]
+        own = frame["id"].is_not_null().to_list()  # a row without an id is never a duplicate
         fresh = set(found)
-        if len(fresh) == len(found) and self.seen.isdisjoint(fresh):
+        if len(fresh) == len(found) and self.seen.isdisjoint(fresh) and all(own):
             self.seen |= fresh
             return frame
         keep = []
-        for h in found:
-            keep.append(h not in self.seen)
-            self.seen.add(h)
+        for h, has_id in zip(found, own):
+            keep.append(not has_id or h not in self.seen)
+            if has_id:
+                self.seen.add(h)
         self.n_duplicates += keep.count(False)
         return frame.filter(pl.Series(keep))
 

@@ -99,15 +99,58 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
     except orjson.JSONDecodeError:
         raise TmcliError(f"{path}: the 'tmcli' metadata is not valid JSON",
                          hint="re-run `tmcli analyze --output`") from None
-    samples = in_memory(pl.from_arrow(table.select(list(schema))).cast(schema))
+    window, method, meta, examples = _stored_settings(path, extra)
+    try:
+        samples = in_memory(pl.from_arrow(table.select(list(schema))).cast(schema))
+    except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+        raise _tampered(path, f"a per-sample column has the wrong type "
+                        f"({type(exc).__name__})") from None
     if samples.height == 0:
         raise TmcliError(f"{path} holds no samples", hint="analyze a non-empty input")
-    meta = dict(extra.get("meta") or {})
     meta.setdefault("inputs", [str(path)])
-    return summarise_samples(samples, group_by=group_by, window=int(extra.get("window") or 64),
-                             method=str(extra.get("window_method") or "aligned"),
-                             n_resamples=n_resamples, examples=extra.get("examples"),
+    return summarise_samples(samples, group_by=group_by, window=window, method=method,
+                             n_resamples=n_resamples, examples=examples,
                              meta=meta, keep_duplicates=keep_duplicates)
+
+
+def _tampered(path, what: str) -> TmcliError:
+    return TmcliError(f"{path} is not a stored analysis tmcli can read: {what}",
+                      hint="re-run `tmcli analyze --output` on the raw outputs")
+
+
+def _stored_settings(path, extra) -> tuple[int, str, dict, list]:
+    """(window, window method, run metadata, examples) of a stored analysis's metadata, each
+    checked: a file edited by hand (or by another program) is refused in one line."""
+    if not isinstance(extra, dict):
+        raise _tampered(path, "its 'tmcli' metadata is not a JSON object")
+    window = extra.get("window") or 64
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise _tampered(path, "its window is not a positive number of tokens")
+    method = extra.get("window_method") or "aligned"
+    if method not in ("aligned", "study"):
+        raise _tampered(path, "its window method is neither aligned nor study")
+    meta = extra.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise _tampered(path, "its run metadata is not a JSON object")
+    examples = extra.get("examples") or []
+    if not (isinstance(examples, list) and all(_example_ok(ex) for ex in examples)):
+        raise _tampered(path, "its example completions are not in tmcli's shape")
+    return window, method, dict(meta), examples
+
+
+def _example_ok(ex) -> bool:
+    if not isinstance(ex, dict) or not isinstance(ex.get("segments", []), list):
+        return False
+    for seg in ex.get("segments", []):
+        if not isinstance(seg, dict):
+            return False
+        for key in ("generated", "canonical"):
+            tokens = seg.get(key, [])
+            if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+                return False
+    return all(ex.get(k) is None or isinstance(ex.get(k), (int, float)) and not isinstance(
+        ex.get(k), bool) for k in ("temperature", "compression", "n_tokens", "n_spans",
+                                   "noncanonical_tokens"))
 
 
 def is_stored_analysis(path: str | Path) -> bool:
@@ -135,7 +178,7 @@ def load_analysis(path: str | Path, *, n_resamples: int = 2000,
     ``analyze_kwargs`` (tokenizer, window, skip_invalid...) apply to JSONL input only; a parquet
     file was measured already, with its own settings.
     """
-    from tmcli.io.input_files import is_records_input
+    from tmcli.io.input_files import input_stat, is_records_input
 
     text = str(path)
     suffix = Path(text).suffix.lower()
@@ -143,8 +186,8 @@ def load_analysis(path: str | Path, *, n_resamples: int = 2000,
         raise TmcliError(f"{text} is a directory", hint="give raw outputs (.jsonl, - for stdin), "
                          "an `analyze --output` file (.parquet) or an `analyze --ray --output` "
                          "folder")
-    if suffix in PARQUET_SUFFIXES and not Path(text).is_file():
-        raise TmcliError(f"no such file: {text}", hint="check the path")
+    if text != "-" and not Path(text).is_dir():
+        input_stat(text)  # missing, a link loop: said as such, before its format is guessed
     if is_stored_analysis(text):
         given = {k for k, v in analyze_kwargs.items() if v is not None}
         if given:

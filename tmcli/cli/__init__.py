@@ -1,4 +1,5 @@
-"""The command line (`tmcli`): a thin layer that parses options, calls the public API and renders.
+"""The command line (`tmcli`): a thin layer that parses options, checks every output path
+before any work (`paths`: one policy for every command), calls the public API and renders.
 
 `app` holds the Typer application, the exit codes and the options the commands share; the
 commands live by what they do: `measure` (analyze, check, selftest, report, diff, filter),

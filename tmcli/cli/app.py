@@ -1,10 +1,11 @@
 """The command line: parses options, calls the public API, renders. No measurement logic here.
 
 Exit codes (`tmcli.errors`): 0 ok; 1 only when `check` (or `selftest`) fails; 2 a mistake the user
-can fix (bad option or input, an OS error on a named path, out of memory), one line on stderr;
-70 an internal error (a bug), one line saying how to see the traceback (--debug or
-TMCLI_DEBUG=1); 141 stdout was closed early (a broken pipe, as when killed by SIGPIPE). Every
-command gets this mapping from `_App`, so a command needs no error handling of its own.
+can fix (bad option or input, an OS error on a named path, out of memory, a stdout that cannot
+show the data), one line on stderr; 70 an internal error (a bug), one line saying how to see the
+traceback (--debug or TMCLI_DEBUG=1); 130 Ctrl-C, 143 SIGTERM; 141 stdout was closed early (a
+broken pipe, as when killed by SIGPIPE). Every command gets this mapping from `_App`, so a
+command needs no error handling of its own.
 """
 
 from __future__ import annotations
@@ -21,14 +22,56 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from tmcli import __version__
-from tmcli.errors import EXIT_INTERNAL, EXIT_USAGE, TmcliError, from_os_error, one_line, printable
+from tmcli.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    InvalidRecord,
+    TmcliError,
+    from_os_error,
+    one_line,
+    printable,
+)
 
 _state = {"debug": False}
 # Typer's (bundled Click's) usage-error classes, reached through a public name so that this works
 # whether Typer vendors Click or depends on it.
 _UsageError = typer.BadParameter.__bases__[0]
 _ClickException = _UsageError.__bases__[0]
-EXIT_BROKEN_PIPE = 141
+SKIP_HINT = "or pass --skip-invalid to skip such lines"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that the same
+    clean-up runs (workers stopped, temporary files removed)."""
+
+
+class StdoutEncodingError(TmcliError):
+    """stdout's encoding cannot show a character of the data (a user's locale to fix)."""
+
+
+def _stdout_unencodable(exc: UnicodeEncodeError):
+    """The error handler of stdout: bytes a path or argument carried undecoded (Python's
+    surrogate escapes) are written as they were; any other character the encoding lacks stops
+    the command with one line (exit 2) instead of a crash."""
+    part = exc.object[exc.start:exc.end]
+    if all("\udc80" <= c <= "\udcff" for c in part):
+        return bytes(ord(c) - 0xDC00 for c in part), exc.end
+    char = exc.object[exc.start] if exc.start < len(exc.object) else "?"
+    raise StdoutEncodingError(
+        f"stdout's encoding ({exc.encoding}) cannot show the character U+{ord(char):04X} of "
+        "the output", hint="set PYTHONIOENCODING=utf-8 (or a UTF-8 locale, e.g. LANG=C.UTF-8), "
+        "or ask for --json")
+
+
+def _silence_stdout() -> None:
+    """The reader of stdout went away: say nothing more, and let nothing flush into the pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _debug() -> bool:
@@ -38,13 +81,12 @@ def _debug() -> bool:
 def _exit_for(exc: BaseException) -> int:
     """Print the one error line for ``exc`` (and its traceback with --debug); its exit code."""
     if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
-        try:  # the reader went away: say nothing more, and let nothing flush into the pipe
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
+        _silence_stdout()
         return EXIT_BROKEN_PIPE
     code = EXIT_USAGE
-    if isinstance(exc, TmcliError):
+    if isinstance(exc, InvalidRecord) and exc.skippable:
+        message = f"{exc}; {SKIP_HINT}" if exc.hint else f"{exc}; fix or drop the line, {SKIP_HINT}"
+    elif isinstance(exc, TmcliError):
         message = str(exc)
     elif isinstance(exc, OSError):
         message = str(from_os_error(exc))
@@ -66,8 +108,14 @@ def _errors_to_exit():
     """Turn any failure of a command into one line on stderr and an exit code."""
     try:
         yield
-    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+    except (typer.Exit, typer.Abort):
         raise
+    except KeyboardInterrupt:
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Terminated:
+        typer.echo("Terminated.", err=True)
+        raise typer.Exit(EXIT_TERMINATED) from None
     except _UsageError as exc:  # bad option values: one line instead of Typer's boxed message
         if type(exc).__name__ == "NoArgsIsHelpError":
             raise
@@ -158,19 +206,77 @@ def fail(message: str) -> None:
     raise typer.Exit(EXIT_USAGE)
 
 
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
+def _broken_pipe(_console) -> None:
+    raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+def _setup_process() -> None:
+    """What the process needs before any command: stdout that refuses (exit 2, one line)
+    rather than crashes on a character its encoding lacks; a closed stdout that is exit 141
+    also when Typer's own Rich console (help, usage) meets it (Rich would exit 1, the code of a
+    failed check); SIGTERM handled as Ctrl-C is."""
+    import codecs
+    import signal
+
+    from rich.console import Console
+
+    Console.on_broken_pipe = _broken_pipe
+
+    codecs.register_error("tmcli-stdout", _stdout_unencodable)
+    try:
+        sys.stdout.reconfigure(errors="tmcli-stdout")
+    except (AttributeError, ValueError):  # not a TextIOWrapper (embedded, redirected in Python)
+        pass
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main() -> None:
     """Entry point (`tmcli`): the app, with the exit codes above."""
+    _setup_process()
     try:
         app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
-        sys.exit(130)
+        code = EXIT_INTERRUPTED
+    except Terminated:
+        typer.echo("Terminated.", err=True)
+        code = EXIT_TERMINATED
     except Exception as exc:  # raised outside a command (Typer itself): same mapping
-        sys.exit(_exit_for(exc))
+        code = _exit_for(exc)
+    try:  # what is still buffered for stdout: a reader gone by now is a broken pipe too
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = EXIT_BROKEN_PIPE
+    except Exception as exc:  # noqa: BLE001 - e.g. an encoding error in the last buffer
+        code = _exit_for(exc)
+    sys.exit(code)
 
 
 # -- shared options -----------------------------------------------------------------------------
-InputArg = Annotated[str, typer.Argument(metavar="INPUT", help="Outputs: JSONL (.gz/.zst too) from tmcli, vLLM, an OpenAI-compatible server or SGLang, or a Parquet/Arrow table; - for stdin.")]
+def stdin_hint(value):
+    """An input argument's callback: reading ``-`` from a terminal says so on stderr, since
+    nothing else would tell the user why the command waits."""
+    if value == "-":
+        try:
+            tty = sys.stdin.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        if tty:
+            typer.echo("reading from the terminal (stdin): paste the lines, then Ctrl-D to end "
+                       "(Ctrl-C to stop); or give a file instead of -", err=True)
+    return value
+
+
+InputArg = Annotated[str, typer.Argument(metavar="INPUT", callback=stdin_hint, help="Outputs: JSONL (.gz/.zst too) from tmcli, vLLM, an OpenAI-compatible server or SGLang, or a Parquet/Arrow table; - for stdin.")]
 TokenizerOpt = Annotated[
     Optional[list[str]],
     typer.Option("--tokenizer", "-t", metavar="SPEC", help="Tokenizer for all records (alias, path, tokenizer.json, "

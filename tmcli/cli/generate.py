@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from tmcli.cli.app import _Command, app
+from tmcli.cli.app import _Command, app, stdin_hint
+from tmcli.errors import EXIT_INTERRUPTED
 from tmcli.sources.aliases import alias_names
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def _progress(quiet: bool) -> tuple[_Progress, Progress | None]:
 
 @app.command(cls=_Command)
 def generate(
-    prompts: Annotated[str, typer.Option("--prompts", "-p", metavar="PATH", help="Prompt file: one prompt per line, "
+    prompts: Annotated[str, typer.Option("--prompts", "-p", metavar="PATH", callback=stdin_hint, help="Prompt file: one prompt per line, "
                                          "or JSONL with a text field; - for stdin.")],
     output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL file to append records to; "
                                         "rerunning the same command resumes it.")],
@@ -205,7 +206,10 @@ def generate(
 ) -> None:
     """Generate completions for models x temperatures x truncation x prompts into a JSONL file
     (resumable)."""
+    from tmcli.cli.paths import check_output
     from tmcli.cli.sweep_spec import SweepSpec
+
+    check_output(output, "records", inputs=[prompts], create_folders=True)
     from tmcli.generation.sweep import GenerateInterrupted
 
     spec = SweepSpec.from_cli(
@@ -226,7 +230,7 @@ def generate(
         s = exc.summary
         typer.echo(f"Interrupted: {s.written + s.skipped} records saved in {s.output} "
                    f"({s.written} from this run); rerun the same command to resume.", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         bar.stop()
     if not quiet:
@@ -237,7 +241,7 @@ def generate(
 
 @app.command(cls=_Command)
 def score(
-    input: Annotated[str, typer.Argument(metavar="INPUT", help="tmcli generate records (.jsonl, - for stdin).")],
+    input: Annotated[str, typer.Argument(metavar="INPUT", callback=stdin_hint, help="tmcli generate records (.jsonl, - for stdin).")],
     output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL to append scored records "
                                         "to; rerunning resumes it.")],
     model: Annotated[Optional[str], typer.Option(
@@ -259,9 +263,11 @@ def score(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
+    from tmcli.cli.paths import check_output
     from tmcli.cli.sweep_spec import parse_temperatures
     from tmcli.scoring.nll import score as run_score
 
+    check_output(output, "records", inputs=[input], create_folders=True)
     temps = parse_temperatures(temperatures) if temperatures else None
     bar, shown = _progress(quiet)
     try:

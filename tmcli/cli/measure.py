@@ -22,6 +22,7 @@ from tmcli.cli.app import (
     app,
     fail,
 )
+from tmcli.cli.paths import parse_tokenizer_option
 from tmcli.errors import EXIT_CHECK_FAILED, EXIT_OK, printable
 
 
@@ -31,7 +32,7 @@ def _groups(group_by: str | None) -> list[str] | None:
 
 def _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
               group_by, prompt_ids_field=None, **kwargs):
-    from tmcli.aggregate.analysis import analyze_file, parse_tokenizer_option
+    from tmcli.aggregate.analysis import analyze_file
     from tmcli.aggregate.stored import is_stored_analysis, read_parquet
 
     if is_stored_analysis(input):  # no re-encoding
@@ -59,7 +60,7 @@ def analyze(
     json_out: Annotated[bool, typer.Option("--json", help="Print group summaries as JSON.")] = False,
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="PATH", help="Write one row per sample to this .parquet file (for report/check).")] = None,
     skip_invalid: SkipOpt = False,
-    resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 2000,
+    resamples: Annotated[int, typer.Option("--resamples", help="Bootstrap resamples, 100 to 100,000 (the intervals stop moving long before the top).")] = 2000,
     keep_duplicates: KeepDupOpt = False,
     on_ray: Annotated[bool, typer.Option(
         "--ray", help="INPUT is a folder or quoted glob of shards, measured on Ray workers "
@@ -74,18 +75,19 @@ def analyze(
     trajectories (records with messages) for drift from their chat template."""
     import json
 
+    from tmcli.aggregate.analysis import check_resamples
     from tmcli.aggregate.stored import is_stored_analysis, write_parquet
-    from tmcli.io.outputs import check_parquet_path
+    from tmcli.cli.paths import check_output
     from tmcli.present import terminal
 
+    check_resamples(resamples)  # before the analysis, not after it
     if (on_ray or ray_address) and not is_stored_analysis(input):
         if chat_template:
             fail("--chat-template is not supported with --ray (shards are checked with each "
                  "tokenizer's own template); run without --ray to use it")
-        from tmcli.aggregate.analysis import parse_tokenizer_option
         from tmcli.aggregate.distributed import analyze_on_ray
 
-        stored = False
+        stored = False  # --output names the dataset's folder (checked there, before the work)
         result = analyze_on_ray(
             input, address=ray_address, output=output,
             tokenizer=parse_tokenizer_option(tokenizer), window=window, method=window_method,
@@ -93,9 +95,9 @@ def analyze(
             prompt_ids_field=prompt_ids_field, skip_invalid=skip_invalid,
             n_resamples=resamples, keep_duplicates=keep_duplicates)
     else:
+        if output:  # before the analysis, not after it
+            check_output(output, "parquet", inputs=[input])
         stored = is_stored_analysis(input)
-        if output:
-            check_parquet_path(output)  # before the analysis, not after it
         result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid,
                            context, group_by, prompt_ids_field=prompt_ids_field,
                            n_resamples=resamples, keep_duplicates=keep_duplicates,
@@ -142,7 +144,6 @@ def check(
     list every non-canonical sample and fail), log (--on-mismatch warn: list them, exit by the
     thresholds alone) or drop (`tmcli filter --keep canonical`).
     """
-    from tmcli.aggregate.analysis import parse_tokenizer_option
     from tmcli.aggregate.stored import load_analysis
     from tmcli.gates.check import FORMATS, render, run_check, validate_thresholds
     from tmcli.present import terminal
@@ -179,18 +180,15 @@ def selftest(
 ) -> None:
     """Check that canonically encoded text re-encodes with 0 non-canonical samples."""
     import json
-    from pathlib import Path
 
     from tmcli.gates.selftest import TEXTS
     from tmcli.gates.selftest import selftest as run_selftest
+    from tmcli.io.input_files import read_text
     from tmcli.present import terminal
 
     texts = None
     if text_file:
-        path = Path(text_file)
-        if not path.is_file():
-            fail(f"no such file: {text_file}")
-        texts = TEXTS + [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+        texts = TEXTS + [line for line in read_text(text_file).splitlines() if line]
     results = [run_selftest(spec, texts) for spec in tokenizer]
     if json_out:
         typer.echo(json.dumps([r.to_json() for r in results], indent=2))
@@ -228,14 +226,20 @@ def report(
     chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
-    from tmcli.aggregate.analysis import parse_tokenizer_option
     from tmcli.aggregate.stored import load_analysis
-    from tmcli.cli.sweep_spec import parse_temperatures
-    from tmcli.present.html_report import check_path, warnings, write_report
+    from tmcli.cli.paths import check_output, check_output_folder, parse_report_temperatures
+    from tmcli.present.html_report import warnings, write_report
 
-    temps = parse_temperatures(temperatures) if temperatures else None
-    if html is not None:
-        check_path(html)  # before the analysis, not after it
+    temps = parse_report_temperatures(temperatures) if temperatures else None
+    if html is not None:  # before the analysis, not after it
+        check_output(html, "html", inputs=[source])
+    if png_dir is not None:
+        from tmcli.present.png import find_chromium
+
+        check_output_folder(png_dir)
+        if find_chromium() is None:
+            fail("PNG export needs Chromium; install it (Debian: apt-get install chromium) or "
+                 "use --html")
     analysis = load_analysis(source,
                              tokenizer=parse_tokenizer_option(tokenizer),
                              window=window, skip_invalid=skip_invalid or None,
@@ -246,7 +250,7 @@ def report(
         from tmcli.present.png import export_png
 
         pngs = export_png(analysis, png_dir, temperatures=temps)
-        typer.echo(f"wrote {len(pngs)} figures to {png_dir}", err=True)
+        typer.echo(f"wrote {len(pngs)} figures to {printable(png_dir)}", err=True)
     if html is None:
         if png_dir is None:
             from tmcli.present import terminal
@@ -256,7 +260,7 @@ def report(
     path = write_report(analysis, html, temperatures=temps)
     for line in warnings(analysis, temps):
         typer.echo(f"warning: {line}", err=True)
-    typer.echo(f"wrote {path} ({analysis.samples.height} samples)", err=True)
+    typer.echo(f"wrote {printable(str(path))} ({analysis.samples.height} samples)", err=True)
 
 
 @app.command()
@@ -281,15 +285,13 @@ def diff(
     """
     import orjson
 
-    from tmcli.aggregate.analysis import parse_tokenizer_option
     from tmcli.gates.diff import diff_records, plain, render
+    from tmcli.present.terminal import DataConsole
 
     stats: dict = {}
 
     def run():
-        from rich.console import Console
-
-        console = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+        console = DataConsole(highlight=False, soft_wrap=True, markup=False, emoji=False)
         for item in diff_records(input, tokenizer=parse_tokenizer_option(tokenizer),
                                  ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                                  record_id=record_id, limit=limit, context=context_tokens,
@@ -329,16 +331,23 @@ def filter_(
     does not drift and each of its sampled turns is canonical. Prints how many were kept and
     dropped.
     """
-    from tmcli.aggregate.analysis import parse_tokenizer_option
+    from tmcli.cli.paths import check_output
     from tmcli.gates.filter import filter_file
+    from tmcli.io.input_files import input_format
+    from tmcli.io.outputs import check_format
 
     if keep not in ("canonical", "noncanonical"):
         fail(f"unknown --keep '{keep}'; use canonical or noncanonical")
+    if output != "-":  # before the verdicts, not after them
+        check_output(output, None, inputs=[input])
+        kind = input_format(input)
+        if kind != "stream":  # a stream's format is known once it is read (filter checks it)
+            check_format(output, kind)
     summary = filter_file(input, output, keep=keep,
                           tokenizer=parse_tokenizer_option(tokenizer),
                           ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                           skip_invalid=skip_invalid, context=context,
                           chat_template=chat_template)
     invalid = f", {summary.invalid} invalid dropped" if summary.invalid else ""
-    typer.echo(f"kept {summary.kept} {keep} record(s), dropped {summary.dropped}{invalid} -> "
-               f"{summary.output}", err=True)
+    typer.echo(f"kept {summary.kept} {keep} record(s), dropped {summary.dropped}{invalid} of "
+               f"{summary.read} line(s) read -> {printable(summary.output)}", err=True)

@@ -141,7 +141,7 @@ def find_mismatches(analysis) -> list[Mismatch]:
     samples = analysis.samples.with_row_index("_row")
     df = samples.filter(pl.col("noncanonical"))
     cols = ["_row", "source", "line", "id", "first_divergence", "n_spans", "kind", "causes"]
-    found = [(r["_row"], Mismatch(r["source"] or "", r["line"] or 0, str(r["id"]),
+    found = [(r["_row"], Mismatch(r["source"] or "", r["line"] or 0, _shown_id(r),
                                   r["first_divergence"] or 0, r["n_spans"], r["kind"],
                                   list(r["causes"] or [])))
              for r in df.select(cols).iter_rows(named=True)]
@@ -153,6 +153,11 @@ def find_mismatches(analysis) -> list[Mismatch]:
                                        [r["drift_cause"] or ""], r["drift_message"]))
                   for r in drifting.iter_rows(named=True)]
     return [m for _row, m in sorted(found, key=lambda x: x[0])]
+
+
+def _shown_id(row: dict) -> str:
+    """A sample's id as listed: its own, or where it is in the file when it has none."""
+    return str(row["id"]) if row["id"] is not None else f"(no id, line {row['line']})"
 
 
 def _mismatch_text(m: Mismatch) -> str:
@@ -198,11 +203,11 @@ def render(result: CheckResult, fmt: str) -> str:
                     f"{o.metric} = {_fmt(o.value)} > {o.limit:g} (n={o.n})"))
         for m in result.mismatches[:MAX_LISTED]:
             case = ET.SubElement(suite, "testcase", classname="tmcli.gates.check",
-                                 name=f"canonical[{m.id}]")
+                                 name=_xml_safe(f"canonical[{m.id}]"))
             if result.on_mismatch == "error":
-                ET.SubElement(case, "failure", message=_mismatch_text(m))
+                ET.SubElement(case, "failure", message=_xml_safe(_mismatch_text(m)))
             else:
-                ET.SubElement(case, "system-out").text = _mismatch_text(m)
+                ET.SubElement(case, "system-out").text = _xml_safe(_mismatch_text(m))
         if result.mismatches:
             suite.set("tests", str(len(suite)))
             suite.set("failures", str(sum(c.find("failure") is not None for c in suite)))
@@ -215,7 +220,7 @@ def render(result: CheckResult, fmt: str) -> str:
             lines.append(f"{mark}  {printable(o.group)}: {o.metric} = {_fmt(o.value)} {op} {o.limit:g}"
                          f"  (n={o.n})")
         mark = "FAIL" if result.on_mismatch == "error" else "WARN"
-        lines += [f"{mark}  {_mismatch_text(m)}" for m in result.mismatches[:MAX_LISTED]]
+        lines += [f"{mark}  {printable(_mismatch_text(m))}" for m in result.mismatches[:MAX_LISTED]]
         lines.extend(_more(result))
         verdict = "passed" if result.passed else "FAILED"
         tail = (f"; {len(result.mismatches)} non-canonical sample(s) "

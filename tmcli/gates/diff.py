@@ -74,7 +74,7 @@ def token_strings(vocab, ids) -> list[str]:
 def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: list,
              chunk: int = 64) -> Iterator[tuple[Record, str, object, SampleMetrics]]:
     """(record, tokenizer spec, sample, metrics) in input order, measured ``chunk`` at a time."""
-    from tmcli.measure.records import _prepare
+    from tmcli.measure.records import _prepare, _skip_or_raise
 
     batch: list = []
 
@@ -105,9 +105,7 @@ def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: lis
             spec, _enc, smp = _prepare(rec, pool)
             batch.append((rec, spec, smp))
         except InvalidRecord as exc:
-            if not skip_invalid:
-                raise
-            errors.append(exc)
+            _skip_or_raise(exc, skip_invalid, errors)
         if len(batch) >= chunk:
             yield from flush()
     yield from flush()

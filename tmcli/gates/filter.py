@@ -17,8 +17,8 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from tmcli.errors import TmcliError
 
@@ -35,32 +35,12 @@ class FilterSummary:
     kept: int
     dropped: int
     invalid: int
-
-
-def _kind_of_output(output: str) -> str:
-    from tmcli.io.input_files import TABLE_SUFFIXES
-
-    return TABLE_SUFFIXES.get(Path(output).suffix.lower(), "jsonl")
-
-
-def _check_paths(path: str, output: str, kind: str) -> None:
-    out_kind = _kind_of_output(output) if output != "-" else "jsonl"
-    if out_kind.split("-")[0] != kind.split("-")[0]:
-        want = {"parquet": ".parquet", "arrow": ".arrow"}.get(kind.split("-")[0], ".jsonl")
-        raise TmcliError(f"filter writes the input's own format ({kind}), not {out_kind}",
-                         hint=f"name the output {want}")
-    if output == "-":
-        return
-    out = Path(output)
-    if not out.parent.is_dir():
-        raise TmcliError(f"cannot write {output}: no directory {out.parent}",
-                         hint="create it first, or choose another -o path")
-    if path != "-" and out.exists() and out.resolve() == Path(path).resolve():
-        raise TmcliError("the output would overwrite the input", hint="choose another -o path")
+    read: int = 0  # lines (rows) read: kept + dropped + invalid
 
 
 def _verdicts(path: str, *, tokenizer, ids_field, prompt_ids_field, skip_invalid: bool,
-              context: bool, jobs: int | None, chat_template: str | None = None) -> bytearray:
+              context: bool, jobs: int | None, name: str | None, counts: dict,
+              chat_template: str | None = None) -> bytearray:
     """One byte per input line/row (index = line number): canonical, non-canonical, invalid."""
     from tmcli.io.records import read_records
     from tmcli.measure.records import TokenizerPool, measure_records
@@ -75,7 +55,7 @@ def _verdicts(path: str, *, tokenizer, ids_field, prompt_ids_field, skip_invalid
 
     pool = TokenizerPool(tokenizer, window=64, context=context, chat_template=chat_template)
     records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                           skip_invalid=skip_invalid, errors=errors)
+                           skip_invalid=skip_invalid, errors=errors, counts=counts, name=name)
     for frame in measure_records(records, pool, method="aligned", batch_size=256,
                                  skip_invalid=skip_invalid, errors=errors, jobs=jobs):
         bad = frame["noncanonical"] | frame["drift"].fill_null(False)  # a trajectory's drift too
@@ -140,6 +120,43 @@ def _write_table(path: str, tmp: str, kind: str, states: bytearray, want: int) -
             writer.write_batch(kept(batch))
 
 
+@contextmanager
+def _rereadable(path: str):
+    """(a path that can be read twice, the name to show) for ``path``: a regular file as it
+    is; stdin, a FIFO or a device copied once into a nameless temporary file (it never appears
+    in the temporary folder, so nothing is left behind, even after Ctrl-C or a kill)."""
+    from tmcli.io.input_files import is_regular, open_input
+
+    if is_regular(path):
+        yield path, None
+        return
+    handle = open_input(path)  # waits interruptibly; keeps what the format sniff read
+    name = handle.source
+    try:
+        spool = tempfile.TemporaryFile(prefix="tmcli-filter-")
+    except BaseException:
+        handle.close()
+        raise
+    with spool:
+        try:
+            if handle.table is not None:
+                spool.write(handle.table)
+            else:
+                shutil.copyfileobj(handle.raw, spool, 1 << 20)  # compressed stays compressed
+        finally:
+            handle.close()
+        spool.flush()
+        proc = f"/proc/self/fd/{spool.fileno()}"
+        if os.path.exists(proc):
+            yield proc, name
+            return
+        with tempfile.NamedTemporaryFile(prefix="tmcli-filter-") as named:  # no /proc
+            spool.seek(0)
+            shutil.copyfileobj(spool, named)
+            named.flush()
+            yield named.name, name
+
+
 def filter_file(path: str, output: str, *, keep: str = "canonical",
                 tokenizer: str | dict | None = None, ids_field: str | None = None,
                 prompt_ids_field: str | None = None, skip_invalid: bool = False,
@@ -147,45 +164,51 @@ def filter_file(path: str, output: str, *, keep: str = "canonical",
                 chat_template: str | None = None) -> FilterSummary:
     """Write the records of ``path`` whose verdict is ``keep`` to ``output`` (``-``: stdout).
     A trajectory is non-canonical when it drifts from its chat template (or ``chat_template``,
-    a template file) or any of its sampled turns is."""
+    a template file) or any of its sampled turns is.
+
+    Refused before any work: an output that is the input itself (by inode), that is not a
+    regular file, or whose name says another format than the input's. The output is written to
+    a temporary file beside it and moved into place at the end, so an existing file is
+    replaced whole or left as it was. Every line (or row) read is kept, dropped, or invalid:
+    the three counts add up to the lines read."""
     from tmcli.io.input_files import input_format
+    from tmcli.io.outputs import AtomicFile, check_format, same_file
 
     if keep not in KEEP:
         raise TmcliError(f"unknown --keep '{keep}'", hint="use canonical or noncanonical")
-    spool = None
-    if path == "-":  # two passes need the input twice
-        spool = tempfile.NamedTemporaryFile(prefix="tmcli-filter-", delete=False)
-        with spool:
-            shutil.copyfileobj(sys.stdin.buffer, spool)
-        path = spool.name
-    try:
-        kind = input_format(path)
-        _check_paths(path, output, kind)
-        states = _verdicts(path, tokenizer=tokenizer, ids_field=ids_field,
-                           prompt_ids_field=prompt_ids_field, skip_invalid=skip_invalid,
-                           context=context, jobs=jobs, chat_template=chat_template)
-        want = _CANONICAL if keep == "canonical" else _NONCANONICAL
-        if output == "-":
-            _write_lines(path, sys.stdout.buffer, states, want, skip_invalid)
-            sys.stdout.buffer.flush()
-        else:
-            tmp = f"{output}.tmp"
-            try:
+    if output != "-" and path != "-" and same_file(path, output):
+        raise TmcliError(f"the output {output} is the input", hint="choose another -o path")
+    with _rereadable(path) as (readable, name):
+        kind = input_format(readable)
+        check_format(output, kind)
+        out = AtomicFile(output) if output != "-" else None  # fails now if it cannot be written
+        try:
+            counts: dict = {}
+            states = _verdicts(readable, tokenizer=tokenizer, ids_field=ids_field,
+                               prompt_ids_field=prompt_ids_field, skip_invalid=skip_invalid,
+                               context=context, jobs=jobs, name=name, counts=counts,
+                               chat_template=chat_template)
+            want = _CANONICAL if keep == "canonical" else _NONCANONICAL
+            if out is None:
+                _write_lines(readable, sys.stdout.buffer, states, want, skip_invalid)
+                sys.stdout.buffer.flush()
+            else:
+                tmp = str(out.tmp)
                 if kind == "jsonl":
                     with _open_output(tmp, output) as fh:
-                        _write_lines(path, fh, states, want, skip_invalid)
+                        _write_lines(readable, fh, states, want, skip_invalid)
                 else:
-                    _write_table(path, tmp, kind, states, want)
-                os.replace(tmp, output)
-            except OSError as exc:
-                raise TmcliError(f"cannot write {output} ({exc.strerror or exc})",
-                                 hint="check the disk and the directory's permissions") from None
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-    finally:
-        if spool is not None:
-            os.remove(spool.name)
-    counts = [states.count(s) for s in (_CANONICAL, _NONCANONICAL, _INVALID)]
-    kept = counts[want - 1]
-    return FilterSummary(output, keep, kept, counts[0] + counts[1] - kept, counts[2])
+                    _write_table(readable, tmp, kind, states, want)
+                out.commit()
+        except BaseException:
+            if out is not None:
+                out.abort()
+            raise
+    counts_by = [states.count(s) for s in (_CANONICAL, _NONCANONICAL, _INVALID)]
+    kept = counts_by[want - 1]
+    summary = FilterSummary(output, keep, kept, counts_by[0] + counts_by[1] - kept, counts_by[2],
+                            counts.get("lines", 0))
+    if summary.kept + summary.dropped + summary.invalid != summary.read:  # every line accounted
+        raise RuntimeError(f"filter counted {summary.kept + summary.dropped + summary.invalid} "
+                           f"verdicts for {summary.read} lines read")
+    return summary

@@ -6,8 +6,8 @@ prompt gets the same record id however the file is filtered, shuffled or cut wit
 
 from __future__ import annotations
 
+import os
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +23,15 @@ class Prompt:
 
 
 def _lines(path: str) -> tuple[list[str], str]:
-    if path == "-":
-        return sys.stdin.read().splitlines(), "<stdin>"
-    p = Path(path)
-    if not p.exists():
+    """The prompt file's lines, read once (stdin and FIFOs are waited on interruptibly)."""
+    from tmcli.io.input_files import read_text
+
+    if path != "-" and not os.path.lexists(path):
         raise TmcliError(f"prompt file not found: {path}", hint="check the --prompts path")
-    if p.is_dir():
+    if path != "-" and Path(path).is_dir():
         raise TmcliError(f"--prompts {path} is a directory", hint="give a text or JSONL file")
-    try:
-        return p.read_text(encoding="utf-8-sig").splitlines(), path
-    except UnicodeDecodeError as exc:
-        raise TmcliError(f"{path} is not UTF-8 text (byte {exc.start})",
-                         hint="give a UTF-8 text or JSONL file") from None
+    text = read_text(path)  # not UTF-8, a symbolic link loop: one line naming it
+    return text.removeprefix("\ufeff").splitlines(), "<stdin>" if path == "-" else path
 
 
 def _is_jsonl(path: str, lines: list[str]) -> bool:

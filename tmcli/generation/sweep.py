@@ -176,7 +176,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     from tmcli import __version__
     from tmcli.generation.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
     from tmcli.generation.truncation import model_sampling_config
-    from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
+    from tmcli.io.writer import RecordWriter, existing_ids
     from tmcli.sources.models import model_prompt_tokenizer, needs_conversion
     from tmcli.sources.tokenizers import encode_prompt, load_tokenizer
 
@@ -216,8 +216,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     progress = progress or NoProgress()
     note = progress.note
     out = Path(output)
-    repair_tail(out)
-    done = existing_ids(out)
+    done = existing_ids(out)  # reads only: a torn last line is cut by the first write
     todo: dict[str, list[_Job]] = {}
     summary = GenerateSummary(str(out), models=models)
     mode_key = canonical if canonical != "retokenize" or retokenize_every == 1 \

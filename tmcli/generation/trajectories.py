@@ -114,7 +114,7 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
     resuming; see the module docstring. ``progress`` is as for `sweep.generate`."""
     from tmcli import __version__
     from tmcli.generation.engines import EngineOptions, load_engine, resolve_engine
-    from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
+    from tmcli.io.writer import RecordWriter, existing_ids
     from tmcli.measure.chat_render import renderer_for
     from tmcli.sources.models import model_prompt_tokenizer, needs_conversion
     from tmcli.sources.tokenizers import tokenizer_name
@@ -133,8 +133,7 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
     groups = conversations_of(chosen, turns)
     progress = progress or NoProgress()
     out = Path(output)
-    repair_tail(out)
-    done = existing_ids(out)
+    done = existing_ids(out)  # reads only: a torn last line is cut by the first write
     summary = GenerateSummary(str(out), models=models)
     try:
         with RecordWriter(out) as writer:

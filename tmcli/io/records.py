@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import orjson
 
 from tmcli.errors import InvalidRecord, one_line
-from tmcli.io.input_files import input_format, iter_lines
+from tmcli.io.input_files import iter_lines, open_input
 from tmcli.io.readers import parse_object
 from tmcli.io.readers.base import Fields, Record
 from tmcli.io.readers.table import iter_rows
@@ -33,34 +33,49 @@ def parse_line(source: str, line: int, raw: bytes, ids_field: str | None = None,
     return parse_object(_json(source, line, raw), source, line, Fields(ids_field, prompt_ids_field))
 
 
-def iter_objects(path: str, *, errors: list | None = None) -> Iterator[tuple[str, int, object]]:
+def iter_objects(path: str, *, errors: list | None = None,
+                 name: str | None = None) -> Iterator[tuple[str, int, object]]:
     """(source, line or 1-based row, JSON value or raw line bytes) of every line or table row;
-    over-long lines go to ``errors`` when given (see `iter_lines`)."""
-    kind = input_format(path)
-    if kind == "jsonl":
-        yield from iter_lines(path, errors=errors)
-    else:
-        for row, obj in iter_rows(path, kind):
-            yield path, row, obj
+    over-long lines go to ``errors`` when given (see `iter_lines`). The input is opened once
+    (a pipe or FIFO loses nothing to the format sniff); ``name`` replaces the path in messages."""
+    handle = open_input(path, name)
+    if handle.kind == "jsonl":
+        yield from iter_lines(handle, errors=errors)
+        return
+    source = handle.table if handle.table is not None else path
+    for row, obj in iter_rows(source, handle.kind, handle.source):
+        yield handle.source, row, obj
 
 
 def read_records(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
-                 skip_invalid: bool = False, errors: list | None = None) -> Iterator[Record]:
-    """Stream records from ``path``; invalid lines raise, or are skipped into ``errors``."""
+                 skip_invalid: bool = False, errors: list | None = None,
+                 counts: dict | None = None, name: str | None = None) -> Iterator[Record]:
+    """Stream records from ``path``; invalid lines raise, or are skipped into ``errors``.
+
+    ``counts["lines"]`` (when ``counts`` is given) receives the lines (or rows) read, blank lines
+    aside, so a caller can show that every line was measured or skipped with its reason."""
     errors = [] if errors is None else errors
+    counts = {} if counts is None else counts
+    counts.setdefault("lines", 0)
     fields = Fields(ids_field, prompt_ids_field)
-    for source, line, item in iter_objects(path, errors=errors if skip_invalid else None):
+    before = len(errors)
+    for source, line, item in iter_objects(path, errors=errors if skip_invalid else None,
+                                           name=name):
+        counts["lines"] += 1 + (len(errors) - before)  # over-long lines skipped unread
+        before = len(errors)
         try:
             obj = _json(source, line, item) if isinstance(item, bytes) else item
             records = list(parse_object(obj, source, line, fields))
         except (InvalidRecord, ValueError, TypeError, KeyError, AttributeError) as exc:
-            # a reader that fails on a line in any way fails on that line (--skip-invalid)
+            # a reader that fails on a line's shape fails on that line (it can be skipped)
             if not isinstance(exc, InvalidRecord):
                 text = one_line(exc, 200, ellipsis=False)
-                exc = InvalidRecord(source, line, f"unreadable record ({text})",
-                                    hint="fix or drop the line, or pass --skip-invalid")
+                exc = InvalidRecord(source, line, f"unreadable record ({type(exc).__name__}: "
+                                    f"{text})", hint="fix or drop the line")
             if not skip_invalid:
                 raise exc from None
             errors.append(exc)
+            before = len(errors)
             continue
         yield from records
+    counts["lines"] += len(errors) - before

@@ -16,6 +16,7 @@ import orjson
 
 from tmcli.errors import TmcliError, from_os_error
 from tmcli.io.input_files import fcntl, iter_lines
+from tmcli.io.outputs import busy_error, other_writer, refuse_special
 
 # -- writing ------------------------------------------------------------------------------------
 #
@@ -49,21 +50,44 @@ def _lock(fh, path: Path) -> None:
         fh.close()
         raise TmcliError(f"{path} is being written by another tmcli process",
                          hint="wait for it to end (running the command again then resumes), "
-                         "or write to another file with -o") from None
+                         "or write to another file") from None
     except OSError as exc:  # a file system without locks (some network mounts): go on unlocked
         if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
             fh.close()
             raise
 
 
+def _not_jsonl(path: Path, why: str) -> TmcliError:
+    return TmcliError(f"{path} is not a JSONL file of records ({why}); tmcli appends records "
+                      "only to its own JSONL, and never cuts or rewrites another file",
+                      hint="write to another file with -o")
+
+
+def check_jsonl(path: Path) -> None:
+    """Refuse ``path`` when its first bytes say it is not plain JSONL: compressed data or a
+    table (`existing_ids` and `repair_tail` check its lines)."""
+    from tmcli.io.input_files import GZIP_MAGIC, ZSTD_MAGIC
+    from tmcli.io.readers.table import table_kind
+
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith((GZIP_MAGIC, ZSTD_MAGIC)) or table_kind(head):
+        what = "gzip" if head.startswith(GZIP_MAGIC) else "zstd" \
+            if head.startswith(ZSTD_MAGIC) else table_kind(head)
+        raise _not_jsonl(path, f"it is {what} data")
+
+
 def repair_tail(path: Path) -> int:
-    """Cut a last line left incomplete by a crash; returns the bytes removed.
+    """Cut a last line left incomplete by a crash; returns the bytes removed. Only a torn JSON
+    object is cut (a last line that starts like one and does not parse); a file whose last line
+    is anything else is refused, never cut.
 
     Takes the output lock for the repair (unless this process holds it), so it never cuts a
     line that another writer is still appending."""
     path = Path(path)
     if not _regular(path) or path.stat().st_size == 0:
         return 0
+    check_jsonl(path)
     with open(path, "rb+") as fh:
         if _key(path) not in _HELD:
             _lock(fh, path)  # released when fh closes
@@ -91,40 +115,35 @@ def repair_tail(path: Path) -> int:
             fh.write(b"\n")  # complete object without its newline: keep it
             return 0
         except orjson.JSONDecodeError:
+            if not last.lstrip().startswith(b"{"):
+                raise _not_jsonl(path, "its last line is not a JSON object") from None
             fh.truncate(keep)
             return size - keep
 
 
 def existing_ids(path: Path) -> set[str]:
-    """Ids already written to ``path`` (for resuming); none for a device or a FIFO."""
+    """Ids already written to ``path`` (for resuming); none for a missing file. A file that is
+    not tmcli's JSONL (a line that is not a JSON object, compressed data, a table) is refused:
+    it is not one to append records to."""
     done: set[str] = set()
-    if not _regular(Path(path)):
+    path = Path(path)
+    if not path.exists():
         return done
-    for _source, _line, raw in iter_lines(str(path)):
+    refuse_special(path)
+    check_jsonl(path)
+    for _source, line, raw in iter_lines(str(path), keep_ends=True):
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "id" in obj:
-            done.add(str(obj["id"]))
+            if not raw.endswith(b"\n") and raw.lstrip().startswith(b"{"):
+                continue  # the last line, cut by a crash: repaired before the next write
+            raise _not_jsonl(path, f"line {line} is not JSON") from None
+        if not isinstance(obj, dict):
+            raise _not_jsonl(path, f"line {line} is not a JSON object")
+        rid = obj.get("id")
+        if rid is not None:
+            done.add(str(rid))
     return done
-
-
-def check_writable(path: Path) -> None:
-    """Fail now, with the path and the fix, if ``path`` cannot become a file we write: before
-    any work, not after it. Missing folders are fine (they are created); a file in their place
-    is not."""
-    path = Path(path)
-    if path.is_dir():
-        raise TmcliError(f"{path} is a folder", hint="give a file name, e.g. -o out/outputs.jsonl")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise TmcliError(f"cannot create {path}: {parent} is not a folder", hint="check the path")
-    if not os.access(path if path.exists() else parent, os.W_OK):
-        raise TmcliError(f"cannot write {path}: permission denied",
-                         hint="check the permissions, or write elsewhere with -o")
 
 
 class RecordWriter:
@@ -132,30 +151,45 @@ class RecordWriter:
     the batch in flight and never leaves a corrupt file behind after `repair_tail`.
 
     The file (and its folder) is created with the first record, so a run that fails before it
-    has one (a model that cannot load) leaves nothing behind. The file is locked from then (from
-    the start if it exists) until `close`; ids already in it when the lock is taken are not
-    written again, so two runs that planned the same work before either wrote still add no
-    duplicate. Write errors (a full disk) become one line naming the file."""
+    has one (a model that cannot load) leaves nothing behind; an existing file is locked from
+    the start (a second writer fails at once, before any work) and is not changed before the
+    first record is written: only then is a line torn by a crash cut. Ids already in it when
+    the lock is taken are not written again, so two runs that planned the same work before
+    either wrote still add no duplicate. Only a regular JSONL file of records is appended to;
+    write errors (a full disk) become one line naming the file."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._fh: BinaryIO | None = None
         self._ids: set[str] = set()
-        check_writable(self.path)
+        self._repaired = False
+        refuse_special(self.path)
         if self.path.exists():
             self._open()  # a second writer fails here, before any work
 
     def _open(self) -> None:
+        refuse_special(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(self.path, "ab")
         except OSError as exc:
             raise from_os_error(exc, str(self.path)) from None
         _lock(fh, self.path)
+        if other_writer(self.path, check_target=False):  # a command replacing it (filter, analyze -o) is at work
+            fh.close()
+            raise busy_error(self.path)
         _HELD.add(_key(self.path))
         self._fh = fh
-        repair_tail(self.path)
-        self._ids = existing_ids(self.path)
+        try:
+            self._ids = existing_ids(self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ids(self) -> set[str]:
+        """The ids in the file (when it was opened) and those written since."""
+        return self._ids
 
     def write(self, records: list[dict]) -> int:
         """Append ``records`` (those whose id is not in the file yet); returns how many."""
@@ -165,7 +199,10 @@ class RecordWriter:
             self._open()
         fh = self._fh
         assert fh is not None  # _open set it or raised
-        records = [r for r in records if "id" not in r or str(r["id"]) not in self._ids]
+        if not self._repaired:  # the first write: now the run has something to add
+            repair_tail(self.path)
+            self._repaired = True
+        records = [r for r in records if r.get("id") is None or str(r["id"]) not in self._ids]
         try:
             fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
             fh.flush()
@@ -173,7 +210,7 @@ class RecordWriter:
                 os.fsync(fh.fileno())
         except OSError as exc:
             raise from_os_error(exc, str(self.path)) from None
-        self._ids.update(str(r["id"]) for r in records if "id" in r)
+        self._ids.update(str(r["id"]) for r in records if r.get("id") is not None)
         return len(records)
 
     def close(self) -> None:

@@ -1,10 +1,14 @@
 """Measuring batches of samples on every core, results in input order.
 
-Re-encoding is CPU-bound Python + Rust work. Batches go to worker processes forked from this one
-(on Linux) when the first full batch is ready, by which time the tokenizer's tables are built
-here (checking the first record builds them), so the workers start with them at no cost. An
-input smaller than one batch, and every input where fork is unavailable or with one core, is
-measured in this process.
+Re-encoding is CPU-bound Python + Rust work. The first batches are measured in-process, which
+builds the tokenizer tables and warms the per-piece cache; later batches go to worker processes
+forked from this one (on Linux), so they start with those tables and caches at no cost. Where
+fork is unavailable, or with one core, everything stays in-process.
+
+Workers are bounded: never more than the cores this process may use (``TMCLI_JOBS`` lowers
+that; a value that is not a positive whole number is refused), and never more than there are
+batches to measure (a small input forks no pool at all). Workers ignore Ctrl-C; the main process
+sees it within `_WAIT_SECONDS` even while it waits for a result, and then stops every worker.
 """
 
 from __future__ import annotations
@@ -47,6 +51,28 @@ def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
     return batch
 
 
+def _worker_init() -> None:
+    """In each worker: Ctrl-C is the main process's to handle (it stops the workers); SIGTERM
+    (how they are stopped) ends them at once."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# Longest wait on a worker's result before Python looks at signals again (a blocked wait would
+# miss a Ctrl-C handled by another thread).
+_WAIT_SECONDS = 0.2
+
+
+def _result(fut):
+    while True:
+        try:
+            return fut.result(timeout=_WAIT_SECONDS)
+        except TimeoutError:
+            continue
+
+
 def _fork_pool(jobs: int):
     """A pool of forked workers, or None where fork isn't available."""
     import multiprocessing as mp
@@ -60,55 +86,119 @@ def _fork_pool(jobs: int):
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"))
+        pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"),
+                                   initializer=_worker_init)
         pool.submit(int, 0).result()  # start the workers now, under the filter
     return pool
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_jobs(jobs, where: str = "jobs") -> int:
+    """A worker count: a positive whole number, capped at the available cores."""
+    from tmcli.errors import TmcliError
+
+    cores = available_cores()
+    try:
+        n = int(str(jobs).strip()) if not isinstance(jobs, bool) else 0
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise TmcliError(f"{where}={jobs!r} is not a number of worker processes",
+                         hint=f"give a whole number from 1 to {cores} (the cores here), or unset "
+                         "it to use them all")
+    return min(n, cores)
+
+
 def default_jobs() -> int:
+    """``TMCLI_JOBS`` (checked, capped at the cores), else the cores, at most 8."""
     env = os.environ.get("TMCLI_JOBS")
-    if env and env.isdigit():
-        return max(1, int(env))
-    return max(1, min(os.cpu_count() or 1, 8))
+    if env is not None and env.strip():
+        return check_jobs(env, "TMCLI_JOBS")
+    return min(available_cores(), 8)
 
 
 class Measurer:
     """Submit (spec, samples) batches; iterate results in submission order."""
 
-    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None):
+    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None,
+                 inline_batches: int = 2):
         self.window, self.context, self.method = window, context, method
-        self.jobs = default_jobs() if jobs is None else max(1, jobs)
+        self.jobs = default_jobs() if jobs is None else check_jobs(jobs)
+        self.inline_batches = inline_batches
+        self._submitted = 0
         self._pool = None
+        self._waiting: list = []  # batches held until there is work for a pool (or the end)
         self._pending: deque = deque()
 
-    def submit(self, spec: str, samples: list[Sample], tag, *,
-               last: bool = False) -> Iterator[tuple[object, MetricsBatch]]:
-        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order.
-        ``last``: no full batch follows; if no worker has started, it is measured here (a
-        small input is not worth starting the workers for)."""
-        if self.jobs == 1 or (last and self._pool is None):
+    def _inline(self, spec: str, samples: list[Sample]) -> MetricsBatch:
+        return measure_batch(spec, samples, self.window, self.context, self.method)
+
+    def _start(self, workers: int) -> None:
+        """Fork ``workers`` processes and hand them the batches waiting; without fork (or with
+        a single batch) the waiting batches are measured here, in order."""
+        if workers > 1:
+            self._pool = _fork_pool(workers)
+        waiting, self._waiting = self._waiting, []
+        for tag, spec, samples in waiting:
+            if self._pool is None:
+                self._pending.append((tag, None, (spec, samples)))
+            else:
+                fut = self._pool.submit(measure_batch, spec, samples, self.window, self.context,
+                                        self.method)
+                self._pending.append((tag, fut, None))
+
+    def _take(self) -> tuple[object, MetricsBatch]:
+        tag, fut, job = self._pending.popleft()
+        return tag, (_result(fut) if fut is not None else self._inline(*job))
+
+    def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, MetricsBatch]]:
+        """Queue a batch; yields the (tag, metrics) of batches that are complete, in order."""
+        self._submitted += 1
+        if self.jobs == 1 or self._submitted <= self.inline_batches:
             yield from self.drain()
-            yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
+            yield tag, self._inline(spec, samples)
             return
-        if self._pool is None:
-            self._pool = _fork_pool(self.jobs)
-        if self._pool is None:
-            yield from self.drain()
-            yield tag, measure_batch(spec, samples, self.window, self.context, self.method)
+        if self._pool is None:  # a pool only once there is a batch for each worker
+            self._waiting.append((tag, spec, samples))
+            if len(self._waiting) < self.jobs:
+                return
+            self._start(self.jobs)
+            if self._pool is None:  # no fork here: measured in-process
+                yield from self.drain()
             return
         fut = self._pool.submit(measure_batch, spec, samples, self.window, self.context,
                                 self.method)
-        self._pending.append((tag, fut))
+        self._pending.append((tag, fut, None))
         while len(self._pending) > 2 * self.jobs:
-            t, f = self._pending.popleft()
-            yield t, f.result()
+            yield self._take()
 
     def drain(self) -> Iterator[tuple[object, MetricsBatch]]:
+        if self._waiting:  # the input ended before every worker had a batch
+            self._start(min(self.jobs, len(self._waiting)))
         while self._pending:
-            t, f = self._pending.popleft()
-            yield t, f.result()
+            yield self._take()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
+        """Stop the workers. Unfinished work (an error, Ctrl-C, a reader that stopped early)
+        is not waited for: the workers are terminated."""
+        pool, self._pool = self._pool, None
+        unfinished = any(fut is not None and not fut.done() for _t, fut, _j in self._pending)
+        self._pending.clear()
+        self._waiting.clear()
+        if pool is None:
+            return
+        if unfinished:
+            stop = getattr(pool, "terminate_workers", None)  # Python 3.14
+            if stop is not None:
+                stop()
+            else:
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import polars as pl
 
-from tmcli.errors import InvalidRecord, TmcliError, one_line
+from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.io.readers.base import Record
 from tmcli.io.readers.openai import token_ids_from_logprobs
 from tmcli.measure.alignment import Sample
@@ -46,6 +46,11 @@ class TokenizerPool:
 
     def spec_for(self, rec: Record) -> str:
         name = rec.meta.get("tokenizer") or rec.meta.get("model")
+        if isinstance(name, str) and ("\x00" in name or len(name) > 4096):
+            field = "tokenizer" if rec.meta.get("tokenizer") else "model"
+            raise InvalidRecord(rec.source, rec.line, f"'{field}' is not a usable name "
+                                "(a NUL character, or over 4096 characters)",
+                                hint="fix the field, or pass --tokenizer")
         if isinstance(name, str) and name:
             model = rec.meta.get("model")
             if isinstance(model, str):
@@ -57,10 +62,11 @@ class TokenizerPool:
             first = self._seen_names.setdefault(name, rec.line)
             if self.forced and len(self._seen_names) > 1 and first == rec.line:
                 other = next(n for n in self._seen_names if n != name)
-                raise InvalidRecord(
+                raise InvalidRecord(  # the option is wrong, not the line: never skipped
                     rec.source, rec.line,
                     f"file mixes tokenizers '{other}' and '{name}' but --tokenizer forces one",
                     hint="split the file, drop --tokenizer, or map each: --tokenizer NAME=SPEC",
+                    skippable=False,
                 )
         if self.forced:
             return self.forced
@@ -82,28 +88,62 @@ class TokenizerPool:
 
             try:
                 enc = Reencoder(vocab_for(spec), window=self.window, context=self.context)
-            except TmcliError as exc:
+            except Exception as exc:
+                if not isinstance(exc, TmcliError):
+                    if self.user_given(spec) or not _is_local(spec):
+                        raise
+                    # a record's field named a local file: whatever it holds, say only that
+                    from tmcli.sources.tokenizers import not_a_tokenizer
+
+                    exc = not_a_tokenizer(spec, "it does not load as one")
                 self._failed[spec] = exc
-                raise
+                raise exc from None
             self._encoders[spec] = enc
         return enc
 
 
+def _is_local(spec: str) -> bool:
+    import os
+
+    return os.path.lexists(os.path.expanduser(spec))
+
+
+def record_temperature(rec: Record) -> float | None:
+    """The record's sampling temperature (``temperature``, else ``sampling.temperature``): a
+    number >= 0, or None when it has none (absent or null). Anything else is an invalid line,
+    never coerced: a string, a list or ``true`` is not a temperature."""
+    meta, where = rec.meta, "temperature"
+    temp = meta.get("temperature")
+    if temp is None and isinstance(meta.get("sampling"), dict):
+        temp, where = meta["sampling"].get("temperature"), "sampling.temperature"
+    if temp is None:
+        return None
+    if isinstance(temp, bool) or not isinstance(temp, (int, float)) or not temp >= 0 \
+            or temp == float("inf"):
+        shown = repr(temp) if isinstance(temp, (int, float, str)) else type(temp).__name__
+        raise InvalidRecord(rec.source, rec.line,
+                            f"'{where}' is {shown[:40]}, not a temperature",
+                            hint="a temperature is a number >= 0 (0 is greedy), or null when "
+                            "unknown")
+    return float(temp)
+
+
 def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     spec = pool.spec_for(rec)
+    record_temperature(rec)
     try:
         enc = pool.encoder(spec)
     except TmcliError as exc:
         if pool.user_given(spec):  # the option is wrong, not this record
             raise
         raise InvalidRecord(rec.source, rec.line, f"its tokenizer: {exc.message}",
-                            hint=f"{exc.hint + '; ' if exc.hint else ''}or pass --tokenizer, or "
-                            "--skip-invalid to skip such records") from None
+                            hint=f"{exc.hint + '; ' if exc.hint else ''}or pass --tokenizer"
+                            ) from None
     ids = (rec.token_ids if rec.token_ids is not None
            else token_ids_from_logprobs(rec, enc.vocab, spec))
     if not ids:
         raise InvalidRecord(rec.source, rec.line, "empty completion (no generated ids)",
-                            hint="drop the line, or pass --skip-invalid")
+                            hint="drop the line")
     for name, seq in (("token_ids", ids), ("prompt_token_ids", rec.prompt_ids or [])):
         bad = enc.invalid_id(seq)
         if bad is not None:  # ids the tokenizer lacks are measured (unknown_id), not refused
@@ -134,16 +174,17 @@ def _record_columns(batch: list, fields: Sequence[str] = ()) -> dict[str, list]:
                                                    *TURN_COLUMNS, *own)}
     for rec, spec, _smp in batch:
         meta = rec.meta
-        index = meta.get("prompt_index")
+        index = meta.get("prompt_index")  # a whole number (true is not an index)
         for name, value in (
-                ("id", rec.id), ("source", rec.source), ("line", rec.line),
+                ("id", rec.id if rec.id_given else None), ("source", rec.source), ("line", rec.line),
                 ("model", str(meta.get("model") or spec)), ("tokenizer", spec),
-                ("temperature", _setting(meta, "temperature", float)),
+                ("temperature", record_temperature(rec)),
                 ("top_k", _setting(meta, "top_k", int)),
                 ("top_p", _setting(meta, "top_p", float)),
                 ("min_p", _setting(meta, "min_p", float)),
                 ("canonical", str(meta.get("canonical") or "off")),
-                ("prompt_index", index if isinstance(index, int) else None),
+                ("prompt_index", index if isinstance(index, int) and not isinstance(index, bool)
+                 else None),
                 ("nll_token", record_float(meta.get("nll_token"))),
                 ("nll_char", record_float(meta.get("nll_char")))):
             cols[name].append(value)
@@ -155,16 +196,11 @@ def _record_columns(batch: list, fields: Sequence[str] = ()) -> dict[str, list]:
     return cols
 
 
-def _as_invalid(rec: Record, exc: Exception) -> InvalidRecord | None:
-    """Any failure to prepare one record as that record's error (so --skip-invalid skips it);
-    None for those that are not the record's fault (OS errors, options, memory)."""
-    if isinstance(exc, InvalidRecord):
-        return exc
-    if isinstance(exc, (OSError, MemoryError, TmcliError)):
-        return None
-    text = one_line(exc, 200, ellipsis=False)
-    return InvalidRecord(rec.source, rec.line, f"unusable record ({type(exc).__name__}: {text})",
-                         hint="fix or drop the line, or pass --skip-invalid to skip such lines")
+def _skip_or_raise(exc: InvalidRecord, skip_invalid: bool, errors: list) -> None:
+    """Count a skippable invalid record under ``skip_invalid``; raise anything else."""
+    if not (skip_invalid and exc.skippable):
+        raise exc
+    errors.append(exc)
 
 
 def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: str,
@@ -198,29 +234,23 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
                         heapq.heapreplace(examples, item)
         return batch_frame(_record_columns(batch, fields), metrics, fields)
 
-    def submit(spec: str, last: bool = False):
+    def submit(spec: str):
         batch = pending.pop(spec)
-        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch,
-                                             last=last):
+        for done, metrics in measurer.submit(spec, [smp for _r, _s, smp in batch], batch):
             yield emit(done, metrics)
 
     try:
         for rec in records:
             try:
                 spec, _enc, smp = _prepare(rec, pool)
-            except Exception as exc:
-                bad = _as_invalid(rec, exc)
-                if bad is None:
-                    raise
-                if not skip_invalid:
-                    raise bad from None
-                errors.append(bad)
+            except InvalidRecord as exc:
+                _skip_or_raise(exc, skip_invalid, errors)
                 continue
             pending.setdefault(spec, []).append((rec, spec, smp))
             if len(pending[spec]) >= batch_size:
                 yield from submit(spec)
         for spec in list(pending):
-            yield from submit(spec, last=True)
+            yield from submit(spec)
         for done, metrics in measurer.drain():
             yield emit(done, metrics)
     finally:

@@ -49,9 +49,7 @@ def _invalid(rec: Record, exc: TmcliError, user_given: bool) -> TmcliError:
 
     if user_given and not isinstance(exc, TrajectoryError):
         return exc
-    return InvalidRecord(rec.source, rec.line, f"trajectory: {exc.message}",
-                         hint=f"{exc.hint + '; ' if exc.hint else ''}or pass --skip-invalid "
-                         "to skip such records")
+    return InvalidRecord(rec.source, rec.line, f"trajectory: {exc.message}", hint=exc.hint)
 
 
 def _unusable(rec: Record, exc: Exception) -> InvalidRecord:
@@ -59,7 +57,7 @@ def _unusable(rec: Record, exc: Exception) -> InvalidRecord:
 
     return InvalidRecord(rec.source, rec.line, f"unusable trajectory ({type(exc).__name__}: "
                          f"{one_line(exc, 160, ellipsis=False)})",
-                         hint="fix or drop the line, or pass --skip-invalid to skip such lines")
+                         hint="fix or drop the line")
 
 
 def expand(records: Iterable[Record], pool, *, skip_invalid: bool,

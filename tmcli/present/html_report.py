@@ -24,11 +24,9 @@ from tmcli.aggregate.keys import (
     series_keys,
     truncation_label,
 )
-from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
 from tmcli.present.figures import modes, position, sampling, temperature, trajectories
 
-HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
                "toImageButtonOptions": {"format": "png", "scale": 2}}
@@ -377,22 +375,11 @@ samples for means, rates and the centre of gravity).</p>
 """
 
 
-def check_path(path: str | Path) -> Path:
-    """The report's format comes from its suffix; only HTML exists."""
-    path = Path(path)
-    if path.suffix.lower() not in HTML_SUFFIXES:
-        raise TmcliError(f"cannot write a report as '{path.suffix or path.name}'",
-                         hint="name the file with .html, e.g. --html report.html")
-    if not path.parent.is_dir():
-        raise TmcliError(f"no such directory: {path.parent}", hint="create it first")
-    return path
-
-
 def write_report(analysis, path: str | Path, *, temperatures=None) -> Path:
-    """Write the HTML report to ``path`` (.html)."""
+    """Write the HTML report to ``path`` (.html; replaced atomically, see `io.outputs`)."""
     from tmcli.io.outputs import replacing
 
-    path = check_path(path)
+    path = Path(path)
     text = render_html(analysis, temperatures=temperatures)
     with replacing(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

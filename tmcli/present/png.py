@@ -32,6 +32,7 @@ def chromium_command(binary: str, profile: Path, *args: str) -> list[str]:
 def export_png(analysis, out_dir: str | Path, *, temperatures=None,
                width: int = 1100) -> list[Path]:
     """Write every report figure as ``out_dir/<figure id>.png``; returns the paths."""
+    from tmcli.io.outputs import replacing
     from tmcli.present.html_report import build_figures
 
     binary = find_chromium()
@@ -49,13 +50,16 @@ def export_png(analysis, out_dir: str | Path, *, temperatures=None,
             page = tmpdir / f"{fid}.html"
             page.write_text(fig.to_html(include_plotlyjs=True, full_html=True,
                                         config={"staticPlot": True}), encoding="utf-8")
-            target = out / f"{fid}.png"
-            cmd = chromium_command(binary, tmpdir / "profile", f"--screenshot={target}",
+            shot = tmpdir / f"{fid}.png"
+            cmd = chromium_command(binary, tmpdir / "profile", f"--screenshot={shot}",
                                    f"--window-size={width + 20},{height + 20}",
                                    "--virtual-time-budget=5000", page.as_uri())
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if res.returncode != 0 or not target.exists():
+            if res.returncode != 0 or not shot.exists():
                 raise TmcliError(f"Chromium could not render figure '{fid}' "
                                  f"(exit {res.returncode})", hint="try --html instead")
+            target = out / f"{fid}.png"
+            with replacing(target) as part:  # an existing figure is replaced whole, or kept
+                shutil.copyfile(shot, part)
             written.append(target)
     return written

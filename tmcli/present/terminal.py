@@ -26,7 +26,24 @@ from tmcli.aggregate.keys import SAMPLING_KEYS, group_label, series_keys, trunca
 from tmcli.errors import printable
 from tmcli.sources.templates import ALIAS_TEMPLATES
 
-stderr = Console(stderr=True, highlight=False)
+# Below this many columns a width is not one to lay tables out in (COLUMNS=0 or 1 is a
+# mistake, not a terminal): the width of a pipe is used instead.
+MIN_WIDTH = 20
+PIPE_WIDTH = 80
+
+
+class DataConsole(Console):
+    """A Rich console whose closed pipe is an error the CLI maps to exit 141 (`BrokenPipeError`),
+    instead of Rich's own exit 1 (the code `check` reserves for a failed gate)."""
+
+    def on_broken_pipe(self) -> None:
+        import errno
+        import os
+
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+stderr = DataConsole(stderr=True, highlight=False)
 
 
 def warn(message: str) -> None:
@@ -34,8 +51,14 @@ def warn(message: str) -> None:
 
 
 def _console(console: Console | None) -> Console:
-    """The console to print to: a fresh one reads the width (COLUMNS, the terminal) now."""
-    return console or Console(highlight=False, soft_wrap=False)
+    """The console to print to: a fresh one reads the width (COLUMNS, the terminal) now; a
+    width too small to hold a table (COLUMNS=0) is taken as a pipe's 80 columns."""
+    if console is not None:
+        return console
+    console = DataConsole(highlight=False, soft_wrap=False)
+    if console.width < MIN_WIDTH:
+        console.width = PIPE_WIDTH
+    return console
 
 
 def _cell(text, style: str = "") -> Text:
@@ -139,11 +162,17 @@ def fit(columns: list[Column], console: Console) -> tuple[list[Table], bool]:
 
 
 def _print_split(console: Console, tables: list[Table]) -> None:
-    """The tables of one split, a blank line between them."""
+    """The tables of one split, a blank line between them. A table wider than the console
+    (one column and its keys that still do not fit) is printed at its own width: a number or a
+    name is never cut."""
     for k, table in enumerate(tables):
         if k:
             console.print()
-        console.print(table)
+        needed = _width(console, table)
+        if needed <= console.width:
+            console.print(table)
+        else:
+            console.print(table, width=needed, crop=False)
 
 
 def _print_tables(console: Console, title: str, columns: list[Column], legend: str,
@@ -305,6 +334,11 @@ def input_warnings(analysis) -> None:
     if analysis.skipped:
         first = analysis.skipped[0]
         warn(f"skipped {len(analysis.skipped)} invalid line(s); first: {first}")
+        reasons = analysis.skipped_reasons() if hasattr(analysis, "skipped_reasons") else {}
+        if len(reasons) > 1:  # every reason counted (--json: skipped_reasons)
+            shown = list(reasons.items())[:5]
+            more = f"; and {len(reasons) - 5} other reason(s)" if len(reasons) > 5 else ""
+            warn("skipped by reason: " + "; ".join(f"{n} × {r}" for r, n in shown) + more)
     dupes = analysis.meta.get("n_duplicates") or 0
     if dupes:
         warn(f"{dupes} duplicate record(s) (an id seen before with the same model, temperature "

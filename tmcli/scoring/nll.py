@@ -52,7 +52,7 @@ def _read(path: str, model: str | None) -> list[tuple[int, dict]]:
         if not (model or obj.get("model")):
             raise TmcliError(f"{source}:{line}: the record names no model",
                              hint="pass --model to say which model scores it")
-        if "id" not in obj:
+        if obj.get("id") is None:  # no id (or null): one from its line, never shared
             obj["id"] = f"{source}:{line}"
         out.append((line, obj))
     return out
@@ -137,35 +137,51 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
     through unchanged, so the output still holds every record. ``engine`` is ``transformers``
     (the model's forward) or ``vllm`` (its prompt logprobs). ``progress`` is told the
     completion tokens to score and those scored (a `tmcli.generation.progress.Progress`)."""
-    from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
-    from tmcli.sources.models import load_model
+    from tmcli.io.outputs import same_file
+    from tmcli.io.writer import RecordWriter
 
     loaded = None if isinstance(engine, str) else engine  # an engine to reuse (tests, notebooks)
     if loaded is None and engine not in ("transformers", "vllm"):
         raise TmcliError(f"score: unknown engine '{engine}'", hint="use transformers or vllm")
     out = Path(output)
-    if Path(input).resolve() == out.resolve():
+    if input != "-" and same_file(input, out):
         raise TmcliError("score would overwrite its input", hint="write to another file with -o")
     records = _read(input, model)
-    repair_tail(out)
-    done = existing_ids(out)
+    with RecordWriter(out) as writer:  # locked, its ids read; changed only by the first write
+        return _score_into(writer, records, out, model=model, temperatures=temperatures,
+                           device=device, dtype=dtype, threads=threads, batch=batch,
+                           engine=engine, loaded=loaded,
+                           gpu_memory_utilization=gpu_memory_utilization,
+                           tensor_parallel_size=tensor_parallel_size, progress=progress)
+
+
+def _score_into(writer, records, out: Path, *, model, temperatures, device, dtype, threads, batch,
+                engine, loaded, gpu_memory_utilization, tensor_parallel_size,
+                progress) -> ScoreSummary:
+    """`score` once its output is open: what is done is skipped, the rest scored."""
+    from tmcli.sources.models import load_model
+
+    done = writer.ids
     summary = ScoreSummary(str(out))
     todo: dict[str, list[dict]] = {}
     passed: list[dict] = []
     wanted = None if temperatures is None else {float(t) for t in temperatures}
     for _line, obj in records:
-        if obj["id"] in done:
+        if str(obj["id"]) in done:
             summary.skipped += 1
         elif wanted is not None and obj.get("temperature") not in wanted:
             passed.append(obj)
         else:
             todo.setdefault(model or obj["model"], []).append(obj)
-    if passed:
-        with RecordWriter(out) as writer:
-            writer.write(passed)
-        summary.passed = len(passed)
+    summary.passed = len(passed)
     if not todo:
+        writer.write(passed)
         return summary
+    if loaded is None:  # an unknown model fails now: before torch, before any write
+        from tmcli.sources.locate import resolve_source
+
+        for spec in todo:
+            resolve_source(spec, model=True)
     import torch
 
     if threads:
@@ -173,29 +189,31 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
     progress = progress or NoProgress()
     progress.start(sum(len(o["token_ids"]) for objs in todo.values() for o in objs))
     started = time.perf_counter()
-    with RecordWriter(out) as writer:
-        for spec, objs in todo.items():
-            progress.describe(f"scoring with {spec}")
-            if loaded is not None:
-                if spec != loaded.spec:
-                    raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {spec}")
-                lm = loaded
-            elif engine == "vllm":
-                from tmcli.generation.engines import EngineOptions, load_engine
+    for spec, objs in todo.items():
+        progress.describe(f"scoring with {spec}")
+        if loaded is not None:
+            if spec != loaded.spec:
+                raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {spec}")
+            lm = loaded
+        elif engine == "vllm":
+            from tmcli.generation.engines import EngineOptions, load_engine
 
-                longest = max(len(o["token_ids"]) + len(o.get("prompt_token_ids") or [])
-                              for o in objs)
-                lm = load_engine("vllm", spec, EngineOptions(
-                    device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
-                    gpu_memory_utilization=gpu_memory_utilization, max_model_len=2 * longest + 16))
-            else:
-                lm = load_model(spec, device, dtype)
-            try:
-                _score_records(lm, spec, objs, batch, writer, summary, progress)
-            finally:  # vLLM's worker processes end with its engine, also when scoring fails
-                if loaded is None and engine == "vllm":
-                    lm.close()
-            del lm
+            longest = max(len(o["token_ids"]) + len(o.get("prompt_token_ids") or [])
+                          for o in objs)
+            lm = load_engine("vllm", spec, EngineOptions(
+                device=device, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization, max_model_len=2 * longest + 16))
+        else:
+            lm = load_model(spec, device, dtype)
+        if passed:  # the output changes only once a model has loaded
+            writer.write(passed)
+            passed = []
+        try:
+            _score_records(lm, spec, objs, batch, writer, summary, progress)
+        finally:  # vLLM's worker processes end with its engine, also when scoring fails
+            if loaded is None and engine == "vllm":
+                lm.close()
+        del lm
     summary.seconds = time.perf_counter() - started
     return summary
 

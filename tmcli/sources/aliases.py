@@ -108,10 +108,23 @@ def _gpt2_bpe(a: Alias) -> Source:
         tok = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
         tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "tokenizer.json.tmp"
-        tok.save(str(tmp))
-        os.replace(tmp, out / "tokenizer.json")
+        tmp = _unique_tmp(out / "tokenizer.json")
+        try:
+            tok.save(str(tmp))
+            os.replace(tmp, out / "tokenizer.json")
+        finally:
+            tmp.unlink(missing_ok=True)
     return Source(out)
+
+
+def _unique_tmp(target: Path) -> Path:
+    """A new empty file beside ``target`` with a name no other process shares (two runs that
+    materialise one alias at once never write into one temporary file)."""
+    import tempfile
+
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
 
 
 def _sentencepiece_model(file: str) -> Callable[[Alias], Source]:
@@ -138,9 +151,12 @@ def _tokenizer_json(folder: str, **model_fields: object) -> Callable[[Alias], So
             spec = orjson.loads(src.read_bytes())
             spec["model"].update(model_fields)
             out.mkdir(parents=True, exist_ok=True)
-            tmp = out / "tokenizer.json.tmp"
-            tmp.write_bytes(orjson.dumps(spec))
-            os.replace(tmp, out / "tokenizer.json")
+            tmp = _unique_tmp(out / "tokenizer.json")
+            try:
+                tmp.write_bytes(orjson.dumps(spec))
+                os.replace(tmp, out / "tokenizer.json")
+            finally:
+                tmp.unlink(missing_ok=True)
         return Source(out)
     return materialise
 

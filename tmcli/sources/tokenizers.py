@@ -12,7 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from tmcli.errors import TmcliError, one_line
+from tmcli.errors import TmcliError, from_os_error, one_line
 from tmcli.sources.aliases import ALIASES, cache_dir
 from tmcli.sources.digest import content_digest
 from tmcli.sources.gguf import _fix_gguf_tokenizer, _fix_sentencepiece_merges
@@ -28,6 +28,7 @@ def load_tokenizer(spec: str):
     from tokenizers import Tokenizer
 
     path = Path(spec).expanduser()
+    _check_local(path, spec)
     if path.is_file() and path.suffix == ".json":
         return _tokenizer_file(path, spec)
     named = path.is_file() and path.suffix != ".gguf"  # a file, not its folder, must load
@@ -46,7 +47,6 @@ def load_tokenizer(spec: str):
     if backend is None:
         raise TmcliError(f"tokenizer {spec} has no fast (Rust) backend", hint="use a tokenizer.json")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
     text = backend.to_str()
     if source.gguf_file and source.directory is not None:
         text = _fix_gguf_tokenizer(text, source.directory / source.gguf_file)
@@ -55,8 +55,7 @@ def load_tokenizer(spec: str):
     elif not named and source.directory is not None \
             and (source.directory / "tokenizer.model").is_file():
         text = _fix_sentencepiece_merges(text, source.directory / "tokenizer.model")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, cached)
+    _write_atomically(cached, text)
     return Tokenizer.from_file(str(cached))
 
 
@@ -70,16 +69,60 @@ def _named_file_key(path: Path) -> str:
     return ",".join(parts)
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file of a unique name beside it, so that two
+    processes converting the same tokenizer at once never write into one file."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_NOT_A_TOKENIZER_HINT = ("name a tokenizer.json, a SentencePiece .model, a GGUF file, a model "
+                         "folder, a hub id or an alias")
+
+
+def not_a_tokenizer(spec: str, what: str) -> TmcliError:
+    """The error for a local file or folder that does not load as a tokenizer. It says what was
+    expected, and nothing of what the file holds (a parser's message can quote it)."""
+    return TmcliError(f"not a tokenizer: {spec} ({what})", hint=_NOT_A_TOKENIZER_HINT)
+
+
+def _check_local(path: Path, spec: str) -> None:
+    """A spec naming something local that cannot be a tokenizer fails here, saying what it is:
+    a symbolic link loop or a dangling link, a device, a FIFO or a socket."""
+    import stat
+
+    if not os.path.lexists(path):
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise from_os_error(exc, spec) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise not_a_tokenizer(spec, "a device, FIFO or socket, not a file")
+
+
 def _tokenizer_file(path: Path, spec: str):
     """`Tokenizer.from_file`, with a corrupt file as one line naming it."""
+    import re
+
     from tokenizers import Tokenizer
 
     try:
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises plain Exception subclasses
-        text = " ".join(str(exc).split())[:200]
-        raise TmcliError(f"cannot load tokenizer '{spec}': {path} is not a valid tokenizer.json "
-                         f"({text})", hint="replace the file, or name another tokenizer") from None
+        # where the parser stopped, never its words (serde quotes the values it rejects)
+        at = re.search(r"line \d+ column \d+", str(exc))
+        where = "it" if str(path) == spec else str(path)
+        raise not_a_tokenizer(spec, f"{where} is not a valid tokenizer.json"
+                              + (f": the JSON is wrong at {at.group()}" if at else "")) from None
 
 
 def _load_named_file(path: Path, spec: str):
@@ -95,13 +138,12 @@ def _load_named_file(path: Path, spec: str):
                 os.symlink((path.parent / name).resolve(), Path(tmp) / name)
         try:
             return load_hf_tokenizer(Source(Path(tmp)), spec)
-        except TmcliError:
+        except TmcliError as exc:
+            if exc.message.startswith("not a tokenizer: "):  # said of the temporary folder
+                raise not_a_tokenizer(spec, "not a SentencePiece model, nor named .json or .gguf") from None
             raise
-        except Exception as exc:  # sentencepiece/protobuf errors for a file that is not one
-            text = one_line(exc, 200, ellipsis=False)
-            raise TmcliError(f"cannot load tokenizer '{spec}': {text}",
-                             hint="name a tokenizer.json, a SentencePiece .model, a GGUF file "
-                             "or a folder") from None
+        except Exception:  # sentencepiece/protobuf errors quote the file: never shown
+            raise not_a_tokenizer(spec, "not a SentencePiece model, nor named .json or .gguf") from None
 
 
 def private_copy(tokenizer, *, encode_special_tokens: bool):
@@ -146,7 +188,16 @@ def load_hf_tokenizer(source: Source, spec: str):
             return AutoTokenizer.from_pretrained(source.hub_id)
         kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
         return AutoTokenizer.from_pretrained(str(source.directory), **kwargs)
-    except (OSError, ValueError, ImportError) as exc:
+    except ImportError as exc:  # a missing package: its name is the fix
+        raise TmcliError(f"cannot load tokenizer '{spec}': {one_line(exc, 200)}",
+                         hint="install the package it names") from None
+    except Exception as exc:
+        if source.directory is not None:  # local files: transformers' messages can quote them
+            what = "a GGUF file transformers cannot read a tokenizer from" if source.gguf_file \
+                else "a folder transformers finds no tokenizer in"
+            raise not_a_tokenizer(spec, what) from None
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TmcliError(f"cannot load tokenizer '{spec}': {first}", hint=_alias_hint()) from None
 

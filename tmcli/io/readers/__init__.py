@@ -47,7 +47,7 @@ def parse_object(obj, source: str, line: int, fields: Fields) -> list[Record]:
         recs = []
         for k, item in enumerate(obj):
             for rec in parse_object(item, source, line, fields):
-                if rec.id == f"line{line}":  # no id of its own: one per list item
+                if not rec.id_given:  # no id of its own: one per list item
                     rec.id = f"line{line}/{k}"
                 recs.append(rec)
         return recs

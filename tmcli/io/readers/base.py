@@ -58,6 +58,9 @@ class Record:
 
     ``line`` is the input line (JSONL) or the 1-based row (Parquet/Arrow) it came from; one line
     can hold several completions (n > 1), which `tmcli filter` keeps or drops together.
+    ``id_given`` is False when the record has no id of its own (none, or null): ``id`` is then
+    derived from its line (``line12``, ``line12/1``), and such a record is never taken for a
+    duplicate of another.
     """
 
     source: str
@@ -72,6 +75,7 @@ class Record:
     trajectory: Trajectory | None = None
     # one sampled turn of a checked trajectory (`tmcli.measure.turns`)
     turn: TurnColumns | None = None
+    id_given: bool = True
 
 
 @dataclass(frozen=True)
@@ -148,17 +152,37 @@ def meta_of(obj: dict, *skip: str) -> dict:
     return {k: v for k, v in obj.items() if k not in drop}
 
 
-def record_id(obj: dict, line: int) -> str:
-    return str(obj.get("id", obj.get("request_id", f"line{line}")))
+def given_id(*candidates) -> str | None:
+    """The first candidate that is an id (a string or a number; null, a list or an object is
+    no id), as a string."""
+    for value in candidates:
+        if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return str(value)
+    return None
+
+
+def record_id(obj: dict, line: int) -> tuple[str, bool]:
+    """(id, whether the record gave it): its ``id`` (else ``request_id``), or ``line<N>``."""
+    rid = given_id(obj.get("id"), obj.get("request_id"))
+    return (rid, True) if rid is not None else (f"line{line}", False)
 
 
 def per_item(obj: dict, key: str, source: str, line: int, make) -> list[Record]:
     """One record per item of ``obj[key]`` (vLLM ``outputs``, OpenAI ``choices``): ``make(k,
-    item)`` gives (ids, prompt ids, metadata, logprob tokens); ids are ``id`` or ``id/index``."""
-    rid = record_id(obj, line)
+    item)`` gives (ids, prompt ids, metadata, logprob tokens); ids are ``id`` or ``id/index``.
+    An empty list is an invalid line (it holds no completion to measure, and vanishing would
+    make the counts not add up)."""
+    rid, given = record_id(obj, line)
     items = obj[key]
-    return [Record(source, line, sub_id(rid, len(items), item, k), *make(k, item))
-            for k, item in enumerate(items)]
+    if not items:
+        raise InvalidRecord(source, line, f"'{key}' is empty: the line holds no completion",
+                            hint="drop the line (a request that returned nothing)")
+    records = []
+    for k, item in enumerate(items):
+        ids, prompt, meta, logprob_tokens = make(k, item)
+        records.append(Record(source, line, sub_id(rid, len(items), item, k), ids, prompt, meta,
+                              logprob_tokens, id_given=given))
+    return records
 
 
 def sub_id(rid: str, count: int, item: dict, k: int) -> str:

@@ -6,7 +6,7 @@ the server returns them (token-in/token-out mode). A batched request (a list of 
 
 from __future__ import annotations
 
-from tmcli.io.readers.base import Fields, Record, id_list, meta_of, prompt_ids
+from tmcli.io.readers.base import Fields, Record, given_id, id_list, meta_of, prompt_ids
 
 NAME = "sglang"
 
@@ -29,5 +29,6 @@ def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
     for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "weight_version"):
         if key in info:
             meta[key] = info[key]
-    rid = str(obj.get("id", info.get("id", f"line{line}")))
-    return [Record(source, line, rid, ids, prompt_ids(obj, fields, source, line), meta)]
+    rid = given_id(obj.get("id"), info.get("id"))
+    return [Record(source, line, rid if rid is not None else f"line{line}", ids,
+                   prompt_ids(obj, fields, source, line), meta, id_given=rid is not None)]

@@ -29,30 +29,35 @@ def table_kind(head: bytes) -> str | None:
     return None
 
 
-def open_table(path: str, kind: str):
-    """(schema, iterator of record batches) of a table file."""
+def open_table(source, kind: str, name: str | None = None):
+    """(schema, iterator of record batches) of a table: a file path, or its bytes (a table
+    read from a stream). ``name`` is what messages call it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    name = name or str(source)
     try:
+        data = pa.BufferReader(source) if isinstance(source, (bytes, bytearray)) else None
         if kind == "parquet":
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(data if data is not None else source)
             return pf.schema_arrow, pf.iter_batches(batch_size=BATCH_ROWS)
+        opened = data if data is not None else pa.memory_map(source)
         if kind == "arrow-file":
-            reader = pa.ipc.open_file(pa.memory_map(path))
+            reader = pa.ipc.open_file(opened)
             return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
-        reader = pa.ipc.open_stream(pa.memory_map(path))
+        reader = pa.ipc.open_stream(opened)
         return reader.schema, iter(reader)
     except (OSError, pa.ArrowException) as exc:
-        raise TmcliError(f"cannot read {path} as {kind} ({exc})",
+        raise TmcliError(f"cannot read {name} as {kind} ({exc})",
                          hint="check that the file is complete") from None
 
 
-def iter_rows(path: str, kind: str) -> Iterator[tuple[int, dict]]:
-    """(1-based row number, row as a dict) for every row of the table."""
+def iter_rows(source, kind: str, name: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(1-based row number, row as a dict) for every row of the table (see `open_table`)."""
     import pyarrow as pa
 
-    _schema, batches = open_table(path, kind)
+    name = name or str(source)
+    _schema, batches = open_table(source, kind, name)
     row = 0
     try:
         for batch in batches:
@@ -60,5 +65,5 @@ def iter_rows(path: str, kind: str) -> Iterator[tuple[int, dict]]:
                 row += 1
                 yield row, obj
     except (OSError, pa.ArrowException) as exc:
-        raise TmcliError(f"{path}: cannot read past row {row} ({exc})",
+        raise TmcliError(f"{name}: cannot read past row {row} ({exc})",
                          hint="check that the file is complete") from None

@@ -20,5 +20,6 @@ def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
                             hint="check --ids-field against the file's field names")
     ids = id_list(obj[name], source, line, name)
     prompt = prompt_ids(obj, fields, source, line)
-    return [Record(source, line, record_id(obj, line), ids, prompt,
-                   meta_of(obj, name, fields.prompt_name))]
+    rid, given = record_id(obj, line)
+    return [Record(source, line, rid, ids, prompt, meta_of(obj, name, fields.prompt_name),
+                   id_given=given)]

@@ -37,4 +37,5 @@ def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
     prompt = id_list(obj[prompt_name], source, line, prompt_name)
     traj = trajectory_of(obj, source, line, len(ids))
     meta = meta_of(obj, name, prompt_name, "messages", "tools", *MASK_FIELDS)
-    return [Record(source, line, record_id(obj, line), ids, prompt, meta, trajectory=traj)]
+    rid, given = record_id(obj, line)
+    return [Record(source, line, rid, ids, prompt, meta, trajectory=traj, id_given=given)]

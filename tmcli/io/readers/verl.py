@@ -29,4 +29,5 @@ def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
     prompt = id_list(obj[PROMPT], source, line, PROMPT)
     traj = trajectory_of(obj, source, line, len(ids))
     meta = meta_of(obj, IDS, PROMPT, "messages", "tools", *MASK_FIELDS)
-    return [Record(source, line, record_id(obj, line), ids, prompt, meta, trajectory=traj)]
+    rid, given = record_id(obj, line)
+    return [Record(source, line, rid, ids, prompt, meta, trajectory=traj, id_given=given)]
