@@ -36,6 +36,10 @@ __all__ = [
     "span_cause",
     "load_engine",
     "EngineOptions",
+    "score",
+    "ScoreTask",
+    "divergence_profile",
+    "merge_table",
 ]
 
 _LAZY = {
@@ -65,6 +69,10 @@ _LAZY = {
     "span_cause": "tmcli.measure.causes",
     "load_engine": "tmcli.generation.engines",
     "EngineOptions": "tmcli.generation.engines",
+    "score": "tmcli.scoring.run",
+    "ScoreTask": "tmcli.scoring.run",
+    "divergence_profile": "tmcli.aggregate.divergence",
+    "merge_table": "tmcli.aggregate.merge",
 }
 
 

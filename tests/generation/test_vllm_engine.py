@@ -119,7 +119,7 @@ def test_vllm_constrain_at_t2_leaves_nothing_non_canonical(vllm_engine, tmp_path
 @needs_vllm
 def test_vllm_scores_like_the_model_forward(vllm_engine, smol, tmp_path):
     """`score --engine vllm` (prompt logprobs) against the transformers forward, same records."""
-    from tmcli.scoring.nll import score
+    from tmcli.scoring.run import score
 
     src = tmp_path / "gen.jsonl"
     generate("smollm2-135m", PROMPTS[:3], src, temperatures=[1.0, 2.0], max_new_tokens=24,

@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from tmcli.aggregate import stats
+from tmcli.aggregate.divergence import divergence_summary
 from tmcli.measure.causes import cause_counts
 
 FEW_SAMPLES = 30  # below this a group's figures get a visible warning
@@ -155,6 +156,7 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["n_normalized"] = int(df["normalized"].sum()) if "normalized" in df.columns else 0
     out.update(quality_summary(df, n_resamples, seed))
     out.update(cause_counts(df))  # spans per cause (tmcli.measure.causes)
+    out.update(divergence_summary(df, n_resamples, seed))  # score --divergence, when present
     out["few_samples"] = n < FEW_SAMPLES
     return out
 

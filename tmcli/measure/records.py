@@ -15,6 +15,7 @@ from tmcli.io.readers.openai import token_ids_from_logprobs
 from tmcli.measure.alignment import Sample
 from tmcli.measure.reencode import Reencoder
 from tmcli.measure.sample_table import rows_to_frame
+from tmcli.measure.scored import divergence_columns
 from tmcli.measure.text_quality import record_float
 
 
@@ -118,6 +119,7 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
         "nll_token": record_float(meta.get("nll_token")),
         "nll_char": record_float(meta.get("nll_char")),
     }
+    row.update(divergence_columns(meta.get("divergence")))
     row.update(metrics)
     row.pop("boundary_span", None)
     return row

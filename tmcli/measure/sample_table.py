@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from tmcli.measure.scored import DIVERGENCE_SCHEMA
+
 SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
                   "kind": pl.String})
 
@@ -26,6 +28,8 @@ SAMPLE_SCHEMA = {
     # text-quality proxies (tmcli.measure.text_quality) and the record's own NLL figures
     "n_chars": pl.Int64, "chars_per_token": pl.Float64, "distinct_2": pl.Float64,
     "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
+    # `score --divergence`: the record's comparison of its generated and canonical contexts
+    **DIVERGENCE_SCHEMA,
 }
 
 

@@ -18,7 +18,7 @@ from tmcli import __version__
 from tmcli.aggregate.groups import FEW_SAMPLES
 from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
-from tmcli.present.figures import modes, position, temperature
+from tmcli.present.figures import divergence, modes, position, temperature
 
 HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -81,6 +81,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
          "per-token figures.", position.token_rate(g)),
         ("survival", "Share of completions still canonical after each number of tokens: once a "
          "completion diverges it leaves the curve.", position.first_divergence(analysis.samples)),
+        *divergence.figures(analysis),
         *canonical,
     ]
 
