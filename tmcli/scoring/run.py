@@ -123,6 +123,8 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
 
     task = task or ScoreTask()
     _check_task(task, engine)
+    if task.name == "merge":  # a record takes a forward per length and cut: write each one
+        batch = 1
     out = Path(output)
     if Path(input).resolve() == out.resolve():
         raise TmcliError("score would overwrite its input", hint="write to another file with -o")

@@ -1,0 +1,128 @@
+"""RESULTS.md's "Does it matter?" section, part 1: how far past a non-canonical span the model's
+next-token distribution differs from the one after the canonical ids of the same text.
+
+Runs the real CLI end to end (resumable: rerun to continue), on both offline models:
+  1. tmcli generate: 24 WikiText prompts (the study's filter and shuffle), T = 1, 1.2, 1.6, 2,
+     192 new tokens, pure sampling, into study_out/divergence/outputs.jsonl (not committed);
+  2. tmcli score --divergence (K = 32 positions after each span) -> study_out/divergence/scored.jsonl;
+  3. tmcli analyze --json on it; the group figures go to results/divergence/groups.csv and the
+     by-position profile to results/divergence/profile.csv;
+  4. checks of the tool and the protocol (results/divergence/checks.json):
+     - the NLL identity: at T = 1 the continuation was sampled from the generated context, so
+       E[NLL_canonical - NLL_generated] of the sampled token = E[KL(generated || canonical)];
+       the measured gap minus the KL must be ~0 (a broken alignment or a misread row breaks it);
+     - the engines agree: the first SmolLM2 samples scored again on the transformers forward.
+
+    python results/divergence_study.py            # everything (about an hour on 2 busy cores)
+    python results/divergence_study.py --skip-generate
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+RAW = ROOT / "study_out" / "divergence"
+OUT = ROOT / "results" / "divergence"
+PROMPTS = ROOT.parent / "shared" / "data" / "wikitext-2-test.txt"
+MODELS = ("smollm2-135m", "gemma3-270m")
+GENERATE = ["--prompts", str(PROMPTS), "--min-chars", "640", "--shuffle", "--seed", "0",
+            "--n-prompts", "24", "--max-new-tokens", "192", "--temperatures", "1,1.2,1.6,2"]
+
+
+def tmcli(*args: str) -> str:
+    cmd = [sys.executable, "-m", "tmcli", *args]
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, cwd=ROOT).stdout
+
+
+def nll_identity(scored: Path) -> list[dict]:
+    """Per model and temperature: mean over samples of (mean NLL gap - mean KL) at the positions
+    after spans, with a bootstrap interval; ~0 at T = 1 if the tool reads the rows it should."""
+    import numpy as np
+
+    from tmcli.aggregate.stats import mean_ci
+
+    per: dict = {}
+    for line in scored.read_text().splitlines():
+        r = json.loads(line)
+        d = r.get("divergence") or {}
+        if not d.get("positions"):
+            continue
+        gap = np.array(d["nll_alt"], dtype=float) - np.array(d["nll_ref"], dtype=float)
+        per.setdefault((r["model"], r["temperature"]), []).append(
+            (float(gap.mean()), float(np.mean(d["kl"]))))
+    out = []
+    for (model, t), v in sorted(per.items()):
+        gap, kl = np.array(v).T
+        m, lo, hi = mean_ci(gap - kl, 2000, 0)
+        out.append({"model": model, "temperature": t, "n": len(v), "nll_gap": float(gap.mean()),
+                    "kl": float(kl.mean()), "gap_minus_kl": m, "lo": lo, "hi": hi})
+    return out
+
+
+def engines_agree(scored: Path, n: int = 6) -> dict:
+    """The first ``n`` non-canonical SmolLM2 samples scored again on the transformers forward."""
+    import tempfile
+
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    picked = [r for r in rows if r["model"] == "smollm2-135m"
+              and (r.get("divergence") or {}).get("positions")][:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "in.jsonl", Path(tmp) / "out.jsonl"
+        src.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "divergence"})
+                               + "\n" for r in picked))
+        tmcli("score", str(src), "--divergence", "--engine", "transformers", "--device", "cpu",
+              "-o", str(out), "-q")
+        again = [json.loads(line)["divergence"] for line in out.read_text().splitlines()]
+    diffs = [abs(a - b) for r, d in zip(picked, again)
+             for a, b in zip(r["divergence"]["kl"], d["kl"])]
+    flips = sum(a != b for r, d in zip(picked, again)
+                for a, b in zip(r["divergence"]["top1"], d["top1"]))
+    return {"samples": len(picked), "positions": len(diffs), "max_abs_kl_difference": max(diffs),
+            "top1_disagreements": flips, "engines": [picked[0]["divergence"]["engine"],
+                                                     "transformers"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--skip-generate", action="store_true")
+    ap.add_argument("--threads", default="1", help="torch threads (1 is fastest on busy cores)")
+    args = ap.parse_args()
+    RAW.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    outputs, scored = RAW / "outputs.jsonl", RAW / "scored.jsonl"
+    if not args.skip_generate:
+        for model in MODELS:
+            tmcli("generate", "--model", model, *GENERATE, "--threads", args.threads,
+                  "-o", str(outputs))
+    tmcli("score", str(outputs), "--divergence", "--device", "cpu", "--threads", args.threads,
+          "-o", str(scored))
+
+    import polars as pl
+
+    from tmcli.aggregate.analysis import analyze_file
+    from tmcli.aggregate.divergence import divergence_profile
+
+    analysis = analyze_file(str(scored))
+    keep = [c for c in analysis.groups.columns
+            if c in ("model", "temperature", "n", "n_noncanonical", "token_rate")
+            or c.startswith("div_")]
+    analysis.groups.select(keep).write_csv(OUT / "groups.csv")
+    divergence_profile(analysis.samples).write_csv(OUT / "profile.csv")
+    checks = {"nll_identity": nll_identity(scored), "engines_agree": engines_agree(scored)}
+    (OUT / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
+    print(pl.read_csv(OUT / "groups.csv").select(
+        "model", "temperature", "n", "div_n_after", "div_kl", "div_top1", "div_end_kl"))
+    print(json.dumps(checks, indent=1))
+
+
+if __name__ == "__main__":
+    main()
