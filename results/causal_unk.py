@@ -58,15 +58,15 @@ def main() -> None:
         gens = decode_batch(decoder, ids, rows, [0.0] * len(ids), [0] * len(ids),
                             max_new_tokens=args.max_new_tokens, eos_ids=lm.eos_ids)
         measured = reencoder.measure([Sample(g, p) for (g, _r), p in zip(gens, ids)])
-        lone = sum(1 for m in measured for s in m["spans"]
+        lone = sum(1 for m in measured for s in m.spans
                    if reencoder.vocab.spell(s["before"][:1]) == b" ")
-        spans = sum(m["n_spans"] for m in measured)
+        spans = sum(m.n_spans for m in measured)
         out["arms"][arm] = {
             "prompts_holding_unk_id": sum(unk in p for p in ids),
-            "noncanonical": sum(m["noncanonical"] for m in measured),
+            "noncanonical": sum(m.noncanonical for m in measured),
             "n": len(measured),
-            "noncanonical_tokens": sum(m["noncanonical_tokens"] for m in measured),
-            "tokens": sum(m["n_tokens"] for m in measured),
+            "noncanonical_tokens": sum(m.noncanonical_tokens for m in measured),
+            "tokens": sum(m.n_tokens for m in measured),
             "spans": spans,
             "spans_starting_with_a_lone_space": lone,
         }

@@ -103,11 +103,11 @@ def test_verdicts_equal_the_definition_on_generated_text(name, wikitext_lines):
         results += r.measure([s for s, _e, _p in cases[pos : pos + size]])
         pos += size
     for (s, expected, split), m in zip(cases, results):
-        assert m["noncanonical"] == expected, (name, s.token_ids, m["spans"][:2])
+        assert m.noncanonical == expected, (name, s.token_ids, m.spans[:2])
         if split:
-            assert not m["boundary_merge"] and not m["prompt_noncanonical"]
+            assert not m.boundary_merge and not m.prompt_noncanonical
         if not expected:
-            assert m["compression"] == 0.0 and m["kind"] == "canonical" and not m["normalized"]
+            assert m.compression == 0.0 and m.kind == "canonical" and not m.normalized
 
 
 _FRAGMENTS = [x for pool in POOLS.values() for x in pool] + WHITESPACE
@@ -128,7 +128,7 @@ def test_verdicts_equal_the_definition_on_hypothesis_text(name, text):
     r = reencoder(name)
     plain = Sample(encode(name, "An ordinary line of text, 1 2 3."))
     measured = r.measure([plain] * 5 + [Sample(ids)] + [plain] * 3)
-    assert measured[5]["noncanonical"] == definition(name, ids)
+    assert measured[5].noncanonical == definition(name, ids)
     assert measured[5] == r.measure([Sample(ids)])[0]
 
 
@@ -326,7 +326,7 @@ def test_oracle_never_accepts_a_noncanonical_sequence(name, data):
                              min_size=1, max_size=12))
     if oracle.viable([ids], [True], [0])[0]:
         m = r.measure([Sample(ids)])[0]
-        assert not m["noncanonical"] and not m["unknown_ids"] and not m["invalid_bytes"]
+        assert not m.noncanonical and not m.unknown_ids and not m.invalid_bytes
 
 
 # -- what has no canonical form -------------------------------------------------------------------
@@ -343,10 +343,10 @@ def test_normaliser_rewrites_are_flagged_at_any_byte_length():
     for text in ["A \uf905 B", "\u212b ok", "caf\u0065\u0301"]:
         g = raw.encode(text, add_special_tokens=False).ids
         m = r.measure([Sample(g)])[0]
-        assert m["normalized"] and m["noncanonical"] and not m["byte_exact"], text
+        assert m.normalized and m.noncanonical and not m.byte_exact, text
     stable = encode(name, "A \u4e32 B café")
     m = r.measure([Sample(stable)])[0]
-    assert not m["normalized"] and not m["noncanonical"] and m["byte_exact"]
+    assert not m.normalized and not m.noncanonical and m.byte_exact
 
 
 def test_a_tokenizer_that_cannot_spell_a_character_is_not_a_fixed_point():
@@ -356,4 +356,4 @@ def test_a_tokenizer_that_cannot_spell_a_character_is_not_a_fixed_point():
     assert r.vocab.byte_ids[0xF1] is None
     ids = encode("smollm2-135m", "a \U00073638b")  # F1 B3 98 B8: the F1 is dropped
     m = r.measure([Sample(ids)])[0]
-    assert m["noncanonical"] and m["kind"] == "invalid_utf8" and definition("smollm2-135m", ids)
+    assert m.noncanonical and m.kind == "invalid_utf8" and definition("smollm2-135m", ids)

@@ -39,10 +39,10 @@ def test_windows_and_whole_sequence_as_the_script_scored_them():
     g = spelled("gpt2", SPELLED[0]) + ids("gpt2", SPELLED[1])
     assert len(g) == 10
     m = reencoder("gpt2", 4).measure([Sample(g)], method="study")[0]
-    assert m["study_window_compression"] == WINDOWS
-    assert m["study_compression"] == pytest.approx(0.8)
+    assert m.study_window_compression == WINDOWS
+    assert m.study_compression == pytest.approx(0.8)
     # tmcli's own figures for the same sample: one merge of 9 ids into 1
-    assert m["compression"] == pytest.approx(0.8) and m["kind"] == "merged"
+    assert m.compression == pytest.approx(0.8) and m.kind == "merged"
 
 
 def test_the_script_parses_special_token_text_and_adds_the_tokenizers_specials():
@@ -50,12 +50,12 @@ def test_the_script_parses_special_token_text_and_adds_the_tokenizers_specials()
     # to the one special id: the script counts a compression of 6/7 that tmcli does not.
     g = ids("gpt2", "<|endoftext|>")
     m = reencoder("gpt2", 64).measure([Sample(g)], method="study")[0]
-    assert len(g) == 7 and m["study_compression"] == pytest.approx(6 / 7)
-    assert not m["noncanonical"]
+    assert len(g) == 7 and m.study_compression == pytest.approx(6 / 7)
+    assert not m.noncanonical
     # Gemma's tokenizer adds <bos>: canonical "Hello world" (2 ids) scores (2 - 3) / 2.
     g = ids("gemma3-270m", "Hello world")
     m = reencoder("gemma3-270m", 64).measure([Sample(g)], method="study")[0]
-    assert len(g) == 2 and m["study_compression"] == pytest.approx(-0.5)
+    assert len(g) == 2 and m.study_compression == pytest.approx(-0.5)
 
 
 def test_centre_of_gravity_as_plot_results_computed_it():

@@ -91,7 +91,7 @@ def _example(item, pool: TokenizerPool) -> dict:
     g = list(smp.token_ids)
     segments = []
     pos = 0
-    for span, cause in zip(m["spans"], m["causes"]):
+    for span, cause in zip(m.spans, m.causes):
         p, before, after = span["position"], span["before"], span["after"]
         if p > pos:
             segments.append({"generated": [vocab.piece(t) for t in g[pos:p]], "differs": False})
@@ -103,9 +103,9 @@ def _example(item, pool: TokenizerPool) -> dict:
         segments.append({"generated": [vocab.piece(t) for t in g[pos:]], "differs": False})
     return {
         "id": rec.id, "model": str(rec.meta.get("model") or spec),
-        "temperature": rec.meta.get("temperature"), "n_tokens": m["n_tokens"],
-        "noncanonical_tokens": m["noncanonical_tokens"], "n_spans": m["n_spans"],
-        "compression": m["compression"], "prompt": rec.meta.get("prompt"),
+        "temperature": rec.meta.get("temperature"), "n_tokens": m.n_tokens,
+        "noncanonical_tokens": m.noncanonical_tokens, "n_spans": m.n_spans,
+        "compression": m.compression, "prompt": rec.meta.get("prompt"),
         "segments": segments,
     }
 

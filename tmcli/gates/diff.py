@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from tmcli.errors import InvalidRecord, TmcliError
 from tmcli.io.readers.base import Record
 from tmcli.measure.causes import DESCRIPTIONS, sample_causes
+from tmcli.measure.metrics import SampleMetrics
 
 SEP = "│"
 _MARKS = {"\\": "\\\\", " ": "␣", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
@@ -85,7 +86,7 @@ def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: lis
         for spec, idx in by_spec.items():
             enc = pool.encoder(spec)
             for k, m in zip(idx, enc.measure([batch[k][2] for k in idx])):
-                m["causes"] = sample_causes(enc.vocab, m)
+                m.causes = sample_causes(enc.vocab, m)
                 results[k] = m
         out = [(*item, m) for item, m in zip(batch, results)]
         batch.clear()
@@ -112,13 +113,13 @@ def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: lis
     yield from flush()
 
 
-def sample_diff(rec: Record, spec: str, smp, m: dict, vocab, context: int) -> dict:
+def sample_diff(rec: Record, spec: str, smp, m: SampleMetrics, vocab, context: int) -> dict:
     """One sample's differences as plain data (what ``--json`` prints, one object per line)."""
     prompt = list(smp.prompt_ids or [])  # context shown from the prompt too
     full = prompt + list(smp.token_ids)
     p = len(prompt)
     spans = []
-    for sp, cause in zip(m["spans"], m["causes"]):
+    for sp, cause in zip(m.spans, m.causes):
         start = p + sp["position"]
         end = start + len(sp["before"])
         left = max(0, start - context)
@@ -132,14 +133,14 @@ def sample_diff(rec: Record, spec: str, smp, m: dict, vocab, context: int) -> di
             "context_after": token_strings(vocab, full[end : end + context]),
             "more_before": left > 0, "more_after": end + context < len(full),
         })
-    boundary = m.get("boundary_span")
+    boundary = m.boundary_span
     meta = rec.meta
     return {
         "source": rec.source, "line": rec.line, "id": rec.id,
         "model": str(meta.get("model") or spec), "tokenizer": spec,
         "temperature": meta.get("temperature"), "finish_reason": meta.get("finish_reason"),
-        "n_tokens": m["n_tokens"], "kind": m["kind"], "n_spans": m["n_spans"],
-        "noncanonical_tokens": m["noncanonical_tokens"], "spans": spans,
+        "n_tokens": m.n_tokens, "kind": m.kind, "n_spans": m.n_spans,
+        "noncanonical_tokens": m.noncanonical_tokens, "spans": spans,
         "boundary": None if not boundary else {
             "generated_tokens": token_strings(vocab, boundary["before"]),
             "canonical_tokens": token_strings(vocab, boundary["after"])},
@@ -174,9 +175,9 @@ def diff_records(path: str, *, tokenizer: str | dict | None = None, ids_field: s
     try:
         for rec, spec, smp, m in measured(records, pool, skip_invalid=skip_invalid, errors=errors):
             stats["samples"] += 1
-            stats["noncanonical"] += bool(m["noncanonical"])
+            stats["noncanonical"] += bool(m.noncanonical)
             stats["skipped"] = len(errors)
-            if m["noncanonical"] or record_id is not None:
+            if m.noncanonical or record_id is not None:
                 yield sample_diff(rec, spec, smp, m, pool.encoder(spec).vocab, context)
                 stats["shown"] += 1
                 if limit is not None and stats["shown"] >= limit:

@@ -93,13 +93,13 @@ def selftest(spec: str, texts: list[str] | None = None, *, splits: int = 4,
                 labels.append(f"text {t} split at token {cut}")
     for label, m in zip(labels, enc.measure(samples)):
         result.n_samples += 1
-        result.n_boundary_merges += m["boundary_merge"]
-        if m["noncanonical"] or m["boundary_merge"]:
+        result.n_boundary_merges += m.boundary_merge
+        if m.noncanonical or m.boundary_merge:
             result.n_noncanonical += 1
-            span = m["spans"][0] if m["spans"] else {}
+            span = m.spans[0] if m.spans else {}
             result.failures.append(
                 f"{label}: {len(m['spans'])} span(s), first {span}"
-                + (" (boundary merge)" if m["boundary_merge"] else ""))
+                + (" (boundary merge)" if m.boundary_merge else ""))
     result.control_detected = _control(vocab.original, enc)
     return result
 
@@ -113,4 +113,4 @@ def _control(tok, enc: Reencoder) -> bool:
     if None in spelled:
         return False
     m = enc.measure([Sample(spelled)])[0]
-    return m["kind"] == "merged" and m["n_reencoded"] == len(ids)
+    return m.kind == "merged" and m.n_reencoded == len(ids)

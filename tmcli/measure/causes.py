@@ -24,6 +24,10 @@ specific cause wins, in the order of `CAUSES`:
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tmcli.measure.metrics import SampleMetrics
 
 CAUSES = ("unknown-id", "invalid-utf8", "cut-utf8", "special-text", "normalised", "whitespace",
           "merged", "lengthened", "resegmented")
@@ -112,12 +116,12 @@ def span_cause(vocab, before, after, *, at_end: bool = False) -> str:
     return "lengthened" if len(after) > len(before) else "resegmented"
 
 
-def sample_causes(vocab, metrics: dict) -> list[str]:
-    """The cause of each span of one measured sample (`Reencoder.measure`'s dict), in order."""
-    n = metrics["n_tokens"]
+def sample_causes(vocab, metrics: SampleMetrics) -> list[str]:
+    """The cause of each span of one measured sample (`Reencoder.measure`'s), in order."""
+    n = metrics.n_tokens
     return [span_cause(vocab, sp["before"], sp["after"],
                        at_end=sp["position"] + len(sp["before"]) >= n)
-            for sp in metrics["spans"]]
+            for sp in metrics.spans]
 
 
 def column(cause: str) -> str:

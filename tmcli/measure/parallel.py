@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Iterator
 
 from tmcli.measure.alignment import Sample
+from tmcli.measure.metrics import SampleMetrics
 from tmcli.measure.reencode import Reencoder
 
 _WORKER_ENCODERS: dict[tuple, Reencoder] = {}
@@ -29,7 +30,7 @@ def _encoder(spec: str, window: int, context: bool) -> Reencoder:
 
 
 def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
-                  method: str) -> list[dict]:
+                  method: str) -> list[SampleMetrics]:
     """Worker entry point: metrics for samples of one tokenizer, text-quality proxies and span
     causes included (all per sample, so all done where the work is spread over the cores)."""
     from tmcli.measure.causes import sample_causes
@@ -39,7 +40,7 @@ def measure_batch(spec: str, samples: list[Sample], window: int, context: bool,
     out = enc.measure(samples, method=method)
     for m, s in zip(out, samples):
         m.update(text_metrics(enc.vocab.spell(s.token_ids), len(s.token_ids)))
-        m["causes"] = sample_causes(enc.vocab, m)
+        m.causes = sample_causes(enc.vocab, m)
     return out
 
 

@@ -13,6 +13,7 @@ from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
 from tmcli.io.readers.openai import token_ids_from_logprobs
 from tmcli.measure.alignment import Sample
+from tmcli.measure.metrics import SampleMetrics
 from tmcli.measure.reencode import Reencoder
 from tmcli.measure.sample_table import rows_to_frame
 from tmcli.measure.scored import divergence_columns
@@ -105,7 +106,7 @@ def _prepare(rec: Record, pool: TokenizerPool) -> tuple[str, Reencoder, Sample]:
     return spec, enc, Sample(ids, rec.prompt_ids)
 
 
-def _row(rec: Record, spec: str, metrics: dict) -> dict:
+def _row(rec: Record, spec: str, metrics: SampleMetrics) -> dict:
     meta = rec.meta
     temp = meta.get("temperature")
     if temp is None and isinstance(meta.get("sampling"), dict):
@@ -120,8 +121,7 @@ def _row(rec: Record, spec: str, metrics: dict) -> dict:
         "nll_char": record_float(meta.get("nll_char")),
     }
     row.update(divergence_columns(meta.get("divergence")))
-    row.update(metrics)
-    row.pop("boundary_span", None)
+    row.update(metrics.columns())
     return row
 
 
@@ -153,9 +153,9 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
         rows = []
         for (rec, spec, smp), m in zip(batch, metrics):
             rows.append(_row(rec, spec, m))
-            if n_examples and examples is not None and m["noncanonical"]:
+            if n_examples and examples is not None and m.noncanonical:
                 counter += 1
-                key = (m["noncanonical_tokens"], m["n_spans"], -counter)
+                key = (m.noncanonical_tokens, m.n_spans, -counter)
                 item = (key, rec, spec, smp, m)
                 if len(examples) < n_examples:
                     heapq.heappush(examples, item)

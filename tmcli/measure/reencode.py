@@ -49,6 +49,7 @@ from tmcli.measure.alignment import (
     _invalid_ranges,
     _runs,
 )
+from tmcli.measure.metrics import DiffSpan, SampleMetrics
 from tmcli.measure.token_bytes import Vocab
 
 
@@ -236,7 +237,7 @@ class Reencoder:
         return out
 
     # -- measurement --------------------------------------------------------------------------
-    def measure(self, samples: list[Sample], *, method: str = "aligned") -> list[dict]:
+    def measure(self, samples: list[Sample], *, method: str = "aligned") -> list[SampleMetrics]:
         """Per-sample metrics. ``method='study'`` adds the study script's figures."""
         if method not in WINDOW_METHODS:
             raise ValueError(f"window method must be one of {WINDOW_METHODS}")
@@ -255,7 +256,7 @@ class Reencoder:
                 r.update(m)
         return results
 
-    def spans(self, form: Canonical, p: int) -> tuple[list[dict], dict | None, bool]:
+    def spans(self, form: Canonical, p: int) -> tuple[list[DiffSpan], dict | None, bool]:
         """The completion's spans (positions relative to the completion), the boundary span if
         a difference straddles the prompt/completion boundary, and whether the prompt itself
         holds a difference."""
@@ -279,7 +280,7 @@ class Reencoder:
             spans.append({"position": a0 - p, "before": before, "after": after, "kind": kind})
         return spans, boundary, prompt_nc
 
-    def _summarise(self, form: Canonical, p: int) -> dict:
+    def _summarise(self, form: Canonical, p: int) -> SampleMetrics:
         spans, boundary, prompt_nc = self.spans(form, p)
         n = len(form.ids) - p
         W = self.window
@@ -309,27 +310,27 @@ class Reencoder:
             kind = "merged" if delta_sum > 0 else "lengthened" if delta_sum < 0 else "resegmented"
         with np.errstate(invalid="ignore", divide="ignore"):
             win_comp = np.where(win_tokens > 0, win_delta / np.maximum(win_tokens, 1), np.nan)
-        return {
-            "n_tokens": n,
-            "n_reencoded": n - delta_sum,
-            "compression": delta_sum / n if n else float("nan"),
-            "noncanonical": bool(spans),
-            "kind": kind,
-            "n_spans": len(spans),
-            "noncanonical_tokens": nc_tokens,
-            "token_rate": nc_tokens / n if n else float("nan"),
-            "first_divergence": spans[0]["position"] if spans else None,
-            "boundary_merge": boundary is not None,
-            "boundary_span": boundary,
-            "prompt_noncanonical": prompt_nc,
-            "byte_exact": not (form.normalized or form.invalid_bytes or form.cut_bytes),
-            "normalized": form.normalized,
-            "invalid_bytes": form.invalid_bytes,
-            "cut_bytes": form.cut_bytes,
-            "unknown_ids": n_unknown,
-            "spans": spans,
-            "window_delta": win_delta.tolist(),
-            "window_tokens": win_tokens.tolist(),
-            "window_compression": win_comp.tolist(),
-            "window_noncanonical": win_nc.tolist(),
-        }
+        return SampleMetrics(
+            n_tokens=n,
+            n_reencoded=n - delta_sum,
+            compression=delta_sum / n if n else float("nan"),
+            noncanonical=bool(spans),
+            kind=kind,
+            n_spans=len(spans),
+            noncanonical_tokens=nc_tokens,
+            token_rate=nc_tokens / n if n else float("nan"),
+            first_divergence=spans[0]["position"] if spans else None,
+            boundary_merge=boundary is not None,
+            boundary_span=boundary,
+            prompt_noncanonical=prompt_nc,
+            byte_exact=not (form.normalized or form.invalid_bytes or form.cut_bytes),
+            normalized=form.normalized,
+            invalid_bytes=form.invalid_bytes,
+            cut_bytes=form.cut_bytes,
+            unknown_ids=n_unknown,
+            spans=spans,
+            window_delta=win_delta.tolist(),
+            window_tokens=win_tokens.tolist(),
+            window_compression=win_comp.tolist(),
+            window_noncanonical=win_nc.tolist(),
+        )

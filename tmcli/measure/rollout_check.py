@@ -129,9 +129,9 @@ def check_ids_batch(tokenizer, token_ids: list[list[int]],
     for (k, smp), m in zip(todo, metrics):
         causes = sample_causes(enc.vocab, m)
         spans = [Span(sp["position"], sp["before"], sp["after"], c)
-                 for sp, c in zip(m["spans"], causes)]
-        out[k] = IdsCheck(not m["noncanonical"], m["kind"], m["n_tokens"], spans,
-                          _apply(smp.token_ids, m["spans"]), m["boundary_merge"])
+                 for sp, c in zip(m.spans, causes)]
+        out[k] = IdsCheck(not m.noncanonical, m.kind, m.n_tokens, spans,
+                          _apply(smp.token_ids, m.spans), m.boundary_merge)
     return out  # type: ignore[return-value]
 
 

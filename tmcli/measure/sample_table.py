@@ -6,31 +6,19 @@ from __future__ import annotations
 
 import polars as pl
 
+from tmcli.measure.metrics import METRIC_COLUMNS
 from tmcli.measure.scored import DIVERGENCE_SCHEMA
 
-SPAN = pl.Struct({"position": pl.Int64, "before": pl.List(pl.Int64), "after": pl.List(pl.Int64),
-                  "kind": pl.String})
-
-
-SAMPLE_SCHEMA = {
+# The record's own columns (its id, where it was read, what produced it), then the measurement's
+# (`SampleMetrics`), then the figures a record carries from `tmcli score` (its NLL, and
+# `score --divergence`'s comparison of its generated and canonical contexts).
+RECORD_COLUMNS = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
     "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
-    "prompt_index": pl.Int64, "n_tokens": pl.Int64, "n_reencoded": pl.Int64,
-    "compression": pl.Float64, "noncanonical": pl.Boolean, "kind": pl.String,
-    "n_spans": pl.Int64, "noncanonical_tokens": pl.Int64, "token_rate": pl.Float64,
-    "first_divergence": pl.Int64, "boundary_merge": pl.Boolean, "prompt_noncanonical": pl.Boolean,
-    "byte_exact": pl.Boolean, "normalized": pl.Boolean, "invalid_bytes": pl.Int64,
-    "cut_bytes": pl.Int64, "unknown_ids": pl.Int64, "spans": pl.List(SPAN),
-    "causes": pl.List(pl.String),  # tmcli.measure.causes: one per span, in span order
-    "window_delta": pl.List(pl.Float64), "window_tokens": pl.List(pl.Int64),
-    "window_compression": pl.List(pl.Float64), "window_noncanonical": pl.List(pl.Int64),
-    "study_compression": pl.Float64, "study_window_compression": pl.List(pl.Float64),
-    # text-quality proxies (tmcli.measure.text_quality) and the record's own NLL figures
-    "n_chars": pl.Int64, "chars_per_token": pl.Float64, "distinct_2": pl.Float64,
-    "repetition_4": pl.Float64, "nll_token": pl.Float64, "nll_char": pl.Float64,
-    # `score --divergence`: the record's comparison of its generated and canonical contexts
-    **DIVERGENCE_SCHEMA,
+    "prompt_index": pl.Int64,
 }
+SCORE_COLUMNS = {"nll_token": pl.Float64, "nll_char": pl.Float64, **DIVERGENCE_SCHEMA}
+SAMPLE_SCHEMA = {**RECORD_COLUMNS, **METRIC_COLUMNS, **SCORE_COLUMNS}
 
 
 # Written to the parquet sink but not kept in memory: variable-length per-sample detail (lists
