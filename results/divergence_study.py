@@ -11,7 +11,13 @@ Runs the real CLI end to end (resumable: rerun to continue), on both offline mod
      - the NLL identity: at T = 1 the continuation was sampled from the generated context, so
        E[NLL_canonical - NLL_generated] of the sampled token = E[KL(generated || canonical)];
        the measured gap minus the KL must be ~0 (a broken alignment or a misread row breaks it);
-     - the engines agree: the first SmolLM2 samples scored again on the transformers forward.
+     - the engines agree: the first SmolLM2 samples scored again on the transformers forward;
+  5. the unbiased counterpart of the NLL comparison (results/divergence/real_text.csv): the
+     model's own continuation favours the context it was sampled from, so "which context
+     predicts better" is asked of *real* text instead. WikiText paragraphs (canonical ids);
+     one word token 33 tokens before the end is spelled as two vocabulary tokens (a span like
+     the model's merged ones), and both contexts predict the 32 real tokens that follow
+     (`score --divergence`: NLL under the non-canonical context = nll_ref, canonical = nll_alt).
 
     python results/divergence_study.py            # everything (about an hour on 2 busy cores)
     python results/divergence_study.py --skip-generate
@@ -91,10 +97,82 @@ def engines_agree(scored: Path, n: int = 6) -> dict:
                                                      "transformers"]}
 
 
+def split_word(vocab, token: int) -> list[int] | None:
+    """``token`` spelled as two vocabulary tokens, split nearest its middle (None: no split)."""
+    table = vocab.bytes_to_id()
+    data = vocab.spell([token])
+    if len(data) < 3 or not data.strip():
+        return None
+    for k in sorted(range(1, len(data)), key=lambda k: abs(k - len(data) / 2)):
+        a, b = table.get(data[:k]), table.get(data[k:])
+        if a is not None and b is not None:
+            return [a, b]
+    return None
+
+
+def real_text(n_docs: int, threads: str) -> None:
+    """Part 5: real WikiText continuations after a non-canonical span, per model."""
+    import random
+
+    import numpy as np
+
+    from tmcli.aggregate.stats import mean_ci
+    from tmcli.measure.rollout_check import check_ids, reencoder_for
+    from tmcli.sources.tokenizers import encode_prompt, prompt_tokenizer
+
+    lines = [line.strip() for line in PROMPTS.read_text(encoding="utf-8").splitlines()]
+    paragraphs = [line for line in lines if len(line) > 900 and not line.startswith("=")]
+    picked = random.Random(1).sample(paragraphs, min(len(paragraphs), 3 * n_docs))
+    records = []
+    for model in MODELS:
+        tok, vocab = prompt_tokenizer(model), reencoder_for(model).vocab
+        done = 0
+        for i, text in enumerate(picked):
+            ids = encode_prompt(tok, text)
+            bos = 1 if tok.token_to_id("<bos>") == ids[0] else 0
+            if len(ids) < 160 + bos:
+                continue
+            prompt, body = ids[:bos], ids[bos : bos + 160]
+            at = len(body) - 33
+            pieces = split_word(vocab, body[at])
+            if pieces is None:
+                continue
+            generated = body[:at] + pieces + body[at + 1 :]
+            check = check_ids(model, generated, prompt)
+            if [(s.position, s.canonical) for s in check.spans] != [(at, [body[at]])]:
+                continue  # the split must be the only difference, undone by the re-encoding
+            records.append({"id": f"{model}:wikitext-{i}", "model": model, "temperature": None,
+                            "prompt_token_ids": prompt, "token_ids": generated})
+            done += 1
+            if done == n_docs:
+                break
+    src, out = RAW / "real_text.jsonl", RAW / "real_text_scored.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmcli("score", str(src), "--divergence", "--device", "cpu", "--threads", threads,
+          "-o", str(out), "-q")
+    rows = []
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    for model in MODELS:
+        ds = [r["divergence"] for r in scored if r["model"] == model]
+        for since in range(32):
+            at = [(d["nll_ref"][since], d["nll_alt"][since], d["kl"][since], d["top1"][since])
+                  for d in ds if len(d["since"]) > since]
+            nc, c, kl, top1 = (np.array(x, dtype=float) for x in zip(*at))
+            gap, lo, hi = mean_ci(nc - c, 2000, 0)
+            rows.append({"model": model, "since": since, "n": len(at),
+                         "nll_noncanonical": float(nc.mean()), "nll_canonical": float(c.mean()),
+                         "nll_gap": gap, "nll_gap_lo": lo, "nll_gap_hi": hi,
+                         "kl": float(kl.mean()), "top1": float(top1.mean())})
+    import polars as pl
+
+    pl.DataFrame(rows).write_csv(OUT / "real_text.csv")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--threads", default="1", help="torch threads (1 is fastest on busy cores)")
+    ap.add_argument("--real-text-docs", type=int, default=48)
     args = ap.parse_args()
     RAW.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -117,6 +195,7 @@ def main() -> None:
             or c.startswith("div_")]
     analysis.groups.select(keep).write_csv(OUT / "groups.csv")
     divergence_profile(analysis.samples).write_csv(OUT / "profile.csv")
+    real_text(args.real_text_docs, args.threads)
     checks = {"nll_identity": nll_identity(scored), "engines_agree": engines_agree(scored)}
     (OUT / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
     print(pl.read_csv(OUT / "groups.csv").select(

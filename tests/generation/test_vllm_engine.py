@@ -134,6 +134,30 @@ def test_vllm_scores_like_the_model_forward(vllm_engine, smol, tmp_path):
 
 
 @needs_vllm
+def test_vllm_divergence_matches_the_fused_forward(vllm_engine, smol, tmp_path):
+    """`score --divergence --engine vllm` (whole distributions from vLLM's logprobs, one request
+    per compared row) against tmcli's fused forward, on the same records."""
+    from tmcli.scoring.run import ScoreTask, score
+
+    data = ROOT / "tests" / "data" / "smollm2_generations.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    src = tmp_path / "gen.jsonl"
+    hot = [r for r in rows if r["temperature"] == 1.4][:4]
+    src.write_text("".join(json.dumps(r) + "\n" for r in hot))
+    task = ScoreTask("divergence", after=6)
+    score(str(src), tmp_path / "v.jsonl", engine=vllm_engine, task=task)
+    score(str(src), tmp_path / "f.jsonl", engine="fused", device="cpu", task=task)
+    v = [json.loads(line)["divergence"] for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    f = [json.loads(line)["divergence"] for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [d["engine"] for d in v] == ["vllm"] * 4 and sum(d["positions"] for d in v) > 0
+    for a, b in zip(v, f):
+        assert a["since"] == b["since"] and a["top1"] == b["top1"] and a["note"] == b["note"]
+        for x, y in zip(a["kl"] + a["nll_ref"] + [a["end"]["kl"]],
+                        b["kl"] + b["nll_ref"] + [b["end"]["kl"]]):
+            assert abs(x - y) < 1e-3
+
+
+@needs_vllm
 def test_vllm_sigkill_mid_run_then_resume(vllm_engine, cache, tmp_path):
     out = tmp_path / "killed.jsonl"
     cmd = [sys.executable, "-m", "tmcli", "generate", "--engine", "vllm", "--model",
