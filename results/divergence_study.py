@@ -12,6 +12,8 @@ Runs the real CLI end to end (resumable: rerun to continue), on both offline mod
        E[NLL_canonical - NLL_generated] of the sampled token = E[KL(generated || canonical)];
        the measured gap minus the KL must be ~0 (a broken alignment or a misread row breaks it);
      - the engines agree: the first SmolLM2 samples scored again on the transformers forward;
+     - the noise floor: KL between the fused and the transformers forward of the *same* ids at
+       the same rows (a placebo: one context, two arithmetics), against the KL measured;
   5. the unbiased counterpart of the NLL comparison (results/divergence/real_text.csv): the
      model's own continuation favours the context it was sampled from, so "which context
      predicts better" is asked of *real* text instead. WikiText paragraphs (canonical ids);
@@ -168,6 +170,36 @@ def real_text(n_docs: int, threads: str) -> None:
     pl.DataFrame(rows).write_csv(OUT / "real_text.csv")
 
 
+def noise_floor(scored: Path, n: int = 6) -> dict:
+    """KL between two forwards (fused, transformers) of the same generated ids at the rows the
+    divergence compared: what float rounding alone gives."""
+    import numpy as np
+
+    from tmcli.measure.rollout_check import check_ids_batch, reencoder_for
+    from tmcli.scoring.compare import compare
+    from tmcli.scoring.divergence import plan
+    from tmcli.scoring.forward import Pair, load_forward
+    from tmcli.sources.models import load_model
+
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    picked = [r for r in rows if r["model"] == "smollm2-135m"
+              and (r.get("divergence") or {}).get("positions")][:n]
+    lm = load_model("smollm2-135m", "cpu")
+    checks = check_ids_batch(reencoder_for(lm.tokenizer), [r["token_ids"] for r in picked],
+                             [r["prompt_token_ids"] for r in picked])
+    same = []
+    for r, c in zip(picked, checks):
+        pair = plan(r["prompt_token_ids"], r["token_ids"], c).pair
+        same.append(Pair(pair.ref, pair.ref, pair.ref_rows, pair.ref_rows, pair.prefix))
+    fused = [a for a, _b in load_forward("fused", lm).pair_logprobs(same)]
+    hf = [a for a, _b in load_forward("transformers", lm).pair_logprobs(same)]
+    kl = np.concatenate([compare(a, b)["kl"] for a, b in zip(fused, hf)])
+    measured = np.concatenate([r["divergence"]["kl"] for r in picked])
+    return {"samples": len(picked), "rows": int(kl.size), "placebo_kl_mean": float(kl.mean()),
+            "placebo_kl_max": float(kl.max()), "measured_kl_mean": float(measured.mean()),
+            "measured_kl_min": float(measured.min())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--skip-generate", action="store_true")
@@ -196,7 +228,8 @@ def main() -> None:
     analysis.groups.select(keep).write_csv(OUT / "groups.csv")
     divergence_profile(analysis.samples).write_csv(OUT / "profile.csv")
     real_text(args.real_text_docs, args.threads)
-    checks = {"nll_identity": nll_identity(scored), "engines_agree": engines_agree(scored)}
+    checks = {"nll_identity": nll_identity(scored), "engines_agree": engines_agree(scored),
+              "noise_floor": noise_floor(scored)}
     (OUT / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")
     print(pl.read_csv(OUT / "groups.csv").select(
         "model", "temperature", "n", "div_n_after", "div_kl", "div_top1", "div_end_kl"))

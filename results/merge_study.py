@@ -9,7 +9,7 @@ prefix lengths 4, 8, ..., 1024, once per way of positioning merged states (inter
 default; renumber, the seed's), then summarised per (cut, length) with `tmcli.merge_table`
 into results/merge/curves_<positions>.csv. Resumable (records already scored are skipped).
 
-    python results/merge_study.py [--n-docs 16]
+    python results/merge_study.py [--n-docs 12]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def documents(n: int, seed: int = 0) -> list[list[int]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--n-docs", type=int, default=16)
+    ap.add_argument("--n-docs", type=int, default=12)
     ap.add_argument("--threads", default="1")
     args = ap.parse_args()
     RAW.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ def divergence_profile(samples: pl.DataFrame, keys: list[str] | None = None,
     one row per (group, since) with the samples that have that offset (``n``), the mean over
     them of each sample's own mean at that offset, and bootstrap intervals."""
     keys = [k for k in (keys or ["model", "temperature"]) if k in samples.columns]
-    schema = {**{k: samples.schema[k] for k in keys}, "since": pl.Int64, "n": pl.Int64,
+    schema: dict = {**{k: samples.schema[k] for k in keys}, "since": pl.Int64, "n": pl.Int64,
               **{f"{m}{s}": pl.Float64 for m in ("kl", "top1") for s in ("", "_lo", "_hi")}}
     if "div_positions" not in samples.columns:
         return pl.DataFrame(schema=schema)

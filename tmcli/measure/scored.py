@@ -49,8 +49,9 @@ def divergence_columns(field) -> dict:
     if kl is None or top1 is None or not len(kl) == len(top1) == len(since):
         return out
     out["div_positions"] = positions
-    mean = field.get("mean") if isinstance(field.get("mean"), dict) else {}
-    end = field.get("end") if isinstance(field.get("end"), dict) else {}
+    mean, end = field.get("mean"), field.get("end")
+    mean = mean if isinstance(mean, dict) else {}
+    end = end if isinstance(end, dict) else {}
     for m in COMPARISON_METRICS:
         out[f"div_{m}"] = record_float(mean.get(m))
     for m in END_METRICS:

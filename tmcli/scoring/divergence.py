@@ -100,7 +100,8 @@ def divergence_many(forward, reencoder, items: list[tuple[list[int], list[int]]]
     (a `scoring.forward` forward) in one batch; canonical ids come from `check_ids_batch`."""
     from tmcli.measure.rollout_check import check_ids_batch
 
-    checks = check_ids_batch(reencoder, [g for _p, g in items], [p for p, _g in items])
+    prompts: list[list[int] | None] = [p for p, _g in items]
+    checks = check_ids_batch(reencoder, [g for _p, g in items], prompts)
     plans = [plan(p, g, c, after) for (p, g), c in zip(items, checks)]
     out: list[dict | None] = [None] * len(items)
     todo = [i for i, pl in enumerate(plans) if pl.pair is not None]

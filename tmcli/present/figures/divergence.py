@@ -42,7 +42,7 @@ def by_since(profile: pl.DataFrame) -> go.Figure:
         x = df["since"]
         for row, m, fmt in ((1, "kl", ".3f"), (2, "top1", ".1%")):
             where = dict(row=row, col=1)
-            _band(fig, x, df[f"{m}_lo"], df[f"{m}_hi"], _colour(i, 0.15), label, **where)
+            _band(fig, x, df[f"{m}_lo"], df[f"{m}_hi"], _colour(i, 0.15), label, "linear", **where)
             fig.add_trace(go.Scatter(
                 x=x, y=df[m], mode="lines+markers", name=label, legendgroup=label,
                 showlegend=row == 1, line=dict(color=_colour(i)), marker=dict(size=5),
