@@ -15,8 +15,9 @@ from tmcli.present.figures.style import (
     LAYOUT,
     _band,
     _colour,
+    _hollow,
     _hover,
-    _legend_right,
+    _legend_above,
     _t,
     _warn,
     series,
@@ -29,8 +30,8 @@ def has_divergence(groups: pl.DataFrame) -> bool:
 
 
 def by_since(profile: pl.DataFrame) -> go.Figure:
-    """KL(generated ‖ canonical) and top-1 agreement at each number of tokens since the span,
-    one line per model and temperature, with 95% bootstrap bands over samples."""
+    """KL(generated ‖ canonical) (log scale) and top-1 agreement at each number of tokens since
+    the span, one line per model and temperature, with 95% bootstrap bands over samples."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
                         subplot_titles=("KL(generated ‖ canonical), nats",
                                         "top-1 agreement"))
@@ -55,9 +56,9 @@ def by_since(profile: pl.DataFrame) -> go.Figure:
                       title="Next-token divergence after a non-canonical span")
     fig.update_xaxes(title_text="tokens since the end of the span (0 = right after it)",
                      row=2, col=1)
-    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=1)  # it falls by orders of magnitude
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=2, col=1)
-    return _legend_right(fig)
+    return _legend_above(fig)
 
 
 def by_temperature(groups: pl.DataFrame) -> go.Figure:
@@ -84,11 +85,14 @@ def by_temperature(groups: pl.DataFrame) -> go.Figure:
                     hovertemplate=_hover([f"<b>{label}</b> T=%{{x}} {what}",
                                           f"{m} %{{y:{fmt}}}", "n=%{customdata[0]} samples"])),
                     row=1, col=col)
+                if symbol == "circle":
+                    _hollow(fig, df["temperature"], y, df["few_samples"], i, f"{label} {what}",
+                            row=1, col=col)
     fig.update_layout(**LAYOUT, title="Divergence by temperature")
     fig.update_xaxes(title_text="temperature")
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
-    return _warn(_legend_right(fig), rows)
+    return _legend_above(_warn(fig, rows))
 
 
 def figures(analysis) -> list[tuple[str, str, go.Figure]]:
