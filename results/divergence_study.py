@@ -191,9 +191,9 @@ def noise_floor(scored: Path, n: int = 6) -> dict:
     for r, c in zip(picked, checks):
         pair = plan(r["prompt_token_ids"], r["token_ids"], c).pair
         same.append(Pair(pair.ref, pair.ref, pair.ref_rows, pair.ref_rows, pair.prefix))
-    fused = [a for a, _b in load_forward("fused", lm).pair_logprobs(same)]
-    hf = [a for a, _b in load_forward("transformers", lm).pair_logprobs(same)]
-    kl = np.concatenate([compare(a, b)["kl"] for a, b in zip(fused, hf)])
+    fused = {i: a for i, a, _b in load_forward("fused", lm).pair_logprobs(same)}
+    hf = {i: a for i, a, _b in load_forward("transformers", lm).pair_logprobs(same)}
+    kl = np.concatenate([compare(fused[i], hf[i])["kl"] for i in range(len(same))])
     measured = np.concatenate([r["divergence"]["kl"] for r in picked])
     return {"samples": len(picked), "rows": int(kl.size), "placebo_kl_mean": float(kl.mean()),
             "placebo_kl_max": float(kl.max()), "measured_kl_mean": float(measured.mean()),

@@ -109,6 +109,6 @@ def divergence_many(forward, reencoder, items: list[tuple[list[int], list[int]]]
         if pl.pair is None:
             out[i] = identical(bool(checks[i].spans))
     pairs = [plans[i].pair for i in todo]
-    for i, (ref_lp, alt_lp) in zip(todo, forward.pair_logprobs(pairs)):  # type: ignore[arg-type]
-        out[i] = result(plans[i], ref_lp, alt_lp)
+    for k, ref_lp, alt_lp in forward.pair_logprobs(pairs):
+        out[todo[k]] = result(plans[todo[k]], ref_lp, alt_lp)
     return out  # type: ignore[return-value]

@@ -5,9 +5,9 @@ and ``vllm`` (`scoring.vllm_forward`: vLLM's logprobs).
 
 The unit of work is a `Pair`: two id sequences that spell the same text (the generated and the
 canonical ids, sharing a prefix) and, for each, the rows whose next-token distribution is
-wanted; row ``r`` is the distribution after ``ids[: r + 1]``. Each forward yields, per pair and
-in order, the two [rows, vocab] log-probability tensors (float32), so a caller holds at most a
-batch of them.
+wanted; row ``r`` is the distribution after ``ids[: r + 1]``. Each forward yields, per pair as
+soon as it is done (not in order: batches go by length), its index and its two [rows, vocab]
+log-probability tensors (float32), so a caller holds at most a batch of them.
 """
 
 from __future__ import annotations
@@ -91,8 +91,6 @@ class TransformersForward:
 
         from tmcli.scoring.compare import log_softmax
 
-        done: dict[int, tuple] = {}
-        nxt = 0
         with torch.inference_mode():
             for batch in self._batches(pairs):
                 seqs = [s for i in batch for s in (pairs[i].ref, pairs[i].alt)]
@@ -112,11 +110,8 @@ class TransformersForward:
                         index = torch.tensor(rows, dtype=torch.long, device=hidden.device)
                         out.append(log_softmax(self.head(hidden[r].index_select(0, index)),
                                                self.softcap))
-                    done[i] = tuple(out)
+                    yield (i, *out)
                 del hidden
-                while nxt in done:
-                    yield done.pop(nxt)
-                    nxt += 1
 
 
 class FusedForward:
@@ -177,7 +172,7 @@ class FusedForward:
         from tmcli.scoring.compare import log_softmax
 
         with torch.inference_mode():
-            for p in pairs:
+            for i, p in enumerate(pairs):
                 start = min([p.prefix, *p.ref_rows, *p.alt_rows])
                 start = max(0, min(start, len(p.ref) - 1, len(p.alt) - 1))
                 cache = self._run(p.ref[:start], 0, None, True)[1] if start else None
@@ -186,7 +181,7 @@ class FusedForward:
                     h, _ = self._run(ids, start, cache, False)
                     index = torch.tensor(rows, dtype=torch.long, device=h.device) - start
                     out.append(log_softmax(self.dec.final(h.index_select(0, index))))
-                yield tuple(out)
+                yield (i, *out)
 
 
 def _attention(q, k, v, mask):

@@ -81,5 +81,5 @@ class VLLMForward:
                 for side in (0, 1):
                     part = got.pop((nxt, side), [])
                     out.append(torch.stack(part) if part else torch.zeros((0, self.vocab)))
-                yield tuple(out)
+                yield (nxt, *out)
                 nxt += 1
