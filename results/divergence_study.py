@@ -19,7 +19,10 @@ Runs the real CLI end to end (resumable: rerun to continue), on both offline mod
      predicts better" is asked of *real* text instead. WikiText paragraphs (canonical ids);
      one word token 33 tokens before the end is spelled as two vocabulary tokens (a span like
      the model's merged ones), and both contexts predict the 32 real tokens that follow
-     (`score --divergence`: NLL under the non-canonical context = nll_ref, canonical = nll_alt).
+     (`score --divergence`: NLL under the non-canonical context = nll_ref, canonical = nll_alt);
+  6. window tables (results/divergence/windows.csv, real_text_windows.csv): KL, NLL gap and
+     entropy gap (non-canonical minus canonical context) right after a span, over the next 3
+     tokens and over the 4th to 31st, per sample first, then over samples with intervals.
 
     python results/divergence_study.py            # everything (about an hour on 2 busy cores)
     python results/divergence_study.py --skip-generate
@@ -200,23 +203,70 @@ def noise_floor(scored: Path, n: int = 6) -> dict:
             "measured_kl_min": float(measured.min())}
 
 
+WINDOWS = ((0, 1), (1, 4), (4, 32))  # tokens since the span: right after, the next 3, the rest
+
+
+def windows(scored: Path, key: str) -> list[dict]:
+    """Per model (and temperature) and window of tokens since the span: the mean over samples
+    of each sample's mean KL, NLL gap (non-canonical minus canonical context, of the token that
+    came next) and entropy gap, with bootstrap intervals."""
+    import numpy as np
+
+    from tmcli.aggregate.stats import mean_ci
+
+    groups: dict = {}
+    for line in scored.read_text().splitlines():
+        r = json.loads(line)
+        d = r.get("divergence") or {}
+        if d.get("positions"):
+            groups.setdefault((r["model"], r.get(key)), []).append(d)
+    out = []
+    for (model, value), ds in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        for a, b in WINDOWS:
+            per = {"kl": [], "nll_gap": [], "entropy_gap": []}
+            for d in ds:
+                at = [k for k, t in enumerate(d["since"]) if a <= t < b]
+                if not at:
+                    continue
+                v = {name: np.array([d[name][k] for k in at], dtype=float)
+                     for name in ("kl", "nll_ref", "nll_alt", "entropy_ref", "entropy_alt")}
+                per["kl"].append(v["kl"].mean())
+                per["nll_gap"].append((v["nll_ref"] - v["nll_alt"]).mean())
+                per["entropy_gap"].append((v["entropy_ref"] - v["entropy_alt"]).mean())
+            row = {"model": model, key: value, "since": f"{a}-{b - 1}", "n": len(per["kl"])}
+            for name, values in per.items():
+                row[name], row[name + "_lo"], row[name + "_hi"] = mean_ci(values, 2000, 0)
+            out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--skip-generate", action="store_true")
     ap.add_argument("--threads", default="1", help="torch threads (1 is fastest on busy cores)")
     ap.add_argument("--real-text-docs", type=int, default=48)
+    ap.add_argument("--summaries-only", action="store_true",
+                    help="only recompute the window tables from what is scored already")
     args = ap.parse_args()
     RAW.mkdir(parents=True, exist_ok=True)
     OUT.mkdir(parents=True, exist_ok=True)
     outputs, scored = RAW / "outputs.jsonl", RAW / "scored.jsonl"
+    import polars as pl
+
+    def write_windows():
+        pl.DataFrame(windows(scored, "temperature")).write_csv(OUT / "windows.csv")
+        pl.DataFrame(windows(RAW / "real_text_scored.jsonl", "temperature")).drop(
+            "temperature").write_csv(OUT / "real_text_windows.csv")
+
+    if args.summaries_only:
+        write_windows()
+        return
     if not args.skip_generate:
         for model in MODELS:
             tmcli("generate", "--model", model, *GENERATE, "--threads", args.threads,
                   "-o", str(outputs))
     tmcli("score", str(outputs), "--divergence", "--device", "cpu", "--threads", args.threads,
           "-o", str(scored))
-
-    import polars as pl
 
     from tmcli.aggregate.analysis import analyze_file
     from tmcli.aggregate.divergence import divergence_profile
@@ -228,6 +278,7 @@ def main() -> None:
     analysis.groups.select(keep).write_csv(OUT / "groups.csv")
     divergence_profile(analysis.samples).write_csv(OUT / "profile.csv")
     real_text(args.real_text_docs, args.threads)
+    write_windows()
     checks = {"nll_identity": nll_identity(scored), "engines_agree": engines_agree(scored),
               "noise_floor": noise_floor(scored)}
     (OUT / "checks.json").write_text(json.dumps(checks, indent=1) + "\n")

@@ -7,7 +7,9 @@ from a seeded random starting line, encoded as text by SmolLM2's tokenizer), wri
 ``tmcli score --merge slerp`` at the default layer cuts (8 spread over the 30 layers) and
 prefix lengths 4, 8, ..., 1024, once per way of positioning merged states (interpolate, the
 default; renumber, the seed's), then summarised per (cut, length) with `tmcli.merge_table`
-into results/merge/curves_<positions>.csv. Resumable (records already scored are skipped).
+into results/merge/curves_<positions>.csv, pooled over lengths (by_layer.csv) and over the cuts
+before the last (by_length.csv), and drawn in results/figures/merge.png (with Chromium).
+Resumable (records already scored are skipped).
 
     python results/merge_study.py [--n-docs 12]
 """
@@ -66,8 +68,11 @@ def main() -> None:
                                             "token_ids": ids}) + "\n"
                                 for i, ids in enumerate(documents(args.n_docs))))
     lengths = ",".join(str(2 ** k) for k in range(2, 11))
-    from tmcli.aggregate.merge import merge_table
+    import polars as pl
 
+    from tmcli.aggregate.merge import merge_rows, merge_table
+
+    pooled_layer, pooled_length = [], []
     for positions in ("interpolate", "renumber"):
         scored = RAW / f"merged_{positions}.jsonl"
         cmd = [sys.executable, "-m", "tmcli", "score", str(docs), "--merge", "slerp",
@@ -75,10 +80,26 @@ def main() -> None:
                "--threads", args.threads, "-o", str(scored)]
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)
-        table = merge_table(str(scored))
+        rows = merge_rows(str(scored))
+        table = merge_table(rows)
         table.write_csv(OUT / f"curves_{positions}.csv")
         print(positions)
         print(table.select("layer", "length", "n", "top1", "top3", "top5", "overlap5", "kl"))
+        # pooled: every length per cut; every cut but the last (unchanged by construction) per length
+        pooled_layer.append(merge_table(rows.drop("length")))
+        last = rows["layer"].max()
+        pooled_length.append(merge_table(rows.filter(pl.col("layer") < last).drop("layer")))
+    by_layer, by_length = pl.concat(pooled_layer), pl.concat(pooled_length)
+    by_layer.write_csv(OUT / "by_layer.csv")
+    by_length.write_csv(OUT / "by_length.csv")
+    print(by_layer.select("positions", "layer", "n", "top1", "top1_lo", "top1_hi", "top5",
+                          "overlap5", "kl"))
+    print(by_length.select("positions", "length", "n", "top1", "top1_lo", "top1_hi", "kl"))
+    from tmcli.present.figures.divergence import merge_curves
+    from tmcli.present.png import find_chromium, write_png
+
+    if find_chromium():
+        write_png(merge_curves(by_layer, by_length), ROOT / "results" / "figures" / "merge.png")
 
 
 if __name__ == "__main__":

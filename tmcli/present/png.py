@@ -40,22 +40,29 @@ def export_png(analysis, out_dir: str | Path, *, temperatures=None,
                          hint="install it (Debian: apt-get install chromium) or use --html")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    return [write_png(fig, out / f"{fid}.png", width=width, browser=binary)
+            for fid, _title, fig in build_figures(analysis, temperatures)]
+
+
+def write_png(fig, target: str | Path, *, width: int = 1100, browser: str | None = None) -> Path:
+    """One Plotly figure as a PNG at ``target`` (the report's figures, or any other)."""
+    binary = browser or find_chromium()
+    if binary is None:
+        raise TmcliError("PNG export needs Chromium",
+                         hint="install it (Debian: apt-get install chromium) or use --html")
+    target = Path(target)
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        for fid, _title, fig in build_figures(analysis, temperatures):
-            height = int(fig.layout.height or 460)
-            fig = fig.update_layout(width=width, height=height)
-            page = tmpdir / f"{fid}.html"
-            page.write_text(fig.to_html(include_plotlyjs=True, full_html=True,
-                                        config={"staticPlot": True}), encoding="utf-8")
-            target = out / f"{fid}.png"
-            cmd = chromium_command(binary, tmpdir / "profile", f"--screenshot={target}",
-                                   f"--window-size={width + 20},{height + 20}",
-                                   "--virtual-time-budget=5000", page.as_uri())
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if res.returncode != 0 or not target.exists():
-                raise TmcliError(f"Chromium could not render figure '{fid}' "
-                                 f"(exit {res.returncode})", hint="try --html instead")
-            written.append(target)
-    return written
+        height = int(fig.layout.height or 460)
+        fig = fig.update_layout(width=width, height=height)
+        page = tmpdir / "figure.html"
+        page.write_text(fig.to_html(include_plotlyjs=True, full_html=True,
+                                    config={"staticPlot": True}), encoding="utf-8")
+        cmd = chromium_command(binary, tmpdir / "profile", f"--screenshot={target}",
+                               f"--window-size={width + 20},{height + 20}",
+                               "--virtual-time-budget=5000", page.as_uri())
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0 or not target.exists():
+            raise TmcliError(f"Chromium could not render figure '{target.stem}' "
+                             f"(exit {res.returncode})", hint="try --html instead")
+    return target

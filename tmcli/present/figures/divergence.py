@@ -95,6 +95,49 @@ def by_temperature(groups: pl.DataFrame) -> go.Figure:
     return _legend_above(_warn(fig, rows))
 
 
+def merge_curves(by_layer: pl.DataFrame, by_length: pl.DataFrame) -> go.Figure:
+    """Seed 001's curves (`tmcli.merge_table` pooled over lengths, and over cuts): agreement of
+    the merged model with the unmerged one against the layer cut, and top-1 agreement against
+    the prefix length, one line per way of positioning merged states, 95% Wilson intervals."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("against the layer cut (all lengths)",
+                                        "top-1 against the prefix length"))
+    measures = (("top1", "top-1", "circle"), ("top5", "top-5 accuracy", "square-open"),
+                ("overlap5", "top-5 overlap", "diamond-open"))
+    for i, (key, df) in enumerate(by_layer.sort("positions", "layer").group_by(
+            "positions", maintain_order=True)):
+        for m, what, symbol in measures:
+            name = html.escape(f"{what}, {key[0]} positions")
+            fig.add_trace(go.Scatter(
+                x=df["layer"], y=df[m], mode="lines+markers", name=name,
+                line=dict(color=_colour(i), dash="solid" if m == "top1" else "dot"),
+                marker=dict(color=_colour(i), symbol=symbol, size=8),
+                error_y=dict(type="data", symmetric=False, array=df[m + "_hi"] - df[m],
+                             arrayminus=df[m] - df[m + "_lo"], color=_colour(i, 0.4)),
+                customdata=df.select("n").to_numpy(),
+                hovertemplate=_hover([f"<b>{name}</b> cut after layer %{{x}}",
+                                      "%{y:.1%}", "n=%{customdata[0]}"])), row=1, col=1)
+    for i, (key, df) in enumerate(by_length.sort("positions", "length").group_by(
+            "positions", maintain_order=True)):
+        name = html.escape(f"top-1, {key[0]} positions")
+        fig.add_trace(go.Scatter(
+            x=df["length"], y=df["top1"], mode="lines+markers", name=name, showlegend=False,
+            line=dict(color=_colour(i)), marker=dict(color=_colour(i), size=8),
+            error_y=dict(type="data", symmetric=False, array=df["top1_hi"] - df["top1"],
+                         arrayminus=df["top1"] - df["top1_lo"], color=_colour(i, 0.4)),
+            customdata=df.select("n").to_numpy(),
+            hovertemplate=_hover([f"<b>{name}</b> length %{{x}}", "%{y:.1%}",
+                                  "n=%{customdata[0]}"])), row=1, col=2)
+    fig.update_layout(**{**LAYOUT, "height": 520},
+                      title="Seed 001's SLERP merge against the unmerged model")
+    fig.update_xaxes(title_text="layer cut (merged after this layer)", row=1, col=1)
+    lengths = sorted(set(by_length["length"].to_list()))
+    fig.update_xaxes(title_text="prefix length (tokens)", type="log", tickvals=lengths,
+                     row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
+    return _legend_above(fig)
+
+
 def figures(analysis) -> list[tuple[str, str, go.Figure]]:
     """The report's divergence figures, (anchor, caption, figure); none without divergence data."""
     from tmcli.aggregate.divergence import divergence_profile
