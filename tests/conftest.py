@@ -53,3 +53,17 @@ def smol(cache):
     from tmcli.sources.tokenizers import load_tokenizer
 
     return load_model("smollm2-135m", "cpu"), load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def local_ray(cache):
+    """A small local Ray (2 CPUs, an 80 MiB object store, no dashboard) for the tests that scale
+    out, started once (its start-up takes seconds) by the first test that asks for it. Started
+    after `cache`, so its workers inherit TMCLI_CACHE."""
+    import logging
+
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'tmcli[ray]')")
+    ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False)
+    yield ray
+    ray.shutdown()

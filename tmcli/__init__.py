@@ -31,6 +31,9 @@ __all__ = [
     "check_ids",
     "check_ids_batch",
     "IdsCheck",
+    "check_trajectory",
+    "TrajectoryCheck",
+    "generate_trajectories",
     "diff_records",
     "filter_file",
     "span_cause",
@@ -40,6 +43,8 @@ __all__ = [
     "ScoreTask",
     "divergence_profile",
     "merge_table",
+    "analyze_on_ray",
+    "ray",
 ]
 
 _LAZY = {
@@ -64,6 +69,9 @@ _LAZY = {
     "check_ids": "tmcli.measure.rollout_check",
     "check_ids_batch": "tmcli.measure.rollout_check",
     "IdsCheck": "tmcli.measure.rollout_check",
+    "check_trajectory": "tmcli.measure.trajectory",
+    "TrajectoryCheck": "tmcli.measure.trajectory",
+    "generate_trajectories": "tmcli.generation.trajectories",
     "diff_records": "tmcli.gates.diff",
     "filter_file": "tmcli.gates.filter",
     "span_cause": "tmcli.measure.causes",
@@ -73,13 +81,18 @@ _LAZY = {
     "ScoreTask": "tmcli.scoring.run",
     "divergence_profile": "tmcli.aggregate.divergence",
     "merge_table": "tmcli.aggregate.merge",
+    "analyze_on_ray": "tmcli.aggregate.distributed",
 }
+# Modules exported under another name: `tmcli.ray.CheckIds` (importing it does not import Ray).
+_MODULES = {"ray": "tmcli.measure.ray_udf"}
 
 
 def __getattr__(name: str):
+    import importlib
+
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tmcli' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)

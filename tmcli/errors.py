@@ -35,6 +35,9 @@ class TmcliError(Exception):
         self.hint = hint
         super().__init__(message if hint is None else f"{message}; {hint}")
 
+    def __reduce__(self):  # picklable as itself (Ray and process pools send errors back)
+        return _rebuild, (type(self), (self.message,), {"hint": self.hint})
+
 
 class InvalidRecord(TmcliError):
     """One line of an input file cannot be used. Carries where, so --skip-invalid can count it."""
@@ -44,6 +47,13 @@ class InvalidRecord(TmcliError):
         self.line = line
         self.detail = message
         super().__init__(f"{source}:{line}: {message}", hint=hint)
+
+    def __reduce__(self):
+        return _rebuild, (type(self), (self.source, self.line, self.detail), {"hint": self.hint})
+
+
+def _rebuild(cls, args: tuple, kwargs: dict) -> TmcliError:
+    return cls(*args, **kwargs)
 
 
 _OS_HINTS = {

@@ -182,7 +182,8 @@ def test_report_section_only_with_two_modes(analysis, one_mode):
     titles = [a.text for a in fig.layout.annotations]
     for panel in ("non-canonical samples", "NLL per token (nats)", "characters per token",
                   "distinct word bigrams"):
-        assert f"gpt2: {panel}" in titles
+        assert panel in titles
+    assert fig.layout.yaxis.title.text == "<b>gpt2</b>"  # the model names its row
     # one line per mode in each panel (x: temperature), at the comparison's values
     lines = {(t.name, t.xaxis): list(t.y) for t in fig.data if t.mode == "lines+markers"}
     assert lines[("off", "x")] == pytest.approx([1 / 3])

@@ -221,8 +221,11 @@ def test_vllm_unsupported_model_and_out_of_memory_are_one_line(cache, tmp_path):
                            "out of memory")
     assert "--gpu-memory-utilization" in line
     _one_line_error(runner.invoke(app, base + ["--max-model-len", "8"]), "--max-model-len 8 is")
-    _one_line_error(runner.invoke(app, base + ["--data-parallel-size", "2"]),
-                    "--data-parallel-size")
+    from tmcli.errors import TmcliError
+    from tmcli.generation.engines import EngineOptions, load_engine
+
+    with pytest.raises(TmcliError, match="data_parallel_size=N"):  # one engine is one replica
+        load_engine("vllm", "smollm2-135m", EngineOptions(device="cpu", data_parallel_size=2))
     _one_line_error(runner.invoke(app, base + ["--canonical", "retokenize"]),
                     "--canonical retokenize is not supported on --engine vllm")
 

@@ -23,7 +23,7 @@ from tmcli.aggregate import stats
 from tmcli.aggregate.stored import load_analysis, write_parquet
 from tmcli.cli import app
 from tmcli.errors import TmcliError
-from tmcli.present.figures import position, temperature
+from tmcli.present.figures import position, style, temperature
 from tmcli.present.html_report import build_figures, render_html, write_report
 
 N_RESAMPLES = 300
@@ -142,13 +142,46 @@ def test_fraction_figure_plots_the_measured_fractions_and_fit(analysis):
 
 
 def test_window_profile_takes_nearest_temperature_and_says_so(analysis):
-    fig = position.window_profile(analysis.samples, analysis.groups, analysis.window, (1.9, 0.8),
-                                 n_resamples=N_RESAMPLES)
+    fig = position.window_profile(analysis.pooled_windows, analysis.groups, analysis.window,
+                                  (1.9, 0.8))
     titles = [a.text for a in fig.layout.annotations]
     assert "T=2: all models pooled" in titles and "T=0.8: per model" in titles
     assert any("T=1.9 was not run; showing nearest T=2" in t for t in titles)
     picks = temperature.nearest_temperatures([0.0, 0.4, 2.0], [1.9, 2.1, 0.1])
     assert picks == [(1.9, 2.0), (0.1, 0.0)]
+
+
+def test_figures_draw_the_curves_of_the_analysis(analysis):
+    """The pooled window profile and the survival curves are drawn as `aggregate` computed them."""
+    figs = {a: f for a, _c, f in build_figures(analysis)}
+    pooled = analysis.pooled_windows.filter(pl.col("temperature") == 2.0).row(0, named=True)
+    line = next(t for t in figs["windows"].data if t.name == "all models" and t.mode)
+    assert list(line.y) == pooled["window_mean"]
+    curve = analysis.survival.filter((pl.col("model") == "gpt2")
+                                     & (pl.col("temperature") == 2.0)).row(0, named=True)
+    drawn = next(t for t in figs["survival"].data if t.name == "T=2" and t.xaxis == "x2")
+    assert list(drawn.x) == curve["tokens"] and list(drawn.y) == curve["still_canonical"]
+
+
+def test_heatmap_colours_span_the_data_around_zero(analysis):
+    """One colour scale, symmetric around 0 and as wide as the largest window mean (on a fixed
+    ±50% the study's ±4% looked blank)."""
+    fig = position.heatmaps(analysis.groups, analysis.window)
+    reach = max(abs(v) for w in analysis.groups["window_mean"].to_list() for v in w)
+    axis = fig.layout.coloraxis
+    assert 0 < reach < 0.5
+    assert (axis.cmin, axis.cmax) == (-reach, reach)
+    assert {t.coloraxis for t in fig.data} == {"coloraxis"}
+
+
+def test_gravity_legend_has_one_entry_per_series(analysis):
+    """Each series has three lines (centre of gravity, of non-canonical tokens, median position):
+    one legend entry toggles them all; the title says which line is which."""
+    fig = position.centre_of_gravity(analysis.groups)
+    names = [t.name for t in fig.data if t.showlegend is not False]
+    assert names == [label for label, _df in style.series(analysis.groups)]
+    assert {t.legendgroup for t in fig.data} == set(names)
+    assert "dotted: median" in fig.layout.title.text
 
 
 def test_kaplan_meier_exact():

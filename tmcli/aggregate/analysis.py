@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from tmcli import __version__
+from tmcli.aggregate.curves import pooled_window_profile, survival
 from tmcli.aggregate.groups import canonical_comparison, drop_duplicates, sigmoid_fits, summarise
 from tmcli.errors import InvalidRecord, TmcliError, one_line
 from tmcli.io.readers.base import Record
@@ -33,7 +35,8 @@ DEFAULT_GROUP_BY = ("model", "temperature")
 @dataclass
 class Analysis:
     """The result of analysing one input: per-sample rows (without `DETAIL_COLUMNS`, which
-    `analyze --output` writes), group summaries, sigmoid fits."""
+    `analyze --output` writes), group summaries, sigmoid fits, and every other number the
+    report draws (`tmcli.aggregate.curves`)."""
 
     samples: pl.DataFrame
     groups: pl.DataFrame
@@ -46,9 +49,14 @@ class Analysis:
     meta: dict = field(default_factory=dict)
     # canonical modes vs free generation (`groups.canonical_comparison`); empty with one mode
     comparison: pl.DataFrame | None = None
+    # per group: the share still canonical after each number of tokens (`curves.survival`)
+    survival: pl.DataFrame | None = None
+    # per temperature, all models pooled: mean compression by window (`curves.pooled_window_profile`)
+    pooled_windows: pl.DataFrame | None = None
 
     def to_json(self) -> dict:
-        """Group summaries, fits and the canonical comparison as plain JSON (`--json`)."""
+        """Group summaries, fits, the canonical comparison and the curves along the completion
+        (survival, pooled window profile) as plain JSON (`--json`)."""
         return {
             "tmcli_version": __version__,
             "window": self.window,
@@ -58,8 +66,9 @@ class Analysis:
             "n_skipped": len(self.skipped),
             "groups": _jsonable(self.groups.to_dicts()),
             "sigmoid_fits": _jsonable(self.fits.to_dicts()),
-            "canonical_comparison": _jsonable(self.comparison.to_dicts()
-                                              if self.comparison is not None else []),
+            "canonical_comparison": _rows(self.comparison),
+            "survival": _rows(self.survival),
+            "pooled_window_profile": _rows(self.pooled_windows),
             "meta": _jsonable(self.meta),
         }
 
@@ -72,6 +81,10 @@ class Analysis:
             "window": self.window,
             "window_method": self.method,
         }
+
+
+def _rows(frame: pl.DataFrame | None) -> list:
+    return _jsonable(frame.to_dicts()) if frame is not None else []
 
 
 def _jsonable(obj):
@@ -131,11 +144,13 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
                     skip_invalid: bool = False, errors: list | None = None,
                     n_examples: int = 12, n_resamples: int = 2000, meta: dict | None = None,
                     jobs: int | None = None, output: str | None = None,
-                    keep_duplicates: bool = False) -> Analysis:
+                    keep_duplicates: bool = False, chat_template: str | None = None) -> Analysis:
     """Measure every record and summarise by group (the whole of `tmcli analyze`).
 
     ``output`` (.parquet) receives every sample row as it is measured, the per-span detail
-    included; it is created before the first record is read, so a bad path fails at once."""
+    included; it is created before the first record is read, so a bad path fails at once.
+    Trajectories (records with ``messages``) are checked for drift with their tokenizer's chat
+    template, or the one in the file ``chat_template``, and measured turn by turn."""
     if window < 1:
         raise TmcliError(f"window must be a positive number of tokens, got {window}")
     if method not in ("aligned", "study"):
@@ -143,11 +158,12 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
     from tmcli.io.outputs import ParquetSink
 
     errors = [] if errors is None else errors
-    pool = TokenizerPool(tokenizer, window=window, context=context)
+    pool = TokenizerPool(tokenizer, window=window, context=context, chat_template=chat_template)
     heap: list = []
     sink = ParquetSink(output, SAMPLE_SCHEMA) if output else None
     try:
-        kept, recent = [], []
+        kept: list[pl.DataFrame] = []
+        recent: list[pl.DataFrame] = []
 
         def flush():
             # A few large chunks (and parquet row groups): per-batch ones cost ~30% more memory.
@@ -171,12 +187,8 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
             raise TmcliError("no usable records in the input",
                              hint=f"{len(errors)} invalid line(s) were skipped" if errors
                              else "the input is empty")
-        info = {
-            "tokenizers": sorted(pool._encoders),
-            "window": window, "window_method": method, "context": context,
-            "n_samples": samples.height, "n_skipped": len(errors), "tmcli_version": __version__,
-            **(meta or {}),
-        }
+        info = run_meta(sorted(pool._encoders), window=window, method=method, context=context,
+                        n_samples=samples.height, n_skipped=len(errors), extra=meta)
         examples = [_example(item, pool) for item in sorted(heap, key=lambda x: x[0], reverse=True)]
         analysis = summarise_samples(samples, group_by=group_by, window=window, method=method,
                                      n_resamples=n_resamples, examples=examples, skipped=errors,
@@ -188,6 +200,14 @@ def analyze_records(records: Iterable[Record], *, tokenizer: str | dict | None =
             sink.abort()
         raise
     return analysis
+
+
+def run_meta(tokenizers: list[str], *, window: int, method: str, context: bool, n_samples: int,
+             n_skipped: int, extra: dict | None = None) -> dict:
+    """What an analysis records about its run (`Analysis.meta`)."""
+    return {"tokenizers": tokenizers, "window": window, "window_method": method,
+            "context": context, "n_samples": n_samples, "n_skipped": n_skipped,
+            "tmcli_version": __version__, **(extra or {})}
 
 
 def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, window: int,
@@ -217,7 +237,9 @@ def summarise_samples(samples: pl.DataFrame, *, group_by: list[str] | None, wind
     return Analysis(samples=samples, groups=groups, fits=sigmoid_fits(groups), group_by=keys,
                     window=window, method=method, examples=list(examples or []),
                     skipped=list(skipped or []), meta=meta,
-                    comparison=canonical_comparison(samples, n_resamples=n_resamples))
+                    comparison=canonical_comparison(samples, n_resamples=n_resamples),
+                    survival=survival(samples, keys),
+                    pooled_windows=pooled_window_profile(samples, window, n_resamples))
 
 
 def default_group_by(samples: pl.DataFrame) -> list[str]:
@@ -229,17 +251,22 @@ def default_group_by(samples: pl.DataFrame) -> list[str]:
 
 def analyze_file(path: str, *, ids_field: str | None = None, prompt_ids_field: str | None = None,
                  skip_invalid: bool = False, **kwargs) -> Analysis:
-    """`analyze_records` over a file (``-`` for stdin) in any supported format.
-
-    Whatever goes wrong while reading or measuring it is reported against the file: an OS error
-    names it (a read error names no file of its own), and any other failure becomes a one-line
-    `TmcliError` (exit 2 in the CLI) instead of a traceback."""
+    """`analyze_records` over a file (``-`` for stdin) in any supported format."""
     errors: list = []
-    try:
+    with reported_against(path):
         records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                                skip_invalid=skip_invalid, errors=errors)
         return analyze_records(records, skip_invalid=skip_invalid, errors=errors,
                                meta={"inputs": [path]}, **kwargs)
+
+
+@contextmanager
+def reported_against(path: str):
+    """Whatever goes wrong while reading or measuring ``path``, reported against the file: an OS
+    error names it (a read error names no file of its own), and any other failure becomes a
+    one-line `TmcliError` (exit 2 in the CLI) instead of a traceback."""
+    try:
+        yield
     except InvalidRecord as exc:
         if "--skip-invalid" in str(exc):
             raise

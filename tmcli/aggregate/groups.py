@@ -28,10 +28,10 @@ def _matrix(lists: pl.Series) -> np.ndarray:
     if hasattr(arr, "combine_chunks"):
         arr = arr.combine_chunks()
     lengths = arr.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    out = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
+    out: np.ndarray = np.zeros((len(arr), max(int(lengths.max(initial=0)), 1)), dtype=float)
     if lengths.sum():
         values = arr.flatten().fill_null(0).to_numpy(zero_copy_only=False).astype(float)
-        rows = np.repeat(np.arange(len(arr)), lengths)
+        rows: np.ndarray = np.repeat(np.arange(len(arr)), lengths)
         cols = np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         out[rows, cols] = values
     return out
@@ -84,6 +84,21 @@ def drop_duplicates(samples: pl.DataFrame) -> tuple[pl.DataFrame, int]:
     return (samples.filter(first), dropped) if dropped else (samples, 0)
 
 
+def window_profile(df, window: int, n_resamples: int = 2000, seed: int = 0, *,
+                   tokens: np.ndarray | None = None) -> dict:
+    """Mean compression per window of positions (``window_mean``, its bootstrap ``window_lo``/
+    ``window_hi``, ``window_n`` samples reaching it, ``window_centre`` where its tokens are) and
+    the centre of gravity (``cog``, ``cog_lo``, ``cog_hi``) of a group's rows."""
+    tokens = _matrix(df["window_tokens"]) if tokens is None else tokens
+    wb = stats.window_bootstrap(_matrix(df["window_delta"]), tokens, window,
+                                min(n_resamples, 1000), seed)
+    return {"window_mean": wb["window_mean"].tolist(), "window_lo": wb["window_lo"].tolist(),
+            "window_hi": wb["window_hi"].tolist(),
+            "window_n": (tokens > 0).sum(axis=0).astype(int).tolist(),
+            "window_centre": wb["window_centre"].tolist(),  # where the windows' tokens are
+            "cog": wb["cog"], "cog_lo": wb["cog_lo"], "cog_hi": wb["cog_hi"]}
+
+
 def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Every figure of one group, each with its interval and the sample count beside it."""
     n = df.height
@@ -107,14 +122,9 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
                                     df["n_tokens"].to_numpy(), n_resamples, seed)
     out.update(token_rate=rate, token_rate_lo=rlo, token_rate_hi=rhi)
 
-    delta = _matrix(df["window_delta"])
     tokens = _matrix(df["window_tokens"])
-    wb = stats.window_bootstrap(delta, tokens, window, min(n_resamples, 1000), seed)
-    out["window_mean"] = wb["window_mean"].tolist()
-    out["window_lo"] = wb["window_lo"].tolist()
-    out["window_hi"] = wb["window_hi"].tolist()
-    out["window_n"] = (tokens > 0).sum(axis=0).astype(int).tolist()
-    out["window_centre"] = wb["window_centre"].tolist()  # where the windows' tokens are
+    wb = window_profile(df, window, n_resamples, seed, tokens=tokens)
+    out.update({k: v for k, v in wb.items() if k.startswith("window_")})
     out["centre_of_gravity"] = wb["cog"]
     out["centre_of_gravity_lo"] = wb["cog_lo"]
     out["centre_of_gravity_hi"] = wb["cog_hi"]
@@ -156,9 +166,56 @@ def summarise_group(df: pl.DataFrame, window: int, n_resamples: int = 2000, seed
     out["n_normalized"] = int(df["normalized"].sum()) if "normalized" in df.columns else 0
     out.update(quality_summary(df, n_resamples, seed))
     out.update(cause_counts(df))  # spans per cause (tmcli.measure.causes)
+    out.update(drift_summary(df))
     out.update(divergence_summary(df, n_resamples, seed))  # score --divergence, when present
     out["few_samples"] = n < FEW_SAMPLES
     return out
+
+
+DRIFT_CAUSES = ("template", "tokenization")  # tmcli.measure.trajectory.CAUSES
+
+
+def drift_summary(df) -> dict:
+    """Trajectories of a group (the samples that are their sampled turns, counted once each):
+    how many, how many drift (share with its Wilson interval), and how many by cause. Empty when
+    the group holds no trajectory."""
+    if "drift" not in df.columns:
+        return {}
+    first = (df["turn"] == 0).fill_null(False).to_numpy()  # one row per trajectory
+    if not first.any():
+        return {}
+    drift = df["drift"].fill_null(False).to_numpy()[first].astype(bool)
+    causes = np.asarray(df["drift_cause"].to_list(), dtype=object)[first]
+    n, k = int(first.sum()), int(drift.sum())
+    lo, hi = stats.wilson(k, n)
+    out = {"n_trajectories": n, "n_drift": k, "fraction_drift": k / n,
+           "fraction_drift_lo": lo, "fraction_drift_hi": hi}
+    for cause in DRIFT_CAUSES:
+        out[f"n_drift_{cause}"] = int((drift & (causes == cause)).sum())
+    return out
+
+
+def drift_by_turn(samples: pl.DataFrame) -> pl.DataFrame:
+    """Per sampled turn index: the trajectories that reach it, how many first drift there (the
+    drift's ``drift_turn``), by cause, and that share of the trajectories reaching the turn
+    (Wilson interval). Empty when the samples hold no trajectory."""
+    schema = {"turn": pl.Int64, "n_trajectories": pl.Int64, "n_drift": pl.Int64,
+              **{f"n_drift_{c}": pl.Int64 for c in DRIFT_CAUSES},
+              "fraction_drift": pl.Float64, "fraction_drift_lo": pl.Float64,
+              "fraction_drift_hi": pl.Float64}
+    if "turn" not in samples.columns:
+        return pl.DataFrame(schema=schema)
+    turns = samples.filter(pl.col("turn").is_not_null())
+    here = pl.col("drift").fill_null(False) & (pl.col("drift_turn") == pl.col("turn"))
+    out = turns.group_by("turn").agg(
+        pl.len().alias("n_trajectories"), here.sum().alias("n_drift"),
+        *[(here & (pl.col("drift_cause") == c)).sum().alias(f"n_drift_{c}")
+          for c in DRIFT_CAUSES]).sort("turn")
+    bounds = [stats.wilson(int(k), int(n)) for k, n in zip(out["n_drift"], out["n_trajectories"])]
+    return out.with_columns(
+        fraction_drift=pl.col("n_drift") / pl.col("n_trajectories"),
+        fraction_drift_lo=pl.Series([b[0] for b in bounds], dtype=pl.Float64),
+        fraction_drift_hi=pl.Series([b[1] for b in bounds], dtype=pl.Float64)).cast(schema)
 
 
 QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")
@@ -237,7 +294,7 @@ def paired_difference(mode: pl.DataFrame, base: pl.DataFrame, name: str,
     joined = _per_prompt(mode, name).join(_per_prompt(base, name), on="prompt_index",
                                           suffix="_base").sort("prompt_index")
     d = (joined[name] - joined[name + "_base"]).to_numpy()
-    out = {f"diff_{name}_n": len(d)}
+    out: dict[str, float | int | None] = {f"diff_{name}_n": len(d)}
     if len(d):
         m, lo, hi = stats.mean_ci(d, n_resamples, seed)
         out.update({f"diff_{name}": m, f"diff_{name}_lo": lo, f"diff_{name}_hi": hi})

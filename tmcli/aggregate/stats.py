@@ -90,7 +90,7 @@ def window_centres(tokens: np.ndarray, window: int) -> np.ndarray:
 def _centres(total: np.ndarray, offset: np.ndarray, window: int) -> np.ndarray:
     """Window centres from the tokens each holds (``total``) and the sum of their offsets in
     it (``offset``), along the last axis; a window with no tokens at its nominal centre."""
-    starts = np.arange(total.shape[-1]) * window
+    starts: np.ndarray = np.arange(total.shape[-1]) * window
     return np.where(total > 0, starts + offset / np.maximum(total, 1), starts + (window - 1) / 2)
 
 

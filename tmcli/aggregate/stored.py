@@ -17,7 +17,16 @@ import polars as pl
 from tmcli.aggregate.analysis import analyze_file, summarise_samples
 from tmcli.errors import TmcliError
 from tmcli.io.outputs import META_KEY, PARQUET_SUFFIXES, replacing
-from tmcli.measure.sample_table import DETAIL_COLUMNS, SAMPLE_SCHEMA, in_memory
+from tmcli.measure.sample_table import (
+    DETAIL_COLUMNS,
+    SAMPLE_SCHEMA,
+    TRAJECTORY_COLUMNS,
+    in_memory,
+)
+
+# In the folder `analyze --ray --output` writes (parts `part-NNNNN.parquet`, one per shard): the
+# metadata a single file keeps in its footer.
+DATASET_METADATA = "_tmcli.json"
 
 
 def write_parquet(analysis, path: str | Path) -> Path:
@@ -35,17 +44,25 @@ def write_parquet(analysis, path: str | Path) -> Path:
 
 def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[str] | None = None,
                  keep_duplicates: bool = False):
-    """Rebuild an `Analysis` from a parquet file written by `analyze --output` or `write_parquet`
-    (no re-encoding). The per-span detail columns are not read."""
+    """Rebuild an `Analysis` from a parquet file written by `analyze --output` or `write_parquet`,
+    or the folder `analyze --ray --output` writes (no re-encoding). The per-span detail columns
+    are not read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:  # one open of the file: its schema, its columns and its footer's metadata
-        with pq.ParquetFile(path) as pf:
-            names = pf.schema_arrow.names
-            table = pf.read(columns=[c for c in names if c not in DETAIL_COLUMNS])
-            footer = pf.metadata.metadata or {}
-    except (OSError, pa.ArrowException) as exc:
+        if Path(path).is_dir():  # `analyze --ray --output`: parts in shard order, metadata beside
+            parts = sorted(Path(path).glob("part-*.parquet"))
+            table = pa.concat_tables(
+                pq.read_table(p, columns=[c for c in pq.read_schema(p).names
+                                          if c not in DETAIL_COLUMNS]) for p in parts)
+            footer = {META_KEY: (Path(path) / DATASET_METADATA).read_bytes()}
+        else:
+            with pq.ParquetFile(path) as pf:
+                names = pf.schema_arrow.names
+                table = pf.read(columns=[c for c in names if c not in DETAIL_COLUMNS])
+                footer = pf.metadata.metadata or {}
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise TmcliError(f"cannot read {path} as parquet ({exc})",
                          hint="give a file written by `tmcli analyze --output x.parquet`") from None
     from tmcli.measure.text_quality import QUALITY_COLUMNS
@@ -55,6 +72,12 @@ def read_parquet(path: str | Path, *, n_resamples: int = 2000, group_by: list[st
             table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
     defaults = {"causes": pa.list_(pa.string()), "normalized": pa.bool_(),
                 "cut_bytes": pa.int64(), "unknown_ids": pa.int64()}
+    for name in TRAJECTORY_COLUMNS:  # files written before trajectories existed: all null
+        if name not in table.column_names:
+            kind = SAMPLE_SCHEMA[name]
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()
+                                        if kind == pl.String else pa.bool_()
+                                        if kind == pl.Boolean else pa.int64()))
     for name, kind in defaults.items():  # files written before these columns existed
         if name not in table.column_names:
             fill = pa.nulls(table.num_rows, kind) if name == "causes" else \
@@ -87,6 +110,8 @@ def is_stored_analysis(path: str | Path) -> bool:
     """Whether ``path`` is an `analyze --output` file (Parquet with tmcli's metadata), as opposed
     to a table of records (rollouts, dataset dumps) that is still to be measured."""
     text = str(path)
+    if text != "-" and Path(text).is_dir():
+        return (Path(text) / DATASET_METADATA).is_file()
     if text == "-" or not text.lower().endswith(PARQUET_SUFFIXES) or not Path(text).is_file():
         return False
     import pyarrow as pa
@@ -110,9 +135,10 @@ def load_analysis(path: str | Path, *, n_resamples: int = 2000,
 
     text = str(path)
     suffix = Path(text).suffix.lower()
-    if text != "-" and Path(text).is_dir():
-        raise TmcliError(f"{text} is a directory", hint="give raw outputs (.jsonl, - for stdin) "
-                         "or an `analyze --output` file (.parquet)")
+    if text != "-" and Path(text).is_dir() and not is_stored_analysis(text):
+        raise TmcliError(f"{text} is a directory", hint="give raw outputs (.jsonl, - for stdin), "
+                         "an `analyze --output` file (.parquet) or an `analyze --ray --output` "
+                         "folder")
     if suffix in PARQUET_SUFFIXES and not Path(text).is_file():
         raise TmcliError(f"no such file: {text}", hint="check the path")
     if is_stored_analysis(text):

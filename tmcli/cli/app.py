@@ -186,3 +186,7 @@ GroupOpt = Annotated[Optional[str], typer.Option("--group-by", help="Comma-separ
 KeepDupOpt = Annotated[bool, typer.Option(
     "--keep-duplicates", help="Count every copy of a record that appears more than once (same "
     "id, model, temperature and canonical mode); by default each counts once.")]
+ChatTemplateOpt = Annotated[Optional[str], typer.Option(
+    "--chat-template", metavar="FILE", help="Trajectories (records with messages): render them "
+    "with the Jinja template in FILE (or a JSON file's chat_template) instead of the "
+    "tokenizer's own.")]

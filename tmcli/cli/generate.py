@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from tmcli.cli.app import _Command, app
+from tmcli.errors import TmcliError
+from tmcli.sources.aliases import DEFAULT_MODEL, alias_names
+
+if TYPE_CHECKING:
+    from tmcli.generation.progress import Progress
 
 # -- generate ---------------------------------------------------------------------------------------
 
 class _Progress:
-    """A Rich bar on stderr (tokens, tokens/s, ETA); only on a terminal and without --quiet."""
+    """A Rich bar on stderr (tokens, tokens/s, ETA); only on a terminal and without --quiet.
+    A `tmcli.generation.progress.Progress`, as `_LineProgress` is."""
+
+    bars = True  # model conversion may draw its own
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
@@ -107,6 +115,15 @@ class _LineProgress:
     def stop(self) -> None: ...
 
 
+def _progress(quiet: bool) -> tuple[_Progress, Progress | None]:
+    """(the Rich bar, to stop at the end; what to report progress to): the bar on a terminal,
+    plain lines off one, nothing with --quiet."""
+    bar = _Progress(enabled=not quiet and sys.stderr.isatty())
+    if bar.enabled:
+        return bar, bar
+    return bar, None if quiet else _LineProgress()
+
+
 @app.command(cls=_Command)
 def generate(
     prompts: Annotated[str, typer.Option("--prompts", "-p", metavar="PATH", help="Prompt file: one prompt per line, "
@@ -114,7 +131,7 @@ def generate(
     output: Annotated[str, typer.Option("--output", "-o", metavar="PATH", help="JSONL file to append records to; "
                                         "rerunning the same command resumes it.")],
     model: Annotated[Optional[list[str]], typer.Option(
-        "--model", "-m", metavar="SPEC", help="Alias (smollm2-135m, gemma3-270m), local path, GGUF file or hub id. "
+        "--model", "-m", metavar="SPEC", help=f"Alias ({', '.join(alias_names(models=True))}), local path, GGUF file or hub id. "
         "Repeat for several models.")] = None,
     temperatures: Annotated[str, typer.Option(
         "--temperatures", "-t", metavar="T,T|A:B:STEP", help="List (0,1,2) or start:stop:step range (0:2:0.2, stop "
@@ -154,8 +171,13 @@ def generate(
         "--tensor-parallel-size", help="vllm: split the model over this many GPUs (over nodes "
         "with a Ray cluster).")] = 1,
     data_parallel_size: Annotated[int, typer.Option(
-        "--data-parallel-size", help="vllm: model replicas (vLLM's offline engine runs one per "
-        "process: see the README).")] = 1,
+        "--data-parallel-size", help="Engine replicas on Ray (any engine; each vLLM replica "
+        "with its own --tensor-parallel-size GPUs), rows sharded over them, one writer here. "
+        "Needs pip install 'tmcli[ray]'.")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (`ray start --head` "
+        "prints it) for --data-parallel-size; without it a local Ray starts and stops with the "
+        "command.")] = None,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(
         "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) vLLM may "
         "reserve (default: vLLM's 0.92 on a GPU, a small KV cache on a CPU).")] = None,
@@ -163,20 +185,35 @@ def generate(
         "--max-model-len", help="vllm: longest sequence (prompt + new tokens) to plan for "
         "(default: the longest this run needs).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    turns: Annotated[Optional[int], typer.Option(
+        "--turns", min=1, help="Multi-turn conversations with the model's chat template: each "
+        "takes N consecutive prompts as its user turns; written token-in/token-out with "
+        "messages and response_mask (trajectories). --max-new-tokens is per turn; a turn ends "
+        "at the end-of-turn token.")] = None,
 ) -> None:
     """Generate completions for models x temperatures x prompts into a JSONL file (resumable)."""
     from tmcli.generation.prompts import read_prompts
     from tmcli.generation.sweep import generate as run_generate
     from tmcli.generation.sweep import parse_temperatures
 
-    models = model or ["smollm2-135m"]
-    bar = _Progress(enabled=not quiet and sys.stderr.isatty())
-    lines = _LineProgress() if not quiet and not bar.enabled else None
+    models = model or [DEFAULT_MODEL]
+    bar, shown = _progress(quiet)
 
     def run():
         temps = parse_temperatures(temperatures)
         chosen = read_prompts(prompts, field=prompt_field, min_chars=min_chars,
                               n_prompts=n_prompts, shuffle=shuffle, seed=seed)
+        if turns is not None:  # trajectories: their own loop (tmcli.generation.trajectories)
+            from tmcli.generation.trajectories import generate_trajectories
+
+            if canonical != "off":
+                raise TmcliError("--canonical is not supported with --turns",
+                                 hint="drop one of them")
+            return generate_trajectories(
+                models, chosen, output, turns=turns, temperatures=temps,
+                max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype,
+                threads=threads, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                engine=engine, progress=shown)
         return run_generate(models, chosen, output, temperatures=temps,
                             max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, seed=seed,
                             device=device, dtype=dtype, threads=threads, batch_size=batch_size,
@@ -185,7 +222,8 @@ def generate(
                             tensor_parallel_size=tensor_parallel_size,
                             data_parallel_size=data_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization,
-                            max_model_len=max_model_len, progress=bar if bar.enabled else lines)
+                            max_model_len=max_model_len, ray_address=ray_address,
+                            progress=shown)
 
     from tmcli.generation.sweep import GenerateInterrupted
 
@@ -244,7 +282,7 @@ def score(
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(
         "--gpu-memory-utilization", help="vllm: share of GPU memory (on a CPU: of RAM) it may "
         "reserve.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary line.")] = False,
 ) -> None:
     """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char);
     or with --divergence / --merge, how much a non-canonical span / a merge changes its predictions."""
@@ -257,12 +295,17 @@ def score(
         raise TmcliError("--divergence and --merge are two runs", hint="pass one of them")
     temps = parse_temperatures(temperatures) if temperatures else None
     task = ScoreTask("divergence" if divergence else "merge" if merge else "nll", after=after,
-                merge=merge or "slerp", layers=layer, lengths=parse_lengths(lengths),
-                positions=merge_positions)
-    summary = run_score(input, output, model=model, temperatures=temps, device=device,
-                        dtype=dtype, threads=threads, engine=engine,
-                        tensor_parallel_size=tensor_parallel_size,
-                        gpu_memory_utilization=gpu_memory_utilization, task=task)
+                     merge=merge or "slerp", layers=layer, lengths=parse_lengths(lengths),
+                     positions=merge_positions)
+    bar, shown = _progress(quiet)
+    try:
+        summary = run_score(input, output, model=model, temperatures=temps, device=device,
+                            dtype=dtype, threads=threads, engine=engine,
+                            tensor_parallel_size=tensor_parallel_size,
+                            gpu_memory_utilization=gpu_memory_utilization, task=task,
+                            progress=shown)
+    finally:
+        bar.stop()
     if not quiet:
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
         what = {"nll": "tokens", "divergence": "positions compared", "merge": "comparisons"}[task.name]

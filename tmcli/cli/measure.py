@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from tmcli.cli.app import (
+    ChatTemplateOpt,
     ContextOpt,
     GroupOpt,
     IdsFieldOpt,
@@ -60,20 +61,46 @@ def analyze(
     skip_invalid: SkipOpt = False,
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples.")] = 2000,
     keep_duplicates: KeepDupOpt = False,
+    on_ray: Annotated[bool, typer.Option(
+        "--ray", help="INPUT is a folder or quoted glob of shards, measured on Ray workers "
+        "(pip install 'tmcli[ray]'); --output then names a folder for the per-sample Parquet "
+        "dataset.")] = False,
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", metavar="HOST:PORT", help="With --ray: join this Ray cluster (the shards "
+        "and --output on storage every node sees); without it a local Ray runs.")] = None,
+    chat_template: ChatTemplateOpt = None,
 ) -> None:
-    """Re-encode completions and report how often and where they are non-canonical."""
+    """Re-encode completions and report how often and where they are non-canonical; check
+    trajectories (records with messages) for drift from their chat template."""
     import json
 
     from tmcli.aggregate.stored import is_stored_analysis, write_parquet
     from tmcli.io.outputs import check_parquet_path
     from tmcli.present import terminal
 
-    stored = is_stored_analysis(input)
-    if output:
-        check_parquet_path(output)  # before the analysis, not after it
-    result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid, context,
-                       group_by, prompt_ids_field=prompt_ids_field, n_resamples=resamples,
-                       keep_duplicates=keep_duplicates, **({} if stored else {"output": output}))
+    if (on_ray or ray_address) and not is_stored_analysis(input):
+        if chat_template:
+            fail("--chat-template is not supported with --ray (shards are checked with each "
+                 "tokenizer's own template); run without --ray to use it")
+        from tmcli.aggregate.analysis import parse_tokenizer_option
+        from tmcli.aggregate.distributed import analyze_on_ray
+
+        stored = False
+        result = analyze_on_ray(
+            input, address=ray_address, output=output,
+            tokenizer=parse_tokenizer_option(tokenizer), window=window, method=window_method,
+            context=context, group_by=_groups(group_by), ids_field=ids_field,
+            prompt_ids_field=prompt_ids_field, skip_invalid=skip_invalid,
+            n_resamples=resamples, keep_duplicates=keep_duplicates)
+    else:
+        stored = is_stored_analysis(input)
+        if output:
+            check_parquet_path(output)  # before the analysis, not after it
+        result = _analysis(input, tokenizer, ids_field, window, window_method, skip_invalid,
+                           context, group_by, prompt_ids_field=prompt_ids_field,
+                           n_resamples=resamples, keep_duplicates=keep_duplicates,
+                           **({} if stored else {"output": output,
+                                                 "chat_template": chat_template}))
     if output:
         if stored:
             write_parquet(result, output)
@@ -93,6 +120,7 @@ def check(
     max_noncanonical_rate: Annotated[Optional[float], typer.Option(help="Per-token non-canonical rate must be <= this.")] = None,
     max_fraction_compressed: Annotated[Optional[float], typer.Option(help="Share of samples with compression > 0 must be <= this.")] = None,
     max_fraction_noncanonical: Annotated[Optional[float], typer.Option(help="Share of non-canonical samples must be <= this.")] = None,
+    max_fraction_drift: Annotated[Optional[float], typer.Option(help="Share of trajectories that drift from their chat template must be <= this.")] = None,
     per_group: Annotated[bool, typer.Option("--per-group", help="Apply thresholds to every group, not the whole input.")] = False,
     use_upper: Annotated[bool, typer.Option("--ci-upper", help="Compare the upper 95% bound instead of the estimate.")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, json, github or junit.")] = "text",
@@ -105,6 +133,7 @@ def check(
     group_by: GroupOpt = None,
     skip_invalid: Annotated[Optional[bool], typer.Option("--skip-invalid", help="Skip invalid lines (JSONL input).")] = None,
     keep_duplicates: KeepDupOpt = False,
+    chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Gate CI on thresholds: exit 0 when all hold, 1 when one fails, 2 on bad usage or input.
 
@@ -125,6 +154,7 @@ def check(
         "max_noncanonical_rate": max_noncanonical_rate,
         "max_fraction_compressed": max_fraction_compressed,
         "max_fraction_noncanonical": max_fraction_noncanonical,
+        "max_fraction_drift": max_fraction_drift,
     }
     if all(v is None for v in thresholds.values()) and on_mismatch is None:
         fail("no threshold given; pass e.g. --max-noncanonical-rate 0.01 or --on-mismatch error")
@@ -132,7 +162,8 @@ def check(
     result = load_analysis(input, n_resamples=1000, group_by=_groups(group_by),
                            tokenizer=parse_tokenizer_option(tokenizer), ids_field=ids_field,
                            prompt_ids_field=prompt_ids_field, window=window, context=context,
-                           skip_invalid=skip_invalid, keep_duplicates=keep_duplicates)
+                           skip_invalid=skip_invalid, keep_duplicates=keep_duplicates,
+                           chat_template=chat_template)
     verdict = run_check(result, thresholds, per_group=per_group, use_upper=use_upper,
                         on_mismatch=on_mismatch)
     terminal.input_warnings(result)
@@ -193,6 +224,7 @@ def report(
     png_dir: Annotated[Optional[str], typer.Option(
         "--png-dir", metavar="DIR", help="Also write every figure as a PNG here (needs Chromium).")] = None,
     keep_duplicates: KeepDupOpt = False,
+    chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Show the study's figures with confidence intervals: an HTML report or a terminal table."""
     from tmcli.aggregate.analysis import parse_tokenizer_option
@@ -206,7 +238,7 @@ def report(
                              tokenizer=parse_tokenizer_option(tokenizer),
                              window=window, skip_invalid=skip_invalid or None,
                              ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                             keep_duplicates=keep_duplicates)
+                             keep_duplicates=keep_duplicates, chat_template=chat_template)
     if png_dir is not None:
         from tmcli.present.png import export_png
 
@@ -236,6 +268,7 @@ def diff(
     prompt_ids_field: PromptIdsFieldOpt = None,
     in_context: Annotated[bool, typer.Option("--in-context/--no-in-context", help="Re-encode the completion after its prompt ids (default) or alone.")] = True,
     skip_invalid: SkipOpt = False,
+    chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Show each difference of each non-canonical sample, with its context and cause.
 
@@ -257,7 +290,8 @@ def diff(
         for item in diff_records(input, tokenizer=parse_tokenizer_option(tokenizer),
                                  ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                                  record_id=record_id, limit=limit, context=context_tokens,
-                                 in_context=in_context, skip_invalid=skip_invalid, stats=stats):
+                                 in_context=in_context, skip_invalid=skip_invalid, stats=stats,
+                                 chat_template=chat_template):
             if json_out:
                 typer.echo(orjson.dumps(item, default=str).decode())
             else:
@@ -267,8 +301,10 @@ def diff(
     where = (f"showed the first {stats['shown']}; stopped reading (--limit {limit})"
              if stats.get("stopped") else f"showed {stats.get('shown', 0)}")
     skipped = f", {stats['skipped']} invalid line(s) skipped" if stats.get("skipped") else ""
+    drift = (f"; {stats['drift']} of {stats['trajectories']} trajectories drift from their "
+             "chat template" if stats.get("trajectories") else "")
     typer.echo(f"{stats.get('noncanonical', 0)} of {stats.get('samples', 0)} sample(s) read are "
-               f"non-canonical ({where}{skipped}) in {plain(input)}", err=True)
+               f"non-canonical ({where}{skipped}){drift} in {plain(input)}", err=True)
 
 
 @app.command(name="filter")
@@ -281,11 +317,14 @@ def filter_(
     prompt_ids_field: PromptIdsFieldOpt = None,
     context: ContextOpt = True,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Drop invalid lines (and count them) instead of stopping.")] = False,
+    chat_template: ChatTemplateOpt = None,
 ) -> None:
     """Write the canonical (or non-canonical) input records unchanged, in input order.
 
     A line with several completions (n > 1) is kept by --keep canonical only when all are
-    canonical, by --keep noncanonical when any is not. Prints how many were kept and dropped.
+    canonical, by --keep noncanonical when any is not; a trajectory counts as canonical when it
+    does not drift and each of its sampled turns is canonical. Prints how many were kept and
+    dropped.
     """
     from tmcli.aggregate.analysis import parse_tokenizer_option
     from tmcli.gates.filter import filter_file
@@ -295,7 +334,8 @@ def filter_(
     summary = filter_file(input, output, keep=keep,
                           tokenizer=parse_tokenizer_option(tokenizer),
                           ids_field=ids_field, prompt_ids_field=prompt_ids_field,
-                          skip_invalid=skip_invalid, context=context)
+                          skip_invalid=skip_invalid, context=context,
+                          chat_template=chat_template)
     invalid = f", {summary.invalid} invalid dropped" if summary.invalid else ""
     typer.echo(f"kept {summary.kept} {keep} record(s), dropped {summary.dropped}{invalid} -> "
                f"{summary.output}", err=True)

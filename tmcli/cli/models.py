@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 
 from tmcli.cli.app import _Command, _Group, app
+from tmcli.sources.aliases import alias_names
 
 # -- models ---------------------------------------------------------------------------------------
 
 models_app = typer.Typer(cls=_Group, no_args_is_help=False, add_completion=False,
                          help="The offline models and tokenizers behind the aliases "
-                         "(smollm2-135m, gemma3-270m, gpt2, mistral-v1, llama3, qwen3): list or install them.")
+                         f"({', '.join(alias_names())}): list or install them.")
 app.add_typer(models_app, name="models")
 
 
@@ -26,12 +27,14 @@ def models(
         return
     from tmcli.present import terminal
     from tmcli.sources.aliases import statuses
+    from tmcli.sources.templates import has_chat_template
 
     rows = statuses()
     if json_out:
         import json
 
-        typer.echo(json.dumps([s.to_json() for s in rows], indent=2))
+        typer.echo(json.dumps([{**s.to_json(), "chat_template": has_chat_template(s.alias.name)}
+                               for s in rows], indent=2))
     else:
         terminal.print_models(rows)
 

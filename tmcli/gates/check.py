@@ -15,6 +15,7 @@ import json
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
@@ -28,6 +29,7 @@ THRESHOLDS = {
     "max_noncanonical_rate": "token_rate",
     "max_fraction_compressed": "fraction_compressed",
     "max_fraction_noncanonical": "fraction_noncanonical",
+    "max_fraction_drift": "fraction_drift",  # trajectories (tmcli.measure.trajectory)
 }
 FORMATS = ("text", "json", "github", "junit")
 ON_MISMATCH = ("error", "warn")
@@ -56,6 +58,7 @@ class Mismatch:
     n_spans: int
     kind: str
     causes: list[str]
+    message: int | None = None  # a drifting trajectory: the message of its first difference
 
 
 @dataclass
@@ -76,7 +79,7 @@ class CheckResult:
         return EXIT_OK if self.passed else EXIT_CHECK_FAILED
 
 
-def validate_thresholds(thresholds: dict[str, float | None],
+def validate_thresholds(thresholds: Mapping[str, float | None],
                         on_mismatch: str | None = None) -> dict[str, float]:
     """The thresholds given (None values dropped), or the one-line error for a bad one."""
     if on_mismatch is not None and on_mismatch not in ON_MISMATCH:
@@ -91,7 +94,8 @@ def validate_thresholds(thresholds: dict[str, float | None],
     if not limits and on_mismatch is None:
         raise TmcliError("no threshold given",
                          hint="pass at least one of --max-compression, --max-noncanonical-rate, "
-                         "--max-fraction-compressed, --max-fraction-noncanonical")
+                         "--max-fraction-compressed, --max-fraction-noncanonical, "
+                         "--max-fraction-drift")
     for name, value in limits.items():
         option = f"--{name.replace('_', '-')}"
         if not math.isfinite(value):
@@ -102,7 +106,7 @@ def validate_thresholds(thresholds: dict[str, float | None],
     return limits
 
 
-def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False,
+def run_check(analysis, thresholds: Mapping[str, float | None], *, per_group: bool = False,
               use_upper: bool = False, on_mismatch: str | None = None) -> CheckResult:
     """Compare an `Analysis` against thresholds (keys of THRESHOLDS; None values ignored), and
     list its non-canonical samples under an ``on_mismatch`` policy (see the module doc)."""
@@ -113,6 +117,10 @@ def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False
         keys = ["scope"]
         groups = summarise(analysis.samples.with_columns(scope=pl.lit("all")), keys,
                            analysis.window)
+    if "max_fraction_drift" in limits and "fraction_drift" not in groups.columns:
+        raise TmcliError("--max-fraction-drift needs trajectories, and the input holds none",
+                         hint="give records with messages and their sampled ids (see the "
+                         "README's trajectories section), or drop the option")
     outcomes = []
     for row in groups.iter_rows(named=True):
         label = ", ".join(f"{k}={row[k]}" for k in keys) if per_group else "all"
@@ -128,15 +136,29 @@ def run_check(analysis, thresholds: dict[str, float], *, per_group: bool = False
 
 
 def find_mismatches(analysis) -> list[Mismatch]:
-    """Every non-canonical sample of an `Analysis`, in input order."""
-    df = analysis.samples.filter(pl.col("noncanonical"))
-    cols = ["source", "line", "id", "first_divergence", "n_spans", "kind", "causes"]
-    return [Mismatch(r["source"] or "", r["line"] or 0, str(r["id"]), r["first_divergence"] or 0,
-                     r["n_spans"], r["kind"], list(r["causes"] or []))
-            for r in df.select(cols).iter_rows(named=True)]
+    """Every non-canonical sample of an `Analysis`, and every trajectory that drifts (once, at
+    the turn its first difference is in), in input order."""
+    samples = analysis.samples.with_row_index("_row")
+    df = samples.filter(pl.col("noncanonical"))
+    cols = ["_row", "source", "line", "id", "first_divergence", "n_spans", "kind", "causes"]
+    found = [(r["_row"], Mismatch(r["source"] or "", r["line"] or 0, str(r["id"]),
+                                  r["first_divergence"] or 0, r["n_spans"], r["kind"],
+                                  list(r["causes"] or [])))
+             for r in df.select(cols).iter_rows(named=True)]
+    if "drift" in samples.columns:
+        drifting = samples.filter(pl.col("drift").fill_null(False)
+                                  & (pl.col("turn") == pl.col("drift_turn")))
+        found += [(r["_row"], Mismatch(r["source"] or "", r["line"] or 0, str(r["trajectory"]),
+                                       r["drift_position"] or 0, 1, "drift",
+                                       [r["drift_cause"] or ""], r["drift_message"]))
+                  for r in drifting.iter_rows(named=True)]
+    return [m for _row, m in sorted(found, key=lambda x: x[0])]
 
 
 def _mismatch_text(m: Mismatch) -> str:
+    if m.kind == "drift":
+        return (f"{m.source}:{m.line}: trajectory {m.id} drifts from its chat template at "
+                f"message {m.message}, token {m.position} ({', '.join(m.causes)})")
     causes = ", ".join(dict.fromkeys(m.causes)) or m.kind
     return (f"{m.source}:{m.line}: sample {m.id} is non-canonical from token {m.position} "
             f"({m.n_spans} span(s): {causes})")

@@ -72,7 +72,7 @@ def token_strings(vocab, ids) -> list[str]:
 
 
 def measured(records: Iterable[Record], pool, *, skip_invalid: bool, errors: list,
-             chunk: int = 64) -> Iterator[tuple[Record, str, object, dict]]:
+             chunk: int = 64) -> Iterator[tuple[Record, str, object, SampleMetrics]]:
     """(record, tokenizer spec, sample, metrics) in input order, measured ``chunk`` at a time."""
     from tmcli.measure.records import _prepare
 
@@ -135,6 +135,14 @@ def sample_diff(rec: Record, spec: str, smp, m: SampleMetrics, vocab, context: i
         })
     boundary = m.boundary_span
     meta = rec.meta
+    turn = rec.turn
+    drift = None
+    if turn is not None and turn.drift and turn.drift_turn == turn.turn:
+        drift = {"message": turn.drift_message, "cause": turn.drift_cause,
+                 "position": turn.drift_position, "spans": [
+                     {**sp, "sampled_tokens": token_strings(vocab, sp["sampled"]),
+                      "rendered_tokens": token_strings(vocab, sp["rendered"])}
+                     for sp in turn.drift_spans]}
     return {
         "source": rec.source, "line": rec.line, "id": rec.id,
         "model": str(meta.get("model") or spec), "tokenizer": spec,
@@ -144,20 +152,26 @@ def sample_diff(rec: Record, spec: str, smp, m: SampleMetrics, vocab, context: i
         "boundary": None if not boundary else {
             "generated_tokens": token_strings(vocab, boundary["before"]),
             "canonical_tokens": token_strings(vocab, boundary["after"])},
+        **({} if turn is None else {"trajectory": turn.trajectory, "turn": turn.turn,
+                                    "message": turn.message, "drift": drift}),
     }
 
 
 def diff_records(path: str, *, tokenizer: str | dict | None = None, ids_field: str | None = None,
                  prompt_ids_field: str | None = None, record_id: str | None = None,
                  limit: int | None = 10, context: int = 3, in_context: bool = True,
-                 skip_invalid: bool = False, stats: dict | None = None) -> Iterator[dict]:
+                 skip_invalid: bool = False, stats: dict | None = None,
+                 chat_template: str | None = None) -> Iterator[dict]:
     """The differences of each non-canonical sample of ``path`` (every sample with ``record_id``
-    when given, canonical or not), at most ``limit`` samples. ``stats`` (a dict) receives the
-    counts read so far: samples, non-canonical, shown, skipped, and whether reading stopped early.
-    """
+    when given, canonical or not), at most ``limit`` samples; a trajectory's sampled turns are
+    samples, and the turn its drift is attributed to also shows the drift (message, cause, the
+    sampled and rendered tokens of each differing span). ``stats`` (a dict) receives the counts
+    read so far: samples, non-canonical, trajectories, drift, shown, skipped, and whether
+    reading stopped early."""
     from tmcli.aggregate.stored import is_stored_analysis
     from tmcli.io.records import read_records
     from tmcli.measure.records import TokenizerPool
+    from tmcli.measure.turns import expand
 
     if is_stored_analysis(path):
         raise TmcliError(f"{path} is a stored analysis; diff needs the records themselves",
@@ -165,19 +179,30 @@ def diff_records(path: str, *, tokenizer: str | dict | None = None, ids_field: s
     if context < 0 or (limit is not None and limit < 1):
         raise TmcliError("--context must be >= 0 and --limit >= 1")
     stats = {} if stats is None else stats
-    stats.update(samples=0, noncanonical=0, shown=0, skipped=0, stopped=False)
+    stats.update(samples=0, noncanonical=0, trajectories=0, drift=0, shown=0, skipped=0,
+                 stopped=False)
     errors: list = []
-    pool = TokenizerPool(tokenizer, window=64, context=in_context)
+    pool = TokenizerPool(tokenizer, window=64, context=in_context, chat_template=chat_template)
     records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                            skip_invalid=skip_invalid, errors=errors)
+    if record_id is not None:  # a trajectory's id, or one of its turns' (ID/turnK)
+        records = (r for r in records if r.id == record_id or (
+            r.trajectory is not None and record_id.startswith(f"{r.id}/turn")))
+    records = expand(records, pool, skip_invalid=skip_invalid, errors=errors)
     if record_id is not None:
-        records = (r for r in records if r.id == record_id)
+        records = (r for r in records if r.id == record_id
+                   or (r.turn is not None and r.turn.trajectory == record_id))
     try:
         for rec, spec, smp, m in measured(records, pool, skip_invalid=skip_invalid, errors=errors):
             stats["samples"] += 1
             stats["noncanonical"] += bool(m.noncanonical)
             stats["skipped"] = len(errors)
-            if m.noncanonical or record_id is not None:
+            turn = rec.turn
+            drifts = turn is not None and turn.drift and turn.drift_turn == turn.turn
+            if turn is not None and turn.turn == 0:
+                stats["trajectories"] += 1
+                stats["drift"] += bool(turn.drift)
+            if m.noncanonical or drifts or record_id is not None:
                 yield sample_diff(rec, spec, smp, m, pool.encoder(spec).vocab, context)
                 stats["shown"] += 1
                 if limit is not None and stats["shown"] >= limit:
@@ -201,8 +226,13 @@ def render(diff: dict):
     t.append(f"  id {plain(diff['id'])}  model {plain(diff['model'])}")
     if diff.get("temperature") is not None:
         t.append(f"  T={plain(diff['temperature'])}")
+    if diff.get("trajectory") is not None:
+        t.append(f"  turn {diff['turn']} (message {diff['message']})")
+    if diff.get("drift"):
+        _drift(t, diff["drift"])
     if not diff["spans"]:
-        t.append("  canonical: no difference\n", style="green")
+        t.append("  the turn's ids: canonical\n" if diff.get("drift")
+                 else "  canonical: no difference\n", style="green")
         return t
     t.append(f"  {diff['kind']}: {diff['noncanonical_tokens']} of {diff['n_tokens']} tokens "
              f"in {diff['n_spans']} span(s)\n")
@@ -225,6 +255,20 @@ def render(diff: dict):
              f"{SEP.join(b['canonical_tokens'])} (merge across the prompt/completion boundary)",
              "dim")
     return t
+
+
+def _drift(t, drift: dict) -> None:
+    """A trajectory's drift: where the trainer's rendering first differs, and each span."""
+    t.append("\n  drift: ", style="bold")
+    t.append(drift["cause"] or "", style="bold yellow")
+    t.append(f" at message {drift['message']}, token {drift['position']} — the chat template's "
+             "rendering trains on other ids than were sampled\n")
+    for sp in drift["spans"]:
+        t.append(f"  drift span at token {sp['position']} (message {sp['message']}): ")
+        t.append(sp["cause"], style="yellow")
+        t.append("\n")
+        _row(t, "sampled", SEP.join(sp["sampled_tokens"]) or "(nothing)", "red")
+        _row(t, "rendered", SEP.join(sp["rendered_tokens"]) or "(nothing)", "green")
 
 
 def _row(t, label: str, value: str, style: str) -> None:

@@ -60,7 +60,7 @@ def _check_paths(path: str, output: str, kind: str) -> None:
 
 
 def _verdicts(path: str, *, tokenizer, ids_field, prompt_ids_field, skip_invalid: bool,
-              context: bool, jobs: int | None) -> bytearray:
+              context: bool, jobs: int | None, chat_template: str | None = None) -> bytearray:
     """One byte per input line/row (index = line number): canonical, non-canonical, invalid."""
     from tmcli.io.records import read_records
     from tmcli.measure.records import TokenizerPool, measure_records
@@ -73,12 +73,13 @@ def _verdicts(path: str, *, tokenizer, ids_field, prompt_ids_field, skip_invalid
             states.extend(bytes(line + 1 - len(states) + len(states) // 2))
         states[line] = max(states[line], state)
 
-    pool = TokenizerPool(tokenizer, window=64, context=context)
+    pool = TokenizerPool(tokenizer, window=64, context=context, chat_template=chat_template)
     records = read_records(path, ids_field=ids_field, prompt_ids_field=prompt_ids_field,
                            skip_invalid=skip_invalid, errors=errors)
     for frame in measure_records(records, pool, method="aligned", batch_size=256,
                                  skip_invalid=skip_invalid, errors=errors, jobs=jobs):
-        for line, nc in zip(frame["line"].to_list(), frame["noncanonical"].to_list()):
+        bad = frame["noncanonical"] | frame["drift"].fill_null(False)  # a trajectory's drift too
+        for line, nc in zip(frame["line"].to_list(), bad.to_list()):
             mark(line, _NONCANONICAL if nc else _CANONICAL)
     for exc in errors:
         mark(exc.line, _INVALID)
@@ -142,8 +143,11 @@ def _write_table(path: str, tmp: str, kind: str, states: bytearray, want: int) -
 def filter_file(path: str, output: str, *, keep: str = "canonical",
                 tokenizer: str | dict | None = None, ids_field: str | None = None,
                 prompt_ids_field: str | None = None, skip_invalid: bool = False,
-                context: bool = True, jobs: int | None = None) -> FilterSummary:
-    """Write the records of ``path`` whose verdict is ``keep`` to ``output`` (``-``: stdout)."""
+                context: bool = True, jobs: int | None = None,
+                chat_template: str | None = None) -> FilterSummary:
+    """Write the records of ``path`` whose verdict is ``keep`` to ``output`` (``-``: stdout).
+    A trajectory is non-canonical when it drifts from its chat template (or ``chat_template``,
+    a template file) or any of its sampled turns is."""
     from tmcli.io.input_files import input_format
 
     if keep not in KEEP:
@@ -159,7 +163,7 @@ def filter_file(path: str, output: str, *, keep: str = "canonical",
         _check_paths(path, output, kind)
         states = _verdicts(path, tokenizer=tokenizer, ids_field=ids_field,
                            prompt_ids_field=prompt_ids_field, skip_invalid=skip_invalid,
-                           context=context, jobs=jobs)
+                           context=context, jobs=jobs, chat_template=chat_template)
         want = _CANONICAL if keep == "canonical" else _NONCANONICAL
         if output == "-":
             _write_lines(path, sys.stdout.buffer, states, want, skip_invalid)

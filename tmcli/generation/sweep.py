@@ -25,7 +25,10 @@ from pathlib import Path
 
 from tmcli.errors import TmcliError
 from tmcli.generation.constrain import CANONICAL_MODES
+from tmcli.generation.engines import Engine
+from tmcli.generation.progress import NoProgress, Progress
 from tmcli.generation.prompts import Prompt
+from tmcli.sources.aliases import DEFAULT_MODEL
 
 
 @dataclass
@@ -118,12 +121,6 @@ def _is_oom(exc: BaseException) -> bool:
         or "can't allocate" in text
 
 
-class _NoProgress:
-    def start(self, total: int) -> None: ...
-    def describe(self, text: str) -> None: ...
-    def advance(self, tokens: int) -> None: ...
-
-
 class GenerateInterrupted(KeyboardInterrupt):
     """Ctrl-C during `generate`: what was saved (every record before it is complete and fsynced)."""
 
@@ -136,18 +133,20 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
              *, temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 1024,
              stop_at_eos: bool = False, seed: int = 0, device: str = "auto", dtype: str = "auto",
              threads: int | None = None, batch_size: int | None = None,
-             trust_remote_code: bool = False, engine="auto", canonical: str = "off",
+             trust_remote_code: bool = False, engine: str | Engine = "auto", canonical: str = "off",
              retokenize_every: int = 1, tensor_parallel_size: int = 1,
              data_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
-             max_model_len: int | None = None, progress=None) -> GenerateSummary:
+             max_model_len: int | None = None, ray_address: str | None = None,
+             progress: Progress | None = None) -> GenerateSummary:
     """Generate one record per (model, prompt, temperature) into ``output`` (JSONL), resuming.
 
     ``engine`` is a name from `tmcli.generation.engines.ENGINE_CHOICES`, or an engine already loaded
     (`tmcli.generation.engines.load_engine`) for the one model given, which is then reused and left open
-    (a vLLM engine takes a while to start). The scale-out options apply to vLLM.
-    ``progress`` is any object with ``start(total_tokens)``, ``describe(text)`` and
-    ``advance(tokens)``, and optionally ``note(text)`` for one-off messages (the CLI passes a Rich
-    bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
+    (a vLLM engine takes a while to start). ``tensor_parallel_size`` applies to vLLM;
+    ``data_parallel_size`` > 1 (or a ``ray_address``) decodes on that many engine replicas on Ray
+    (`tmcli.generation.data_parallel`), with the same records.
+    ``progress`` is told how far the run is (a `tmcli.generation.progress.Progress`: the CLI passes
+    a Rich bar on a terminal, plain lines elsewhere); without one, nothing is shown. Ctrl-C raises
     `GenerateInterrupted`, which carries the summary of what was saved."""
     from tmcli import __version__
     from tmcli.generation.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
@@ -159,7 +158,7 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     prompts = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
     temperatures = list(dict.fromkeys(float(t) for t in temperatures))
     if not models:
-        raise TmcliError("no model given", hint="pass --model (e.g. --model smollm2-135m)")
+        raise TmcliError("no model given", hint=f"pass --model (e.g. --model {DEFAULT_MODEL})")
     if not prompts:
         raise TmcliError("no prompts given", hint="pass --prompts FILE")
     if not temperatures or any(t < 0 or t != t for t in temperatures):
@@ -179,11 +178,15 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     loaded = None if isinstance(engine, str) else engine
     if loaded is not None and models != [loaded.spec]:
         raise TmcliError(f"the engine given was loaded for {loaded.spec}, not {', '.join(models)}")
+    on_ray = data_parallel_size > 1 or ray_address is not None
+    if on_ray and loaded is not None:
+        raise TmcliError("an engine already loaded cannot be replicated on Ray",
+                         hint="pass the engine's name (e.g. engine='fused') instead")
     if loaded is None and engine not in ENGINE_CHOICES:
         raise TmcliError(f"unknown engine '{engine}'", hint="use one of: " + ", ".join(ENGINE_CHOICES))
-    show_bars = progress is not None and getattr(progress, "bars", True)
-    progress = progress or _NoProgress()
-    note = getattr(progress, "note", progress.describe)
+    show_bars = progress is not None and progress.bars
+    progress = progress or NoProgress()
+    note = progress.note
     out = Path(output)
     repair_tail(out)
     done = existing_ids(out)
@@ -210,7 +213,11 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         return summary
     progress.start(total)
     try:
-        with RecordWriter(out) as writer:
+        with RecordWriter(out) as writer, _cluster(on_ray, ray_address) as ray:
+            if ray is not None:  # `auto`: the cluster's accelerators, not this machine's
+                from tmcli.generation.data_parallel import replica_device
+
+                device = replica_device(ray, device)
             for spec in models:
                 if todo[spec]:
                     longest = max(map(len, prompt_ids[spec].values())) + max_new_tokens
@@ -234,16 +241,25 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
                                               "transformers")
                     if loaded is None and needs_conversion(spec):
                         note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
+                    kw = dict(longest=longest, seed=seed, max_new_tokens=max_new_tokens,
+                              stop_at_eos=stop_at_eos, canonical=canonical,
+                              retokenize_every=retokenize_every, batch_size=batch_size,
+                              version=__version__)
+                    if ray is not None:
+                        from tmcli.generation.data_parallel import run_replicated
+
+                        run_replicated(engine, spec, options, todo[spec], prompt_ids[spec],
+                                       writer, summary, progress, replicas=data_parallel_size,
+                                       plan=_batches, decode=decode_unit, sweep=kw,
+                                       resolved=name)
+                        continue
                     progress.describe(f"loading {spec}")
                     started = time.perf_counter()
                     eng = loaded or load_engine(engine, spec, options, resolved=name)
                     summary.load_seconds += time.perf_counter() - started
                     try:
                         _sweep(eng, todo[spec], prompt_ids[spec], writer, summary, progress,
-                               load_tokenizer(eng.tokenizer), longest=longest, seed=seed,
-                               max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos,
-                               canonical=canonical, retokenize_every=retokenize_every,
-                               batch_size=batch_size, version=__version__)
+                               load_tokenizer(eng.tokenizer), **kw)
                     finally:
                         if loaded is None:
                             eng.close()
@@ -252,8 +268,39 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     return summary
 
 
-def _sweep(eng, jobs: list[_Job], ids: dict[int, list[int]], writer, summary: GenerateSummary,
-           progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
+def _cluster(on_ray: bool, address: str | None):
+    """The Ray session of a data-parallel run (`measure.ray_udf.ray_session`), else nothing."""
+    from contextlib import nullcontext
+
+    if not on_ray:
+        return nullcontext()
+    from tmcli.measure.ray_udf import ray_session
+
+    return ray_session(address)
+
+
+class _Collect:
+    """Stands for the `RecordWriter` where records are sent elsewhere: keeps them."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def write(self, records: list[dict]) -> int:
+        self.records.extend(records)
+        return len(records)
+
+
+def decode_unit(eng, tok, jobs: list[_Job], ids: dict[int, list[int]], sweep: dict
+                ) -> tuple[list[dict], int]:
+    """One batch of ``jobs`` decoded by `_sweep` (``sweep``: its keyword arguments) on a
+    data-parallel replica: its records, and their new tokens."""
+    out, summary = _Collect(), GenerateSummary("")
+    _sweep(eng, jobs, ids, out, summary, NoProgress(), tok, **{**sweep, "batch_size": len(jobs)})
+    return out.records, summary.new_tokens
+
+
+def _sweep(eng: Engine, jobs: list[_Job], ids: dict[int, list[int]], writer,
+           summary: GenerateSummary, progress: Progress, tok, *, longest: int, seed: int, max_new_tokens: int, stop_at_eos: bool, canonical: str,
            retokenize_every: int, batch_size: int | None, version: str) -> None:
     """Decode one model's jobs batch by batch on ``eng``, writing each batch's records.
     ``longest``: the longest prompt plus ``max_new_tokens``."""

@@ -17,7 +17,7 @@ from tmcli.io.readers.table import table_kind
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -123,8 +123,8 @@ class Input:
                 break
             head += more
         self._raw = io.BufferedReader(_Prefixed(head, raw), buffer_size=1 << 16)
-        self.compression = None
-        self.stream = self._raw
+        self.compression: str | None = None
+        self.stream: io.BufferedIOBase = self._raw  # gzip and zstd readers are ones too
         if head.startswith(GZIP_MAGIC):
             import gzip
 
@@ -189,13 +189,13 @@ def iter_lines(path: str, *, keep_ends: bool = False,
                 break
             number += 1
             if len(raw) - raw.endswith(b"\n") > limit:
-                exc = InvalidRecord(source, number, f"line is longer than the "
-                                    f"{_limit_text(limit)} limit",
-                                    hint="write one completion per line (JSONL), not one JSON "
-                                    "document")
+                too_long = InvalidRecord(source, number, f"line is longer than the "
+                                         f"{_limit_text(limit)} limit",
+                                         hint="write one completion per line (JSONL), not one "
+                                         "JSON document")
                 if errors is None:
-                    raise exc
-                errors.append(exc)
+                    raise too_long
+                errors.append(too_long)
                 while not raw.endswith(b"\n"):
                     try:
                         raw = fh.readline(_SKIP_CHUNK)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import polars as pl
@@ -40,7 +41,7 @@ class ParquetSink:
         self.path = check_parquet_path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.schema = pl.DataFrame(schema=schema).to_arrow().schema
-        self._writer = None
+        self._writer: Any = None  # a pyarrow ParquetWriter while open
         with self._errors():
             self._writer = pq.ParquetWriter(self.tmp, self.schema)
 

@@ -10,6 +10,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
@@ -138,7 +139,7 @@ class RecordWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._ids: set[str] = set()
         check_writable(self.path)
         if self.path.exists():
@@ -162,12 +163,14 @@ class RecordWriter:
             return 0
         if self._fh is None:
             self._open()
+        fh = self._fh
+        assert fh is not None  # _open set it or raised
         records = [r for r in records if "id" not in r or str(r["id"]) not in self._ids]
         try:
-            self._fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
-            self._fh.flush()
+            fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            fh.flush()
             if _regular(self.path):
-                os.fsync(self._fh.fileno())
+                os.fsync(fh.fileno())
         except OSError as exc:
             raise from_os_error(exc, str(self.path)) from None
         self._ids.update(str(r["id"]) for r in records if "id" in r)

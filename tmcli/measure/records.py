@@ -27,8 +27,10 @@ class TokenizerPool:
     records, or a mapping {name in records: spec}.
     """
 
-    def __init__(self, tokenizer: str | dict | None, *, window: int, context: bool):
+    def __init__(self, tokenizer: str | dict | None, *, window: int, context: bool,
+                 chat_template: str | None = None):
         self.forced = tokenizer if isinstance(tokenizer, str) else None
+        self.chat_template = chat_template  # a template file for trajectories (--chat-template)
         self.mapping = tokenizer if isinstance(tokenizer, dict) else {}
         self.window = window
         self.context = context
@@ -122,6 +124,8 @@ def _row(rec: Record, spec: str, metrics: SampleMetrics) -> dict:
     }
     row.update(divergence_columns(meta.get("divergence")))
     row.update(metrics.columns())
+    if rec.turn is not None:  # a sampled turn of a trajectory (tmcli.measure.turns)
+        row.update(rec.turn.row())
     return row
 
 
@@ -143,7 +147,9 @@ def measure_records(records: Iterable[Record], pool: TokenizerPool, *, method: s
                     jobs: int | None = None) -> Iterator[pl.DataFrame]:
     """Yield one DataFrame of sample rows per batch of records (batches of one tokenizer)."""
     from tmcli.measure.parallel import Measurer
+    from tmcli.measure.turns import expand
 
+    records = expand(records, pool, skip_invalid=skip_invalid, errors=errors)
     measurer = Measurer(pool.window, pool.context, method, jobs=jobs)
     pending: dict[str, list] = {}
     counter = 0

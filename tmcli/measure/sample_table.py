@@ -11,14 +11,24 @@ from tmcli.measure.scored import DIVERGENCE_SCHEMA
 
 # The record's own columns (its id, where it was read, what produced it), then the measurement's
 # (`SampleMetrics`), then the figures a record carries from `tmcli score` (its NLL, and
-# `score --divergence`'s comparison of its generated and canonical contexts).
+# `score --divergence`'s comparison of its two contexts), then a
+# trajectory's (`tmcli.measure.turns.TurnColumns`: a sampled turn's trajectory, turn and
+# message, and the trajectory's drift verdict; null for other samples).
 RECORD_COLUMNS = {
     "id": pl.String, "source": pl.String, "line": pl.Int64, "model": pl.String,
     "tokenizer": pl.String, "temperature": pl.Float64, "canonical": pl.String,
     "prompt_index": pl.Int64,
 }
 SCORE_COLUMNS = {"nll_token": pl.Float64, "nll_char": pl.Float64, **DIVERGENCE_SCHEMA}
-SAMPLE_SCHEMA = {**RECORD_COLUMNS, **METRIC_COLUMNS, **SCORE_COLUMNS}
+DRIFT_SPAN = pl.Struct({"position": pl.Int64, "sampled": pl.List(pl.Int64),
+                        "rendered": pl.List(pl.Int64), "message": pl.Int64, "cause": pl.String})
+TURN_COLUMNS = {
+    "trajectory": pl.String, "turn": pl.Int64, "n_turns": pl.Int64, "message": pl.Int64,
+    "drift": pl.Boolean, "drift_message": pl.Int64, "drift_cause": pl.String,
+    "drift_turn": pl.Int64, "drift_position": pl.Int64, "drift_spans": pl.List(DRIFT_SPAN),
+}
+SAMPLE_SCHEMA = {**RECORD_COLUMNS, **METRIC_COLUMNS, **SCORE_COLUMNS, **TURN_COLUMNS}
+TRAJECTORY_COLUMNS = tuple(k for k in TURN_COLUMNS if k != "drift_spans")  # kept in memory
 
 
 # Written to the parquet sink but not kept in memory: variable-length per-sample detail (lists
@@ -73,6 +83,8 @@ def rows_to_frame(rows: list[dict]) -> pl.DataFrame:
             if any(r.get("spans") is None for r in rows):
                 raise ValueError("spans missing")
             cols[name] = pl.from_arrow(arr)
+        elif name == "drift_spans":  # few rows have any: built the plain way
+            cols[name] = pl.Series(name, [v or [] for v in values], dtype=dtype)
         elif isinstance(dtype, pl.List):
             if all(v is None for v in values):
                 cols[name] = pl.Series(name, values, dtype=dtype)

@@ -12,13 +12,14 @@ import html
 import math
 from pathlib import Path
 
+import plotly.graph_objects as go
 import polars as pl
 
 from tmcli import __version__
 from tmcli.aggregate.groups import FEW_SAMPLES
 from tmcli.errors import TmcliError
 from tmcli.measure.causes import DESCRIPTIONS
-from tmcli.present.figures import divergence, modes, position, temperature
+from tmcli.present.figures import divergence, modes, position, temperature, trajectories
 
 HTML_SUFFIXES = (".html", ".htm")
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
@@ -42,7 +43,7 @@ def default_temperatures(groups: pl.DataFrame) -> tuple[float, ...]:
     return tuple(got for _w, got in temperature.nearest_temperatures(run, STUDY_TEMPERATURES))
 
 
-def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
+def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure]]:
     """(anchor id, caption, figure) for every figure of the report, in reading order.
 
     ``temperatures``: those of the by-position figure (None: `default_temperatures`)."""
@@ -60,6 +61,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
                       "(from the records), characters per generated token, and the share of "
                       "distinct word bigrams (bootstrap bands).",
                       modes.canonical_comparison(comparison))]
+    canonical += trajectories.figures(analysis)  # its own section too
     return [
         ("fraction", "Share of samples whose re-encoding is shorter (the study's count), with "
          "95% Wilson intervals and the per-model logistic fit.",
@@ -70,7 +72,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
         ("mean", "Mean of (n − len(re-encoding)) / n per sample. Signed: a lengthened sample "
          "counts negative.", temperature.mean_compression(g)),
         ("windows", "Mean compression per window of positions, all models pooled and per model.",
-         position.window_profile(analysis.samples, g, window, temperatures)),
+         position.window_profile(analysis.pooled_windows, g, window, temperatures)),
         ("heatmap", "Each cell: mean compression of one window at one temperature.",
          position.heatmaps(g, window)),
         ("gravity", "Compression-weighted mean position. Above the median position means "
@@ -80,7 +82,8 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, object]]:
         ("rate", "Tokens inside differing spans over all tokens, comparable with later studies' "
          "per-token figures.", position.token_rate(g)),
         ("survival", "Share of completions still canonical after each number of tokens: once a "
-         "completion diverges it leaves the curve.", position.first_divergence(analysis.samples)),
+         "completion diverges it leaves the curve.", position.first_divergence(analysis.survival,
+                                                             analysis.group_by)),
         *divergence.figures(analysis),
         *canonical,
     ]
@@ -214,7 +217,7 @@ def warnings(analysis, temperatures=None) -> list[str]:
     if analysis.meta.get("n_duplicates"):
         out.append(f"{analysis.meta['n_duplicates']} duplicate record(s) were counted once "
                    "(--keep-duplicates counts every copy).")
-    bad = int(analysis.samples["byte_exact"].not_().sum())
+    bad = int(g["n_not_byte_exact"].sum())
     if bad:
         out.append(f"{bad} sample(s) could not be compared byte-exactly (invalid bytes or a "
                    "normaliser); their figures rest on an id-level diff.")
@@ -314,22 +317,22 @@ def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> 
     from plotly.offline import get_plotlyjs
 
     figs = build_figures(analysis, temperatures)
-    sections, canonical = [], ""
+    sections, own = [], {}
     for anchor, caption, fig in figs:
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{anchor}",
                           config=PLOT_CONFIG, default_width="100%")
         block = f"<div class=figure><p class=caption>{_e(caption)}</p>{div}</div>"
-        if anchor == "canonical":  # its own section, after the figures
-            canonical = block
+        if anchor in ("canonical", "trajectories"):  # sections of their own, after the figures
+            own[anchor] = block
         else:
             sections.append(block)
-    if canonical:
-        canonical = (
-            "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
-            "free generation (off) at the same model and temperature. Δ: mean over prompts run "
-            "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
-            "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
-            f"{comparison_table(analysis.comparison)}{canonical}")
+    canonical = (
+        "<h2 id=canonical>Canonical vs free</h2><p class=caption>Each canonical mode against "
+        "free generation (off) at the same model and temperature. Δ: mean over prompts run "
+        "in both modes of (mode − off), 95% bootstrap interval over prompts. NLLs are the "
+        "records' own (nats, scored on the canonical tokenization); – where absent.</p>"
+        f"{comparison_table(analysis.comparison)}{own['canonical']}") if "canonical" in own else ""
+    canonical += trajectories.section(analysis, own.get("trajectories"))
     warn = warnings(analysis, temperatures)
     banner = ("<div class=banner><b>⚠ Read with care</b><ul>"
               + "".join(f"<li>{_e(w)}</li>" for w in warn) + "</ul></div>") if warn else ""
@@ -338,8 +341,8 @@ def render_html(analysis, *, temperatures=None, title: str = "tmcli report") -> 
         examples = "<p>No non-canonical completion in this input.</p>"
     inputs = ", ".join(map(str, analysis.meta.get("inputs", [])))
     nav = "".join(f'<a href="#{a}">{a}</a>' for a in
-                  ["summary", "figures", *(["canonical"] if canonical else []), "examples",
-                   "metadata"])
+                  ["summary", "figures", *(a for a in ("canonical", "trajectories") if a in own),
+                   "examples", "metadata"])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">

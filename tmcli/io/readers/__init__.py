@@ -5,6 +5,10 @@ turning one JSON object (a JSONL line, or one Parquet/Arrow row) into `Record`s.
 tried in order; the first that matches reads the object. The file level (lines, compression,
 Parquet/Arrow tables) lives in `tmcli.io.records`, the single door for input.
 
+- ``trajectory``: multi-turn trajectories, token-in/token-out (``messages`` + ``prompt_token_ids``
+  + ``token_ids`` [+ ``response_mask``]): tmcli's and vLLM's
+- ``verl``: verl's and SkyRL's trajectories (``messages`` + ``prompt_ids`` + ``response_ids`` +
+  ``response_mask``/``loss_mask``)
 - ``tmcli``: tmcli's records, and any flat record with ``--ids-field`` (rollout tables)
 - ``sglang``: SGLang ``/generate`` (``output_ids`` + ``meta_info``)
 - ``vllm-offline``: vLLM ``RequestOutput`` (``outputs[].token_ids``)
@@ -15,12 +19,21 @@ Parquet/Arrow tables) lives in `tmcli.io.records`, the single door for input.
 from __future__ import annotations
 
 from tmcli.errors import InvalidRecord
-from tmcli.io.readers import openai, sglang, tmcli_jsonl, vllm_offline, vllm_server
-from tmcli.io.readers.base import Fields, Record
+from tmcli.io.readers import (
+    openai,
+    sglang,
+    tmcli_jsonl,
+    trajectory,
+    verl,
+    vllm_offline,
+    vllm_server,
+)
+from tmcli.io.readers.base import Fields, Record, Trajectory
 
-READERS = {m.NAME: m for m in (tmcli_jsonl, sglang, vllm_offline, vllm_server, openai)}
+READERS = {m.NAME: m for m in (trajectory, verl, tmcli_jsonl, sglang, vllm_offline, vllm_server,
+                               openai)}
 
-__all__ = ["READERS", "Fields", "Record", "detect", "parse_object"]
+__all__ = ["READERS", "Fields", "Record", "Trajectory", "detect", "parse_object"]
 
 
 def detect(obj: dict, fields: Fields) -> str | None:

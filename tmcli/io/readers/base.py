@@ -13,6 +13,43 @@ from dataclasses import dataclass, field
 from tmcli.errors import InvalidRecord
 
 DEFAULT_PROMPT_FIELD = "prompt_token_ids"
+MASK_FIELDS = ("response_mask", "loss_mask")  # 1: sampled by the model (verl; SkyRL)
+
+
+@dataclass
+class Trajectory:
+    """A multi-turn conversation as sampled, token-in/token-out: its ``messages`` (OpenAI chat
+    format) and ``tools``, which ids after the first prompt the model sampled (``mask``: 1 for
+    the model's, 0 for the environment's; None when the record gives no mask) and the template
+    arguments the conversation was rendered with (``chat_template_kwargs``). The ids themselves
+    are the record's: ``prompt_ids`` (the first prompt) and ``token_ids`` (everything after)."""
+
+    messages: list
+    tools: list | None = None
+    mask: list[int] | None = None
+    template_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class TurnColumns:
+    """What a sampled turn's sample row carries of its trajectory: the trajectory's id, this
+    turn's index among the sampled turns and its message, and the trajectory's verdict
+    (``drift_turn``: the sampled turn at or after the first difference; ``drift_spans`` only on
+    that turn's row). Filled by `tmcli.measure.turns`."""
+
+    trajectory: str
+    turn: int
+    n_turns: int
+    message: int
+    drift: bool
+    drift_message: int | None
+    drift_cause: str | None
+    drift_turn: int | None
+    drift_position: int | None
+    drift_spans: list[dict] = field(default_factory=list)
+
+    def row(self) -> dict:
+        return dict(self.__dict__)
 
 
 @dataclass
@@ -31,6 +68,10 @@ class Record:
     meta: dict = field(default_factory=dict)
     # OpenAI-style logprob tokens (bytes or strings) still to be mapped to ids
     logprob_tokens: list | None = None
+    # a trajectory record (messages + ids as sampled), checked by `tmcli.measure.turns`
+    trajectory: Trajectory | None = None
+    # one sampled turn of a checked trajectory (`tmcli.measure.turns`)
+    turn: TurnColumns | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +106,40 @@ def prompt_ids(obj: dict, fields: Fields, source: str, line: int) -> list[int] |
                                 hint="check --prompt-ids-field against the file's field names")
         return None
     return id_list(value, source, line, fields.prompt_name)
+
+
+def trajectory_of(obj: dict, source: str, line: int, n_ids: int) -> Trajectory:
+    """The conversation part of a trajectory record: ``messages``, ``tools``, the mask of the
+    ``n_ids`` ids after the first prompt (``response_mask``, else ``loss_mask``) and
+    ``chat_template_kwargs``, each checked, with a one-line error naming the field."""
+    messages = obj["messages"]
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidRecord(source, line, f"messages[{k}] is not a message with a 'role'",
+                                hint="messages are OpenAI chat messages: {\"role\": ..., "
+                                "\"content\": ...}")
+    if not messages:
+        raise InvalidRecord(source, line, "'messages' is empty", hint="a trajectory needs its "
+                            "conversation")
+    tools = obj.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRecord(source, line, "'tools' must be a list of tool schemas")
+    name = next((k for k in MASK_FIELDS if obj.get(k) is not None), None)
+    mask = None
+    if name is not None:
+        mask = id_list(obj[name], source, line, name)
+        if len(mask) != n_ids:
+            raise InvalidRecord(source, line, f"'{name}' has {len(mask)} entries for {n_ids} ids "
+                                "after the prompt", hint="the mask needs one 0/1 per id after "
+                                "the first prompt")
+        if set(mask) - {0, 1}:
+            raise InvalidRecord(source, line, f"'{name}' holds values other than 0 and 1",
+                                hint="1 marks an id the model sampled, 0 one the environment "
+                                "added")
+    kwargs = obj.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise InvalidRecord(source, line, "'chat_template_kwargs' must be an object")
+    return Trajectory(list(messages), tools, mask, dict(kwargs))
 
 
 def meta_of(obj: dict, *skip: str) -> dict:

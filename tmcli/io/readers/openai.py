@@ -29,7 +29,7 @@ def _tokens(choice, source: str, line: int, k: int) -> list:
                             hint="request the completion with return_token_ids (vLLM) or "
                             "logprobs enabled")
     if isinstance(lp.get("content"), list):  # chat completions: token + bytes
-        out = []
+        out: list[str | bytes | None] = []
         for item in lp["content"]:
             if not isinstance(item, dict):
                 raise InvalidRecord(source, line, f"choices[{k}].logprobs.content holds "

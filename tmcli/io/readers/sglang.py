@@ -17,7 +17,7 @@ def matches(obj: dict, fields: Fields) -> bool:
 
 def read(obj: dict, source: str, line: int, fields: Fields) -> list[Record]:
     ids = id_list(obj["output_ids"], source, line, "output_ids")
-    info = obj.get("meta_info") if isinstance(obj.get("meta_info"), dict) else {}
+    info: dict = obj["meta_info"] if isinstance(obj.get("meta_info"), dict) else {}
     meta = meta_of(obj, "meta_info", "text", fields.prompt_name)
     if obj.get("text") is not None:
         meta["completion"] = obj["text"]

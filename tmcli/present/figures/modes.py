@@ -75,10 +75,14 @@ def canonical_comparison(comparison: pl.DataFrame) -> go.Figure:
     models = sorted(rows["model"].unique().to_list())
     modes = rows["canonical"].unique(maintain_order=True).to_list()  # "off" first
     ncols = len(COMPARE_PANELS)
-    titles = [f"{html.escape(str(m))}: {title}" for m in models for _c, title, _f, _t in
-              COMPARE_PANELS]
+    # Panel titles name the metric only (four "model: metric" titles ran into each other at
+    # 1,100 px); the model names its row, on the first panel's y axis.
+    titles = [title for _m in models for _c, title, _f, _t in COMPARE_PANELS]
     fig = make_subplots(rows=max(len(models), 1), cols=ncols, subplot_titles=titles or None,
                         horizontal_spacing=0.06, vertical_spacing=0.2 / max(len(models), 1))
+    fig.update_annotations(font_size=13)  # the subplot titles, before any warning is added
+    for r, model in enumerate(models, start=1):
+        fig.update_yaxes(title_text=f"<b>{html.escape(str(model))}</b>", row=r, col=1)
     shown, empty = set(), set()
     for r, model in enumerate(models, start=1):
         for i, mode in enumerate(modes):
@@ -94,7 +98,7 @@ def canonical_comparison(comparison: pl.DataFrame) -> go.Figure:
                 if all(v is None for v in y):
                     empty.add(title)
                     continue
-                _band(fig, x, lo, hi, _colour(i, 0.18), label, **where)
+                _band(fig, x, lo, hi, _colour(i, 0.18), label, row=r, col=c)
                 lone = dict(type="data", symmetric=False, color=_colour(i, 0.6),  # no band
                             array=[hi[0] - y[0]], arrayminus=[y[0] - lo[0]])
                 count = f"{col}_n" if f"{col}_n" in df.columns else "n_noncanonical"

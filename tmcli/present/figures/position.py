@@ -13,8 +13,7 @@ import polars as pl
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
-from tmcli.aggregate import stats
-from tmcli.aggregate.groups import FEW_SAMPLES, summarise
+from tmcli.aggregate.groups import FEW_SAMPLES
 from tmcli.present.figures.style import (
     LAYOUT,
     _band,
@@ -30,12 +29,13 @@ from tmcli.present.figures.style import (
 from tmcli.present.figures.temperature import _vs_temperature, nearest_temperatures
 
 
-def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
-                   temperatures=(2.0, 0.8), n_resamples: int = 1000) -> go.Figure:
+def window_profile(pooled: pl.DataFrame, groups: pl.DataFrame, window: int,
+                   temperatures=(2.0, 0.8)) -> go.Figure:
     """Figure 3: mean compression by window position at chosen temperatures.
 
-    Left: all models pooled (their samples together; the study averaged model means), right: per
-    model. A wanted temperature that was not run is replaced by the nearest one, and said so.
+    Left: all models pooled (``pooled``, `curves.pooled_window_profile`: their samples together;
+    the study averaged model means), right: per model (``groups``). A wanted temperature that
+    was not run is replaced by the nearest one, and said so.
     """
     picks = nearest_temperatures(groups["temperature"].to_list(), temperatures)
     titles = []
@@ -47,9 +47,7 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
     labels = series(groups)
     shown = set()
     for r, (_w, t) in enumerate(picks, start=1):
-        pooled = summarise(samples.filter(pl.col("temperature") == t), ["temperature"], window,
-                           n_resamples=n_resamples)
-        curves = [("all models", pooled, -1)] + [(label, df.filter(pl.col("temperature") == t), i)
+        curves = [("all models", pooled.filter(pl.col("temperature") == t), -1)] + [(label, df.filter(pl.col("temperature") == t), i)
                                                   for i, (label, df) in enumerate(labels)]
         for label, row, i in curves:
             if row.height == 0:
@@ -57,7 +55,7 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
             g = row.row(0, named=True)
             m = np.array(g["window_mean"], dtype=float)
             x = np.array(g["window_centre"], dtype=float)  # where each window's tokens are
-            starts = np.arange(len(m)) * window
+            starts: np.ndarray = np.arange(len(m)) * window
             col = 1 if label == "all models" else 2
             _band(fig, x, g["window_lo"], g["window_hi"], _colour(i, 0.18), label, row=r, col=col)
             custom = np.column_stack([starts, starts + window - 1, g["window_lo"], g["window_hi"],
@@ -79,7 +77,7 @@ def window_profile(samples: pl.DataFrame, groups: pl.DataFrame, window: int,
     fig.update_yaxes(tickformat=".2%")
     fig.update_xaxes(title_text="token position (centre of each window's tokens)",
                      row=len(picks) or 1)
-    longest = samples.filter(pl.col("temperature").is_in([g for _, g in picks]))["n_tokens"].max()
+    longest = pooled.filter(pl.col("temperature").is_in([g for _, g in picks]))["max_tokens"].max()
     if longest:  # the positions the completions span, not Plotly's range around one window
         fig.update_xaxes(range=[-0.02 * longest, 1.02 * (longest - 1)])
     layout = dict(LAYOUT, height=height)
@@ -116,8 +114,13 @@ def heatmaps(groups: pl.DataFrame, window: int) -> go.Figure:
             row=k // cols + 1, col=k % cols + 1)
     fig.update_xaxes(title_text="token positions", type="category")
     fig.update_yaxes(title_text="temperature", type="category")
+    # One scale for every panel, as wide as the data and centred on 0 (white: no net change).
+    # Plotly's own would span the colour axis' nominal range, and ±4% of data on it looks blank.
+    reach = max((float(np.nanmax(np.abs(t.z), initial=0.0)) for t in fig.data), default=0.0)
+    reach = reach or 1e-3
     fig.update_layout(title="Mean compression by temperature and position",
-                      coloraxis=dict(colorscale="RdBu_r", cmid=0, colorbar=dict(tickformat=".1%")),
+                      coloraxis=dict(colorscale="RdBu_r", cmin=-reach, cmax=reach,
+                                     colorbar=dict(tickformat=".1%")),
                       **dict(LAYOUT, height=height))
     return _warn(fig, groups, f"⚠ in a cell: fewer than {FEW_SAMPLES} samples reach that window; "
                               "hover for the 95% CI")
@@ -142,15 +145,18 @@ def centre_of_gravity(groups: pl.DataFrame) -> go.Figure:
                                   "median position %{customdata[3]:.0f}",
                                   "n=%{customdata[0]} samples"])))
         _hollow(fig, df["temperature"], y, df["few_samples"], i, label)
+        # one legend entry per series (it toggles all three lines); the title says which is which
         fig.add_trace(go.Scatter(
             x=df["temperature"], y=df["median_position"], mode="lines", legendgroup=label,
-            name=f"{label}: median position", line=dict(color=_colour(i), dash="dot", width=1.5),
+            name=f"{label}: median position", showlegend=False,
+            line=dict(color=_colour(i), dash="dot", width=1.5),
             hovertemplate=_hover([f"<b>{label}</b> T=%{{x}}", "median position %{y:.0f}"])))
         if "centre_noncanonical" in df.columns:
             y = df["centre_noncanonical"]
             fig.add_trace(go.Scatter(
                 x=df["temperature"], y=y, mode="lines+markers", legendgroup=label,
-                name=f"{label}: non-canonical tokens", line=dict(color=_colour(i), dash="dash"),
+                name=f"{label}: non-canonical tokens", showlegend=False,
+                line=dict(color=_colour(i), dash="dash"),
                 marker=dict(size=7, symbol="diamond-open"),
                 error_y=dict(type="data", symmetric=False, color=_colour(i, 0.4),
                              array=(df["centre_noncanonical_hi"] - y).fill_nan(None),
@@ -174,15 +180,17 @@ def token_rate(groups: pl.DataFrame) -> go.Figure:
                            "tokens in differing spans", ".1%")
 
 
-def first_divergence(samples: pl.DataFrame) -> go.Figure:
+def first_divergence(survival: pl.DataFrame, keys: list[str]) -> go.Figure:
     """Figure 6c: survival of canonical output: share still canonical up to each position.
 
-    Kaplan–Meier, so completions that never diverge count up to their own length (censored),
-    with Greenwood log-log 95% bands. One panel per model, one curve per temperature.
+    ``survival`` is `curves.survival` by ``keys``: one panel per group of the keys other than
+    temperature, one curve per temperature (Kaplan–Meier, so completions that never diverge
+    count up to their own length; Greenwood log-log 95% bands).
     """
-    rows = samples.filter(pl.col("temperature").is_not_null())
-    keys = ["model", "canonical"] if rows["canonical"].n_unique() > 1 else ["model"]
-    panels = list(rows.sort(keys).group_by(keys, maintain_order=True))
+    rows = survival.filter(pl.col("temperature").is_not_null())
+    by = [k for k in keys if k != "temperature"]
+    panels = list(rows.sort(by).group_by(by, maintain_order=True)) if by else [((), rows)]
+    names = [" · ".join(map(str, k)) or "all samples" for k, _ in panels]
     temps = sorted(rows["temperature"].unique().to_list())
     scale = sample_colorscale("Plasma", [0.85 * k / max(len(temps) - 1, 1)
                                          for k in range(len(temps))])
@@ -190,24 +198,23 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     nrows = max(1, math.ceil(len(panels) / cols))
     spacing, height = _rows(nrows, 290)
     fig = make_subplots(rows=nrows, cols=cols, shared_yaxes=True, vertical_spacing=spacing,
-                        subplot_titles=[html.escape(" · ".join(map(str, k))) for k, _ in panels])
+                        subplot_titles=[html.escape(n) for n in names])
     shown = set()
     for p, (_key, df) in enumerate(panels):
         where = dict(row=p // cols + 1, col=p % cols + 1)
-        for (t,), g in df.sort("temperature").group_by("temperature", maintain_order=True):
+        for g in df.sort("temperature").iter_rows(named=True):
+            t = g["temperature"]
             t_idx = temps.index(t)
-            event = g["first_divergence"].is_not_null().to_numpy()
-            time = np.where(event, g["first_divergence"].fill_null(0).to_numpy(),
-                            g["n_tokens"].to_numpy() - 1)
-            x, s, lo, hi, at_risk = stats.kaplan_meier(time, event)
+            x, s, lo, hi = (g[k] for k in ("tokens", "still_canonical", "still_canonical_lo",
+                                           "still_canonical_hi"))
             colour = scale[t_idx].replace("rgb", "rgba").replace(")", ",0.07)")
             _band(fig, x, lo, hi, colour, f"T={t:g}", shape="hv", **where)
             fig.add_trace(go.Scatter(
                 x=x, y=s, mode="lines", line=dict(color=scale[t_idx], shape="hv"),
                 name=f"T={t:g}", legendgroup=f"T={t:g}", showlegend=t not in shown,
                 legendrank=t_idx,
-                customdata=np.column_stack([lo, hi, at_risk]),
-                hovertemplate=_hover([f"T={t:g}, n={g.height}",
+                customdata=np.column_stack([lo, hi, g["at_risk"]]),
+                hovertemplate=_hover([f"T={t:g}, n={g['n']}",
                                       "canonical after %{x} tokens: %{y:.1%}",
                                       "95% CI %{customdata[0]:.1%} – %{customdata[1]:.1%}",
                                       "%{customdata[2]} samples still observed"])), **where)
@@ -217,8 +224,11 @@ def first_divergence(samples: pl.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="tokens generated")
     fig.update_layout(title="Survival of canonical output: position of the first divergence",
                       **dict(LAYOUT, height=height))
-    g = samples.group_by("model", "temperature").len().sort("model", "temperature")
-    few = g.filter(pl.col("len") < FEW_SAMPLES).rename({"len": "n"}).with_columns(
-        few_samples=pl.lit(True))
+    few = pl.DataFrame(
+        [{"model": name, "temperature": g["temperature"], "n": g["n"], "few_samples": True}
+         for name, (_k, df) in zip(names, panels) for g in df.sort("temperature").iter_rows(named=True)
+         if g["n"] < FEW_SAMPLES],
+        schema={"model": pl.String, "temperature": pl.Float64, "n": pl.Int64,
+                "few_samples": pl.Boolean})
     return _legend_above(_warn(fig, few, "band: 95% CI (Kaplan–Meier, Greenwood); a completion "
                                          "that never diverges counts until its end"))

@@ -5,6 +5,7 @@ for groups with few samples, and the warning written on the figure itself.
 from __future__ import annotations
 
 import html
+from typing import Any
 
 import plotly.graph_objects as go
 import polars as pl
@@ -15,7 +16,7 @@ from tmcli.aggregate.groups import FEW_SAMPLES
 PALETTE = qualitative.Plotly
 
 
-LAYOUT = dict(template="plotly_white", height=460, margin=dict(l=70, r=30, t=120, b=60),
+LAYOUT: dict[str, Any] = dict(template="plotly_white", height=460, margin=dict(l=70, r=30, t=120, b=60),
               legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
               hoverlabel=dict(align="left"))
 
@@ -107,7 +108,7 @@ def _legend_entries(fig: go.Figure) -> list[str]:
 
 def _legend_rows(fig: go.Figure) -> int:
     """Rows a horizontal legend (entries flowing left to right) needs in a 900-px figure."""
-    rows, used = 0, LEGEND_ROW_PX
+    rows, used = 0, float(LEGEND_ROW_PX)
     for name in _legend_entries(fig):
         width = 40 + LEGEND_CHAR_PX * len(html.unescape(name))
         if used + width > LEGEND_ROW_PX:

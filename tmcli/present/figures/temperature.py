@@ -119,7 +119,7 @@ def mean_compression(groups: pl.DataFrame) -> go.Figure:
 def nearest_temperatures(available, wanted) -> list[tuple[float, float]]:
     """(wanted, nearest available) for each wanted temperature, without repeats."""
     avail = sorted({float(t) for t in available if t is not None})
-    out = []
+    out: list[tuple[float, float]] = []
     for w in wanted:
         if not avail:
             break
