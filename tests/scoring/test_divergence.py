@@ -104,23 +104,29 @@ def test_canonical_samples_are_exactly_0_and_1_without_a_forward_pass():
             assert figures["overlap5"] == 1.0
 
 
-def test_a_span_that_ends_the_completion_has_no_position_after_it(smol):
+@pytest.fixture(scope="module")
+def forwards(smol):
+    """SmolLM2 on both whole-sequence forwards, built once for the module."""
     lm, _tok = smol
+    return {name: load_forward(name, lm) for name in ("fused", "transformers")}
+
+
+def test_a_span_that_ends_the_completion_has_no_position_after_it(forwards):
     completion = ids(" They came back") + SPAN
-    d = divergence_many(load_forward("fused", lm), reencoder("smollm2-135m"),
+    d = divergence_many(forwards["fused"], reencoder("smollm2-135m"),
                         [(PROMPT, completion)], after=8)[0]
     assert d["spans"] == 1 and d["positions"] == 0 and d["note"] == NO_POSITION
     assert d["since"] == [] and d["kl"] == [] and d["mean"]["kl"] is None
     assert d["end"]["since"] == 0 and d["end"]["kl"] > 0  # the end is compared all the same
 
 
-def test_fused_and_transformers_forwards_agree_and_spans_change_predictions(smol):
+def test_fused_and_transformers_forwards_agree_and_spans_change_predictions(smol, forwards):
     lm, _tok = smol
     items = [(PROMPT, ids(" They sailed") + SPAN + TAIL),
              (PROMPT, ids(" They sailed") + TAIL),  # canonical
              (PROMPT, SPAN + ids(" at") + spelled(" dawn") + TAIL[2:])]
-    got = {name: divergence_many(load_forward(name, lm), reencoder("smollm2-135m"), items, 6)
-           for name in ("fused", "transformers")}
+    got = {name: divergence_many(f, reencoder("smollm2-135m"), items, 6)
+           for name, f in forwards.items()}
     fused, hf = got["fused"], got["transformers"]
     assert [d["positions"] for d in fused] == [6, 0, 2 + 6]  # 2 between the two spans
     assert fused[2]["since"] == [0, 1, 0, 1, 2, 3, 4, 5] and fused[2]["spans"] == 2

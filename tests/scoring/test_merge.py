@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from tmcli.aggregate.merge import merge_table
 from tmcli.cli import app
+from tmcli.errors import TmcliError
 from tmcli.scoring.compare import log_softmax
 from tmcli.scoring.merge import (
     load_stack,
@@ -62,10 +63,17 @@ def test_the_seeds_padding_rule():
     assert merge_states(h, torch.arange(6.0), "renumber")[1].tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
-@pytest.mark.parametrize("engine", ["fused", "transformers"])
-def test_merged_forward_against_the_unmerged_model(smol, engine):
+@pytest.fixture(scope="module")
+def stacks(smol):
+    """SmolLM2's layers on both engines, built once for the module."""
     lm, _tok = smol
-    stack = load_stack(engine, lm)
+    return {name: load_stack(name, lm) for name in ("fused", "transformers")}
+
+
+@pytest.mark.parametrize("engine", ["fused", "transformers"])
+def test_merged_forward_against_the_unmerged_model(smol, stacks, engine):
+    lm, _tok = smol
+    stack = stacks[engine]
     last = stack.n_layers - 1
     with torch.inference_mode():
         own = log_softmax(lm.model(torch.tensor([IDS])).logits[0, -1])
@@ -80,17 +88,19 @@ def test_merged_forward_against_the_unmerged_model(smol, engine):
             assert m_n == n and all(torch.equal(v, ref_n) for v in merged_n.values())
 
 
-def test_fused_and_transformers_merges_agree(smol):
-    lm, _tok = smol
+def test_fused_and_transformers_merges_agree(stacks):
     with torch.inference_mode():
-        a = merged_vs_reference(load_stack("fused", lm), IDS, [6])[1][6]
-        b = merged_vs_reference(load_stack("transformers", lm), IDS, [6])[1][6]
+        a = merged_vs_reference(stacks["fused"], IDS, [6])[1][6]
+        b = merged_vs_reference(stacks["transformers"], IDS, [6])[1][6]
     assert (a - b).abs().max() < 1e-3
 
 
 def test_cuts():
     assert parse_cuts(None, 30) == [0, 4, 8, 12, 17, 21, 25, 29]
     assert parse_cuts("all", 3) == [0, 1, 2] and parse_cuts("5,2,5", 30) == [2, 5]
+    for bad in ("30", "-1", "x", ""):
+        with pytest.raises(TmcliError):
+            parse_cuts(bad, 30)
 
 
 def test_score_merge_cli_and_its_curves(smol, tmp_path):
@@ -109,7 +119,7 @@ def test_score_merge_cli_and_its_curves(smol, tmp_path):
     assert merge["rows"][2]["merged_length"] == 5 and merge["rows"][2]["nll_ref"] > 0
     table = merge_table(str(out))
     assert table.height == 4 and table["n"].to_list() == [1] * 4
-    for args, message in ((["--layer", "30"], "layers 0 to 29"), (["--lengths", "x"], "--lengths"),
+    for args, message in ((["--lengths", "x"], "--lengths"),
                           (["--merge", "avg"], "unknown merge"),
                           (["--merge-positions", "mid"], "interpolate or renumber")):
         res = runner.invoke(app, ["score", str(src), "--merge", "slerp", "--device", "cpu",
