@@ -39,6 +39,10 @@ __all__ = [
     "span_cause",
     "load_engine",
     "EngineOptions",
+    "score",
+    "ScoreTask",
+    "divergence_profile",
+    "merge_table",
     "analyze_on_ray",
     "ray",
 ]
@@ -73,6 +77,10 @@ _LAZY = {
     "span_cause": "tmcli.measure.causes",
     "load_engine": "tmcli.generation.engines",
     "EngineOptions": "tmcli.generation.engines",
+    "score": "tmcli.scoring.run",
+    "ScoreTask": "tmcli.scoring.run",
+    "divergence_profile": "tmcli.aggregate.divergence",
+    "merge_table": "tmcli.aggregate.merge",
     "analyze_on_ray": "tmcli.aggregate.distributed",
 }
 # Modules exported under another name: `tmcli.ray.CheckIds` (importing it does not import Ray).

@@ -140,7 +140,7 @@ def test_vllm_constrain_at_t2_leaves_nothing_non_canonical(vllm_engine, tmp_path
 @needs_vllm
 def test_vllm_scores_like_the_model_forward(vllm_engine, smol, tmp_path):
     """`score --engine vllm` (prompt logprobs) against the transformers forward, same records."""
-    from tmcli.scoring.nll import score
+    from tmcli.scoring.run import score
 
     src = tmp_path / "gen.jsonl"
     generate("smollm2-135m", PROMPTS[:3], src, temperatures=[1.0, 2.0], max_new_tokens=24,
@@ -152,6 +152,30 @@ def test_vllm_scores_like_the_model_forward(vllm_engine, smol, tmp_path):
     for k in v:
         assert v[k]["nll_tokens"] == t[k]["nll_tokens"] > 0
         assert abs(v[k]["nll_token"] - t[k]["nll_token"]) < 1e-3, (v[k]["nll_token"], t[k]["nll_token"])
+
+
+@needs_vllm
+def test_vllm_divergence_matches_the_fused_forward(vllm_engine, smol, tmp_path):
+    """`score --divergence --engine vllm` (whole distributions from vLLM's logprobs, one request
+    per compared row) against tmcli's fused forward, on the same records."""
+    from tmcli.scoring.run import ScoreTask, score
+
+    data = ROOT / "tests" / "data" / "smollm2_generations.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    src = tmp_path / "gen.jsonl"
+    hot = [r for r in rows if r["temperature"] == 1.4][:4]
+    src.write_text("".join(json.dumps(r) + "\n" for r in hot))
+    task = ScoreTask("divergence", after=6)
+    score(str(src), tmp_path / "v.jsonl", engine=vllm_engine, task=task)
+    score(str(src), tmp_path / "f.jsonl", engine="fused", device="cpu", task=task)
+    v = [json.loads(line)["divergence"] for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    f = [json.loads(line)["divergence"] for line in (tmp_path / "f.jsonl").read_text().splitlines()]
+    assert [d["engine"] for d in v] == ["vllm"] * 4 and sum(d["positions"] for d in v) > 0
+    for a, b in zip(v, f):
+        assert a["since"] == b["since"] and a["top1"] == b["top1"] and a["note"] == b["note"]
+        for x, y in zip(a["kl"] + a["nll_ref"] + [a["end"]["kl"]],
+                        b["kl"] + b["nll_ref"] + [b["end"]["kl"]]):
+            assert abs(x - y) < 1e-3
 
 
 @needs_vllm

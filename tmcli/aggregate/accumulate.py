@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from tmcli.aggregate import stats
+from tmcli.aggregate.divergence import AFTER_SPAN, AT_END, divergence_summary
 from tmcli.measure.causes import CAUSES, column
 
 DRIFT_CAUSES = ("template", "tokenization")  # tmcli.measure.trajectory.CAUSES
@@ -25,6 +26,8 @@ FEW_SAMPLES = 30  # below this a group's figures get a visible warning
 KINDS = ("merged", "lengthened", "resegmented", "invalid_utf8", "unknown_id")
 QUALITY_MEANS = ("chars_per_token", "distinct_2", "repetition_4", "nll_token", "nll_char")
 WINDOW_RESAMPLES = 1000  # at most, for the per-window figures and the centres
+DIVERGENCE_COLUMNS = ["div_positions", *(f"div_{m}" for m in AFTER_SPAN),
+                      *(f"div_end_{m}" for m in AT_END)]
 BUFFER = 256  # a group's rows held before they are summed (`GroupSums.add`)
 # Columns of a group's resampled scalar sums: weight, then (count, total) of each mean
 _MEANS = ("compression", *QUALITY_MEANS)
@@ -49,7 +52,7 @@ class GroupSums:
 
     def __init__(self, key: tuple, window: int, n_resamples: int, seed: int = 0, *,
                  windows_only: bool = False):
-        self.window, self.windows_only = window, windows_only
+        self.window, self.windows_only, self.seed = window, windows_only, seed
         self.n_win = min(n_resamples, WINDOW_RESAMPLES)
         if windows_only:
             n_resamples = self.n_win
@@ -75,6 +78,7 @@ class GroupSums:
         self.study: dict = {}  # model -> per-sample study window lists
         self.study_scores: list = []
         self.prompts: dict = {}  # prompt_index -> [sum, count] per paired proxy
+        self.divergence: list[pl.DataFrame] = []  # scored samples' divergence figures
 
     def add(self, df: pl.DataFrame) -> None:
         """One batch of the group's rows, in input order. Rows are held until the group has
@@ -127,6 +131,11 @@ class GroupSums:
         self.censored.update((df["n_tokens"].filter(first.is_null()) - 1).to_list())
         if "turn" in df.columns:
             self._add_drift(df)
+        if "div_positions" in df.columns and df["div_positions"].null_count() < m:
+            # score --divergence's per-sample figures: kept (a few floats per scored sample:
+            # scoring is a forward pass each, never the bulk of an input)
+            self.divergence.append(df.filter(pl.col("div_positions").is_not_null())
+                                   .select(DIVERGENCE_COLUMNS))
         if "n_chars" in df.columns and df["n_chars"].null_count() < m:
             self.n_chars = (self.n_chars or 0) + int(df["n_chars"].sum())
         cols, targets = [nc, n_tokens], [1, 2]  # resampled column 0 is the total weight
@@ -250,6 +259,7 @@ class GroupSums:
             for model, lists in p.study.items():
                 out.study.setdefault(model, []).extend(lists)
             out.study_scores.extend(p.study_scores)
+            out.divergence.extend(p.divergence)
             for index, entry in p.prompts.items():
                 mine = out.prompts.setdefault(index, [0.0, 0] * (len(entry) // 2))
                 for k, v in enumerate(entry):
@@ -377,5 +387,8 @@ class GroupSums:
         out.update(self.quality())
         out.update({column(c): int(self.causes.get(c, 0)) for c in CAUSES})
         out.update(self.drift())
+        if self.divergence:  # score --divergence, when present
+            out.update(divergence_summary(pl.concat(self.divergence), self.n_resamples,
+                                          self.seed))
         out["few_samples"] = n < FEW_SAMPLES
         return out

@@ -249,12 +249,30 @@ def score(
     temperatures: Annotated[Optional[str], typer.Option(
         "--temperatures", "-t", metavar="T,T|A:B:STEP", help="Score only records at these temperatures (0,1,2 or "
         "0:2:0.2); the rest are copied through unscored.")] = None,
+    divergence: Annotated[bool, typer.Option(
+        "--divergence", help="Instead of the NLL: compare the next-token distributions of the generated and "
+        "the canonical context after each non-canonical span (a divergence field).")] = False,
+    after: Annotated[int, typer.Option(
+        "--after", metavar="K", help="--divergence: aligned positions compared after each span.")] = 32,
+    merge: Annotated[Optional[str], typer.Option(
+        "--merge", metavar="METHOD", help="Instead of the NLL: seed 001's merge of consecutive hidden states "
+        "(slerp) against the unmerged model (a merge field; Llama-architecture models).")] = None,
+    layer: Annotated[Optional[str], typer.Option(
+        "--layer", metavar="L,L|all", help="--merge: layer cuts, merging after these layers (default: 8 "
+        "spread over the depth).")] = None,
+    lengths: Annotated[Optional[str], typer.Option(
+        "--lengths", metavar="N,N", help="--merge: prefix lengths of each record's ids (default "
+        "4,8,...,1024; those longer than a record are skipped).")] = None,
+    merge_positions: Annotated[str, typer.Option(
+        "--merge-positions", help="--merge: positions of merged states, interpolate (between the pair's "
+        "own) or renumber (0, 1, 2, ... as the seed).")] = "interpolate",
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU), float32, bfloat16, "
                                        "float16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch.")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="transformers (the model's forward) or "
-                                        "vllm (its prompt logprobs).")] = "transformers",
+    engine: Annotated[str, typer.Option("--engine", help="auto, fused (Llama-architecture; --divergence, "
+                                        "--merge), transformers (the model's forward) or vllm (its "
+                                        "logprobs; not --merge).")] = "auto",
     tensor_parallel_size: Annotated[int, typer.Option(
         "--tensor-parallel-size", help="vllm: split the model over this many GPUs.")] = 1,
     gpu_memory_utilization: Annotated[Optional[float], typer.Option(
@@ -262,25 +280,38 @@ def score(
         "reserve.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary line.")] = False,
 ) -> None:
-    """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char)."""
+    """Add each completion's NLL under a model, scored on its canonical ids (nll_token, nll_char);
+    or with --divergence / --merge, how much a non-canonical span / a merge changes its predictions."""
     from tmcli.cli.paths import check_output
     from tmcli.cli.sweep_spec import parse_temperatures
-    from tmcli.scoring.nll import score as run_score
+    from tmcli.errors import TmcliError
+    from tmcli.scoring.run import ScoreTask, parse_lengths
+    from tmcli.scoring.run import score as run_score
 
+    if divergence and merge:
+        raise TmcliError("--divergence and --merge are two runs", hint="pass one of them")
     check_output(output, "records", inputs=[input], create_folders=True)
     temps = parse_temperatures(temperatures) if temperatures else None
+    task = ScoreTask("divergence" if divergence else "merge" if merge else "nll", after=after,
+                     merge=merge or "slerp", layers=layer, lengths=parse_lengths(lengths),
+                     positions=merge_positions)
     bar, shown = _progress(quiet)
     try:
-        summary = run_score(input, output, model=model, temperatures=temps,
-                            device=device, dtype=dtype, threads=threads, engine=engine,
+        summary = run_score(input, output, model=model, temperatures=temps, device=device,
+                            dtype=dtype, threads=threads, engine=engine,
                             tensor_parallel_size=tensor_parallel_size,
-                            gpu_memory_utilization=gpu_memory_utilization, progress=shown)
+                            gpu_memory_utilization=gpu_memory_utilization, task=task,
+                            progress=shown)
     finally:
         bar.stop()
     if not quiet:
         copied = f", {summary.passed} copied unscored" if summary.passed else ""
+        what = {"nll": "tokens", "divergence": "positions compared", "merge": "comparisons"}[task.name]
+        same = (f", {summary.identical} canonical (no forward pass)"
+                if task.name == "divergence" else "")
         typer.echo(f"{summary.written} records scored{copied}, {summary.skipped} already done -> "
-                   f"{summary.output} ({summary.tokens} tokens in {summary.seconds:.1f} s)", err=True)
+                   f"{summary.output} ({summary.tokens} {what}{same} in {summary.seconds:.1f} s)",
+                   err=True)
 
 
 # -- diff and filter (RL rollouts and serving logs) ---------------------------------------------

@@ -22,6 +22,7 @@ from tmcli.measure.sample_table import (
     batch_frame,
     record_field,
 )
+from tmcli.measure.scored import divergence_columns
 from tmcli.measure.text_quality import record_float
 
 
@@ -188,6 +189,8 @@ def _record_columns(batch: list, fields: Sequence[str] = ()) -> dict[str, list]:
                 ("nll_token", record_float(meta.get("nll_token"))),
                 ("nll_char", record_float(meta.get("nll_char")))):
             cols[name].append(value)
+        for name, value in divergence_columns(meta.get("divergence")).items():
+            cols[name].append(value)  # score --divergence's figures (nulls: not scored)
         turn = rec.turn.row() if rec.turn is not None else {}
         for name in TURN_COLUMNS:
             cols[name].append(turn.get(name, [] if name == "drift_spans" else None))

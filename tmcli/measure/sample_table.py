@@ -10,9 +10,11 @@ import orjson
 import polars as pl
 
 from tmcli.measure.metrics import METRIC_COLUMNS
+from tmcli.measure.scored import DIVERGENCE_SCHEMA
 
 # The record's own columns (its id, where it was read, what produced it), then the measurement's
-# (`SampleMetrics`), then the NLL figures a record carries from `tmcli score`, then a
+# (`SampleMetrics`), then the figures a record carries from `tmcli score` (its NLL, and
+# `score --divergence`'s comparison of its two contexts), then a
 # trajectory's (`tmcli.io.readers.base.TurnColumns`: a sampled turn's trajectory, turn and
 # message, and the trajectory's drift verdict; null for other samples).
 RECORD_COLUMNS = {
@@ -22,7 +24,7 @@ RECORD_COLUMNS = {
     "top_k": pl.Int64, "top_p": pl.Float64, "min_p": pl.Float64,
     "prompt_index": pl.Int64,
 }
-SCORE_COLUMNS = {"nll_token": pl.Float64, "nll_char": pl.Float64}
+SCORE_COLUMNS = {"nll_token": pl.Float64, "nll_char": pl.Float64, **DIVERGENCE_SCHEMA}
 DRIFT_SPAN = pl.Struct({"position": pl.Int64, "sampled": pl.List(pl.Int64),
                         "rendered": pl.List(pl.Int64), "message": pl.Int64, "cause": pl.String})
 TURN_COLUMNS = {

@@ -25,7 +25,7 @@ from tmcli.aggregate.keys import (
     truncation_label,
 )
 from tmcli.measure.causes import DESCRIPTIONS
-from tmcli.present.figures import modes, position, sampling, temperature, trajectories
+from tmcli.present.figures import divergence, modes, position, sampling, temperature, trajectories
 
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 PLOT_CONFIG = {"displaylogo": False, "responsive": True,
@@ -90,6 +90,7 @@ def build_figures(analysis, temperatures=None) -> list[tuple[str, str, go.Figure
          "completion diverges it leaves the curve.", position.first_divergence(analysis.survival,
                                                              analysis.group_by)),
         *sampling.figures(g),  # per truncation setting, where several were run
+        *divergence.figures(analysis),
         *canonical,
     ]
 

@@ -32,7 +32,6 @@ def chromium_command(binary: str, profile: Path, *args: str) -> list[str]:
 def export_png(analysis, out_dir: str | Path, *, temperatures=None,
                width: int = 1100) -> list[Path]:
     """Write every report figure as ``out_dir/<figure id>.png``; returns the paths."""
-    from tmcli.io.outputs import replacing
     from tmcli.present.html_report import build_figures
 
     binary = find_chromium()
@@ -41,25 +40,34 @@ def export_png(analysis, out_dir: str | Path, *, temperatures=None,
                          hint="install it (Debian: apt-get install chromium) or use --html")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    return [write_png(fig, out / f"{fid}.png", width=width, browser=binary)
+            for fid, _title, fig in build_figures(analysis, temperatures)]
+
+
+def write_png(fig, target: str | Path, *, width: int = 1100, browser: str | None = None) -> Path:
+    """One Plotly figure as a PNG at ``target`` (the report's figures, or any other)."""
+    from tmcli.io.outputs import replacing
+
+    binary = browser or find_chromium()
+    if binary is None:
+        raise TmcliError("PNG export needs Chromium",
+                         hint="install it (Debian: apt-get install chromium) or use --html")
+    target = Path(target)
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
-        for fid, _title, fig in build_figures(analysis, temperatures):
-            height = int(fig.layout.height or 460)
-            fig = fig.update_layout(width=width, height=height)
-            page = tmpdir / f"{fid}.html"
-            page.write_text(fig.to_html(include_plotlyjs=True, full_html=True,
-                                        config={"staticPlot": True}), encoding="utf-8")
-            shot = tmpdir / f"{fid}.png"
-            cmd = chromium_command(binary, tmpdir / "profile", f"--screenshot={shot}",
-                                   f"--window-size={width + 20},{height + 20}",
-                                   "--virtual-time-budget=5000", page.as_uri())
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-            if res.returncode != 0 or not shot.exists():
-                raise TmcliError(f"Chromium could not render figure '{fid}' "
-                                 f"(exit {res.returncode})", hint="try --html instead")
-            target = out / f"{fid}.png"
-            with replacing(target) as part:  # an existing figure is replaced whole, or kept
-                shutil.copyfile(shot, part)
-            written.append(target)
-    return written
+        height = int(fig.layout.height or 460)
+        fig = fig.update_layout(width=width, height=height)
+        page = tmpdir / "figure.html"
+        page.write_text(fig.to_html(include_plotlyjs=True, full_html=True,
+                                    config={"staticPlot": True}), encoding="utf-8")
+        shot = tmpdir / "figure.png"
+        cmd = chromium_command(binary, tmpdir / "profile", f"--screenshot={shot}",
+                               f"--window-size={width + 20},{height + 20}",
+                               "--virtual-time-budget=5000", page.as_uri())
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if res.returncode != 0 or not shot.exists():
+            raise TmcliError(f"Chromium could not render figure '{target.stem}' "
+                             f"(exit {res.returncode})", hint="try --html instead")
+        with replacing(target) as part:  # an existing figure is replaced whole, or kept
+            shutil.copyfile(shot, part)
+    return target

@@ -120,23 +120,39 @@ class LlamaDecoder:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
+    def layer(self, li: int, h, cos, sin, attend):
+        """Decoder layer ``li`` on hidden states ``h`` (B, T, hidden) at the rotary angles
+        ``cos``/``sin`` (`rope`); ``attend(layer, q, k, v)`` returns the attention output
+        (B, T, H*D), storing k/v if it keeps a cache. Also what `tmcli.scoring` runs its
+        whole-sequence forwards (and merges between layers) with."""
+        B, T = h.shape[:2]
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        n1, qkv_proj, o_proj, n2, gate, up, down = self.layers[li]
+        qkv = qkv_proj(self._norm(h, n1))
+        q = qkv[..., : H * D].view(B, T, H, D).transpose(1, 2)
+        k = qkv[..., H * D : (H + KV) * D].view(B, T, KV, D).transpose(1, 2)
+        v = qkv[..., (H + KV) * D :].view(B, T, KV, D).transpose(1, 2)
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        h = o_proj.add(attend(li, q, k, v), h)
+        x = self._norm(h, n2)
+        return down.add(up.mul(x, gate.silu(x)), h)
+
+    def rope(self, positions):
+        """Rotary cos/sin for ``positions`` (B, T); fractional positions are allowed."""
+        return self._rope(positions)
+
+    def final(self, h):
+        """Logits (float32) from last-layer hidden states: the final norm, then the head."""
+        return self.head(self._norm(h, self.final_norm)).float()
+
     def _forward(self, ids, positions, attend):
         """Run ``ids`` (B, T); ``attend(layer, q, k, v)`` stores k/v and returns the attention
         output (B, T, H*D). Returns the logits of the last position only."""
-        B, T = ids.shape
-        H, KV, D = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self._rope(positions)
         h = F.embedding(ids, self.embed)
-        for li, (n1, qkv_proj, o_proj, n2, gate, up, down) in enumerate(self.layers):
-            qkv = qkv_proj(self._norm(h, n1))
-            q = qkv[..., : H * D].view(B, T, H, D).transpose(1, 2)
-            k = qkv[..., H * D : (H + KV) * D].view(B, T, KV, D).transpose(1, 2)
-            v = qkv[..., (H + KV) * D :].view(B, T, KV, D).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            h = o_proj.add(attend(li, q, k, v), h)
-            x = self._norm(h, n2)
-            h = down.add(up.mul(x, gate.silu(x)), h)
-        return self.head(self._norm(h[:, -1], self.final_norm)).float()
+        for li in range(len(self.layers)):
+            h = self.layer(li, h, cos, sin, attend)
+        return self.final(h[:, -1])
 
     # The cache has two parts. The prompt part holds each prompt once ([P, KV, W, D], prompts
     # left-padded to W), shared by all rows (temperatures) of that prompt; the generated part

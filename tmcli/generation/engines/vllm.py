@@ -102,7 +102,9 @@ class VLLMEngine(Engine):
                   generation_config="vllm", enable_prefix_caching=True, seed=0,
                   use_tqdm_on_load=options.progress,
                   tensor_parallel_size=options.tensor_parallel_size,
-                  trust_remote_code=options.trust_remote_code)
+                  trust_remote_code=options.trust_remote_code,
+                  # `score --divergence` reads whole next-token distributions (logprobs=-1)
+                  max_logprobs=-1)
         if self.device == "cuda" and options.tensor_parallel_size > torch.cuda.device_count():
             kw["distributed_executor_backend"] = "ray"  # more GPUs than this node has: multi-node
         if options.max_model_len:
