@@ -5,7 +5,6 @@ top-k shares, bootstrap over records for KL and the top-5 overlap).
 
 from __future__ import annotations
 
-import orjson
 import polars as pl
 
 from tmcli.aggregate import stats
@@ -17,15 +16,10 @@ MEANS = ("overlap5", "kl", "kl_rev")
 
 def merge_rows(path: str) -> pl.DataFrame:
     """One row per (record, layer cut, length) of the ``merge`` fields in ``path``."""
-    from tmcli.io.input_files import iter_lines
+    from tmcli.io.input_files import iter_json
 
     rows = []
-    for source, line, raw in iter_lines(path):
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise TmcliError(f"{source}:{line}: not valid JSON",
-                             hint="fix or delete that line") from None
+    for source, line, obj in iter_json(path):
         merge = obj.get("merge") if isinstance(obj, dict) else None
         if not isinstance(merge, dict) or not isinstance(merge.get("rows"), list):
             continue

@@ -18,6 +18,7 @@ import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tmcli.errors import InvalidRecord, TmcliError, from_os_error
 from tmcli.io.readers.table import table_kind
@@ -261,6 +262,19 @@ def iter_lines(path: str | Input, *, keep_ends: bool = False,
                 yield source, number, raw if keep_ends else stripped
     finally:
         handle.close()
+
+
+def iter_json(path: str) -> Iterator[tuple[str, int, Any]]:
+    """(source, line number, parsed JSON) for each non-blank line (`iter_lines`); a line that
+    is not JSON stops with that file and line."""
+    import orjson
+
+    for source, line, raw in iter_lines(path):
+        try:
+            yield source, line, orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise TmcliError(f"{source}:{line}: not valid JSON",
+                             hint="fix or delete that line") from None
 
 
 def read_text(path: str) -> str:

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from tmcli.errors import TmcliError
 from tmcli.generation.progress import NoProgress, Progress
 
@@ -65,15 +63,10 @@ def parse_lengths(text: str | None) -> tuple[int, ...]:
 
 def read_records(path: str, model: str | None) -> list[tuple[int, dict]]:
     """(line, record) of every line of ``path``; records must carry token ids and a model."""
-    from tmcli.io.input_files import iter_lines
+    from tmcli.io.input_files import iter_json
 
     out = []
-    for source, line, raw in iter_lines(path):
-        try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise TmcliError(f"{source}:{line}: not valid JSON",
-                             hint="fix or delete that line") from None
+    for source, line, obj in iter_json(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("token_ids"), list):
             raise TmcliError(f"{source}:{line}: no token_ids list",
                              hint="score reads tmcli generate records (token_ids, prompt_token_ids)")
