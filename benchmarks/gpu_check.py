@@ -234,7 +234,7 @@ def checks(model: str, tmp: Path, device: str, small: bool, results: list) -> No
 
 
 def tmcli_score(src: Path, out: Path, lm) -> None:
-    from tmcli.scoring.nll import score
+    from tmcli.scoring.run import score
 
     score(str(src), out, engine=lm)
 
