@@ -29,12 +29,21 @@ def test_one_point_per_setting_per_model_and_temperature(tmp_path):
     figures = {anchor: fig for anchor, _caption, fig in build_figures(a)}
     fig = figures["truncation"]
     lines = {(t.name, t.xaxis): (list(t.x), list(t.y)) for t in fig.data if t.name}
-    # pure first, then from the least to the most truncating; T=0.5 ran one setting: no series
+    # pure first, then from the least to the most truncating; only the sweep is drawn: T=1 ran
+    # three settings, T=2 two (a main and a second arm, not a sweep), T=0.5 one
     assert lines[("gpt2 T=1", "x")] == (["pure", "top-p 0.9", "top-k 50"], [0.75, 0.0, 0.25])
-    assert lines[("gpt2 T=2", "x")] == (["pure", "top-k 50"], [1.0, 0.5])
-    assert not any("T=0.5" in name for name, _axis in lines)
+    assert not any("T=2" in name or "T=0.5" in name for name, _axis in lines)
     compressed = lines[("gpt2 T=1", "x2")]  # spelled words merge on re-encoding: compressed
     assert compressed == (["pure", "top-p 0.9", "top-k 50"], [0.75, 0.0, 0.25])
+
+
+def test_two_settings_at_every_temperature_draw_every_temperature(tmp_path):
+    rows = [*_arm(PURE, 1.0, 3), *_arm(TOP_K, 1.0, 1), *_arm(PURE, 2.0, 4), *_arm(TOP_K, 2.0, 2)]
+    a = analyze_file(_records(tmp_path / "two.jsonl", rows), n_resamples=200)
+    fig = truncation_figure(a.groups)
+    lines = {t.name: (list(t.x), list(t.y)) for t in fig.data if t.name and t.xaxis == "x"}
+    assert lines == {"gpt2 T=1": (["pure", "top-k 50"], [0.75, 0.25]),
+                     "gpt2 T=2": (["pure", "top-k 50"], [1.0, 0.5])}
 
 
 def test_no_figure_without_two_settings_to_compare(tmp_path):

@@ -1,9 +1,9 @@
 """The figure against the truncation setting: how much of the effect top-k, top-p and min-p hide.
 
-At each temperature where a model was sampled with several truncation settings (pure sampling,
-top-k 50, top-p 0.95, min-p 0.05...), the share of samples non-canonical and the share
-compressed, per setting, with Wilson intervals: one series per model (and canonical mode, and
-any other group key) and temperature.
+At the temperature(s) where a model was sampled with the most truncation settings (pure
+sampling, top-k 50, top-p 0.95, min-p 0.05...: a sweep), the share of samples non-canonical and
+the share compressed, per setting, with Wilson intervals: one series per model (and canonical
+mode, and any other group key that varies) and temperature.
 """
 
 from __future__ import annotations
@@ -38,15 +38,19 @@ def truncation_figure(groups: pl.DataFrame) -> go.Figure | None:
     rows = rows.with_columns(setting=pl.struct(cut_keys).map_elements(
         lambda r: truncation_label(*(r.get(k) for k in SAMPLING_KEYS)), return_dtype=pl.String))
     others = [k for k in keys if k not in cut_keys and k != "temperature"]
-    lines = []
-    for key, df in rows.sort([*others, "temperature"]).group_by([*others, "temperature"],
-                                                                 maintain_order=True):
-        if df["setting"].n_unique() > 1:
-            at = dict(zip([*others, "temperature"], key))
-            ordered = sorted(df.iter_rows(named=True), key=_order)
-            lines.append((f"{group_label(at, others)} T={at['temperature']:g}", ordered))
-    if not lines:
+    runs = [(dict(zip([*others, "temperature"], key)), df) for key, df in
+            rows.sort([*others, "temperature"]).group_by([*others, "temperature"],
+                                                         maintain_order=True)]
+    runs = [(at, df) for at, df in runs if df["setting"].n_unique() > 1]
+    if not runs:
         return None
+    # the sweep: the runs with the most settings (a study's main and pure arms meet at every
+    # temperature, two points each, which would bury it); keys that never vary are not named
+    most = max(df["setting"].n_unique() for _at, df in runs)
+    runs = [(at, df) for at, df in runs if df["setting"].n_unique() == most]
+    named = [k for k in others if len({at[k] for at, _df in runs}) > 1 or k == "model"]
+    lines = [(f"{group_label(at, named)} T={at['temperature']:g}",
+              sorted(df.iter_rows(named=True), key=_order)) for at, df in runs]
     order = sorted({r["setting"]: r for _l, rs in lines for r in rs}.values(), key=_order)
     categories = [r["setting"] for r in order]
     fig = make_subplots(rows=1, cols=len(PANELS), shared_yaxes=True, horizontal_spacing=0.05,
@@ -76,8 +80,8 @@ def truncation_figure(groups: pl.DataFrame) -> go.Figure | None:
     fig.update_layout(title="How truncation hides non-canonical output (95% Wilson intervals)",
                       **LAYOUT)
     shown = pl.DataFrame([r for _l, rs in lines for r in rs])
-    return _legend_above(_warn(fig, shown, "each series: one model and temperature, sampled "
-                                           "with several truncation settings"))
+    return _legend_above(_warn(fig, shown, "each series: one model at the temperature(s) "
+                                           "sampled with the most truncation settings"))
 
 
 def figures(groups: pl.DataFrame) -> list[tuple[str, str, go.Figure]]:

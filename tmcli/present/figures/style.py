@@ -146,6 +146,10 @@ def _legend_right(fig: go.Figure, most_above: int = 4) -> go.Figure:
     if len(names) <= most_above:
         return _title_and_legend(fig)
     widest = max(len(html.unescape(n)) for n in names)
+    groups = {t.legendgroup for t in fig.data if t.showlegend is not False and t.name}
+    need = TITLE_PX + 80 + 20 * len(names) + 10 * len(groups)  # every entry shown, none cut
+    if need > (fig.layout.height or 450):
+        fig.update_layout(height=need)
     fig.update_layout(title=dict(y=1, yref="container", yanchor="top", pad=dict(t=18)),
                       legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"),
                       margin=dict(r=min(60 + int(LEGEND_CHAR_PX * widest), 420), t=TITLE_PX + 14))
