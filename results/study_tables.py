@@ -46,6 +46,22 @@ def kinds(g: dict) -> str:
                                                  "invalid_utf8"))
 
 
+def fit(f: dict, prefix: str) -> str:
+    """A logistic fit's midpoint, slope and RMSE, or why there is none."""
+    if f[prefix + "midpoint"] is None:
+        return "no fit: " + (f[prefix + "reason"] or "")
+    return f"{f[prefix + 'midpoint']:.2f}, {f[prefix + 'slope']:.1f}, {f[prefix + 'rmse']:.3f}"
+
+
+def ci(r: dict, name: str, fmt: str = ".2f") -> str:
+    """A figure with its interval in brackets (empty when missing), minus signs typeset."""
+    v, lo, hi = r.get(name), r.get(name + "_lo"), r.get(name + "_hi")
+    if v is None:
+        return ""
+    text = f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None else f"{v:{fmt}}"
+    return text.replace("-", "−")
+
+
 def main(path: str = "results/study_summary.json") -> None:
     data = json.load(open(path))
     groups = [g for g in data["groups"] if (g.get("canonical") or "off") == "off"]
@@ -79,27 +95,17 @@ def main(path: str = "results/study_summary.json") -> None:
     for f in data["sigmoid_fits"]:
         if f["n_temperatures"] < 3 or (f.get("canonical") or "off") != "off":
             continue
-
-        def fit(prefix: str) -> str:
-            if f[prefix + "midpoint"] is None:
-                return "no fit: " + (f[prefix + "reason"] or "")
-            return (f"{f[prefix + 'midpoint']:.2f}, {f[prefix + 'slope']:.1f}, "
-                    f"{f[prefix + 'rmse']:.3f}")
-        print(f"| {NAMES.get(f['model'], f['model'])} | {arm(f)} | {fit('nc_')} | {fit('')} |")
+        print(f"| {NAMES.get(f['model'], f['model'])} | {arm(f)} | {fit(f, 'nc_')} | "
+              f"{fit(f, '')} |")
     print("\n## Canonical vs free (paired by prompt)\n")
     print("| model | T | arm | mode | non-canonical | NLL/token | chars/token | "
           "Δ NLL/token vs off | Δ chars/token |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in data["canonical_comparison"]:
-        def ci(name: str, fmt: str = ".2f") -> str:
-            v, lo, hi = r.get(name), r.get(name + "_lo"), r.get(name + "_hi")
-            if v is None:
-                return ""
-            return f"{v:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if lo is not None else f"{v:{fmt}}"
         print(f"| {NAMES.get(r['model'], r['model'])} | {r['temperature']:g} | {arm(r)} | "
-              f"{r['canonical']} | {r['n_noncanonical']}/{r['n']} | {ci('nll_token')} | "
-              f"{r['chars_per_token']:.2f} | {ci('diff_nll_token')} | "
-              f"{ci('diff_chars_per_token')} |".replace("-", "−"))
+              f"{r['canonical']} | {r['n_noncanonical']}/{r['n']} | {ci(r, 'nll_token')} | "
+              f"{r['chars_per_token']:.2f} | {ci(r, 'diff_nll_token')} | "
+              f"{ci(r, 'diff_chars_per_token')} |")
 
 
 if __name__ == "__main__":
