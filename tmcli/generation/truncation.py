@@ -85,7 +85,9 @@ def truncate_(scores, settings: Sequence[Truncation]):
         _top_k(scores, k_rows, [settings[i].top_k for i in k_rows])
     p_rows = [i for i, s in enumerate(settings) if s.top_p < 1]
     if p_rows:
-        _top_p(scores, p_rows, [settings[i].top_p for i in p_rows])
+        # few tokens left in every such row only where a top-k of at most TOPK_SORT_MAX ran
+        few = all(0 < settings[i].top_k <= TOPK_SORT_MAX for i in p_rows)
+        _top_p(scores, p_rows, [settings[i].top_p for i in p_rows], few=few)
     m_rows = [i for i, s in enumerate(settings) if s.min_p > 0]
     if m_rows:
         _min_p(scores, m_rows, [settings[i].min_p for i in m_rows])
@@ -117,13 +119,14 @@ def _top_k(scores, rows: list[int], ks: list[int]) -> None:
     _put(scores, sub, index)
 
 
-def _sorted_values(sub):
+def _sorted_values(sub, few: bool = True):
     """Each row's values in ascending order (what `torch.sort` returns as values), and the
-    position before which every row holds only -inf."""
+    position before which every row holds only -inf. ``few``: the rows may hold few finite
+    values (a top-k ran before); else they are sorted whole without counting them."""
     import numpy as np
     import torch
 
-    most = int(torch.isfinite(sub).sum(1).max())
+    most = int(torch.count_nonzero(torch.isfinite(sub), dim=1).max()) if few else sub.shape[1]
     if most <= TOPK_SORT_MAX:  # after top-k: the few finite values, the rest are -inf
         out = torch.full_like(sub, float("-inf"))
         out[:, sub.shape[1] - most:] = torch.topk(sub, most).values.flip(1)
@@ -133,21 +136,21 @@ def _sorted_values(sub):
     return torch.sort(sub, dim=1).values, 0
 
 
-def _top_p(scores, rows: list[int], ps: list[float]) -> None:
+def _top_p(scores, rows: list[int], ps: list[float], few: bool = True) -> None:
     import torch
 
     sub, index = _rows(scores, rows)
-    ordered, start = _sorted_values(sub)
+    ordered, start = _sorted_values(sub, few)
     # the softmax of the whole sorted row, as transformers computes it; its cumulative sum from
     # `start` on is the same (the -inf before add exact zeros), and only there can a token stay
     cumulative = ordered.softmax(dim=-1)[:, start:].cumsum(dim=-1)
     tail = ordered[:, start:]
     # transformers compares with the Python float 1 - top_p, cast to the scores' dtype
-    drop = cumulative <= torch.tensor([1 - p for p in ps], dtype=cumulative.dtype,
-                                      device=sub.device)[:, None]
-    drop[:, -1] = False
-    first_kept = drop.sum(1)  # dropped positions are a prefix (the cumulative sum never falls)
-    at = first_kept[:, None]
+    limit = torch.tensor([1 - p for p in ps], dtype=cumulative.dtype, device=sub.device)[:, None]
+    # tokens with cumulative <= limit are dropped, never the last; they are a prefix (a sum of
+    # non-negative terms never falls), so their count is a binary search, not a pass over the row
+    at = torch.searchsorted(cumulative, limit, right=True).clamp(max=cumulative.shape[1] - 1)
+    first_kept = at.squeeze(1)
     lowest_kept = tail.gather(1, at)
     highest_dropped = tail.gather(1, (at - 1).clamp(min=0))
     tied = ((first_kept > 0) & (highest_dropped == lowest_kept).squeeze(1)).nonzero().flatten()
