@@ -96,8 +96,9 @@ class GroupSums:
             return
         df = self.held[0] if len(self.held) == 1 else pl.concat(self.held, how="vertical_relaxed")
         self.held, self.n_held = [], 0
-        if not self.resampled.size:
-            self.resampled = np.zeros((self.n_resamples, 3 + 2 * len(_MEANS)))
+        if not self.resampled.size:  # a windows-only group reads the total weight alone
+            width = 1 if self.windows_only else 3 + 2 * len(_MEANS)
+            self.resampled = np.zeros((self.n_resamples, width))
         if self.windows_only:
             self.n += df.height
             self.lengths.update(df["n_tokens"].to_list())

@@ -15,16 +15,14 @@ import polars as pl
 
 from tmcli.aggregate import stats
 from tmcli.aggregate.accumulate import DRIFT_CAUSES, FEW_SAMPLES, QUALITY_MEANS, GroupSums
-from tmcli.aggregate.keys import ARMS, series_keys
+from tmcli.aggregate.keys import ARMS, SAMPLING_KEYS, series_keys
+from tmcli.measure.sample_table import SAMPLE_SCHEMA
 
 # One sample = one id within its model, temperature and canonical mode (tools that number their
 # requests 0..N per run reuse ids across runs, which are different samples).
 DUPLICATE_KEY = ("id", "model", "temperature", "canonical")
-DEFAULT_GROUP_BY = ("model", "temperature")
 # the default groups before the arms that vary are known: model, arm (`keys.ARMS`), temperature
 FINEST = ("model", *ARMS, "temperature")
-SAMPLE_DTYPES = {"model": pl.String, "canonical": pl.String, "top_k": pl.Int64,
-                 "top_p": pl.Float64, "min_p": pl.Float64, "temperature": pl.Float64}
 PAIRED = ("nll_token", "chars_per_token")
 
 
@@ -74,7 +72,7 @@ class Summariser:
         """Add a batch of rows; returns those counted (without duplicates, with ``dedupe``)."""
         missing = [k for k in FINEST if k not in frame.columns]  # rows that never say
         if missing:
-            frame = frame.with_columns(pl.lit(None, SAMPLE_DTYPES[k]).alias(k) for k in missing)
+            frame = frame.with_columns(pl.lit(None, SAMPLE_SCHEMA[k]).alias(k) for k in missing)
         if self.dedupe and frame.height:
             frame = self._new(frame)
         self.n += frame.height
@@ -282,9 +280,9 @@ def summarise(samples: pl.DataFrame, keys: list[str], window: int,
 
 
 def _comparison_schema() -> dict:
-    schema = {"model": pl.String, "top_k": pl.Int64, "top_p": pl.Float64, "min_p": pl.Float64,
-              "temperature": pl.Float64, "canonical": pl.String, "n": pl.Int64,
-              "n_noncanonical": pl.Int64}
+    schema = {**{k: SAMPLE_SCHEMA[k] for k in ("model", *SAMPLING_KEYS, "temperature",
+                                               "canonical")},
+              "n": pl.Int64, "n_noncanonical": pl.Int64}
     for name in ("fraction_noncanonical", "mean_compression", *QUALITY_MEANS):
         schema.update({name: pl.Float64, name + "_lo": pl.Float64, name + "_hi": pl.Float64})
     for name in QUALITY_MEANS:
