@@ -1,9 +1,10 @@
 """Measuring batches of samples on every core, results in input order.
 
-Re-encoding is CPU-bound Python + Rust work. The first batches are measured in-process, which
-builds the tokenizer tables and warms the per-piece cache; later batches go to worker processes
-forked from this one (on Linux), so they start with those tables and caches at no cost. Where
-fork is unavailable, or with one core, everything stays in-process.
+Re-encoding is CPU-bound Python + Rust work. Batches go to worker processes forked from this
+one (on Linux) as soon as there is one for each worker; the tokenizer tables are built here
+first, so every worker starts with them at no cost, and no batch is measured here while workers
+could share it. Where fork is unavailable, with one core, or with a single batch, everything
+stays in-process.
 
 Workers are bounded: never more than the cores this process may use (``TMCLI_JOBS`` lowers
 that; a value that is not a positive whole number is refused), and never more than there are
@@ -127,12 +128,9 @@ def default_jobs() -> int:
 class Measurer:
     """Submit (spec, samples) batches; iterate results in submission order."""
 
-    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None,
-                 inline_batches: int = 2):
+    def __init__(self, window: int, context: bool, method: str, *, jobs: int | None = None):
         self.window, self.context, self.method = window, context, method
         self.jobs = default_jobs() if jobs is None else check_jobs(jobs)
-        self.inline_batches = inline_batches
-        self._submitted = 0
         self._pool = None
         self._waiting: list = []  # batches held until there is work for a pool (or the end)
         self._pending: deque = deque()
@@ -144,6 +142,8 @@ class Measurer:
         """Fork ``workers`` processes and hand them the batches waiting; without fork (or with
         a single batch) the waiting batches are measured here, in order."""
         if workers > 1:
+            for spec in {spec for _tag, spec, _samples in self._waiting}:
+                _encoder(spec, self.window, self.context).vocab.plain_bytes()  # inherited
             self._pool = _fork_pool(workers)
         waiting, self._waiting = self._waiting, []
         for tag, spec, samples in waiting:
@@ -160,8 +160,7 @@ class Measurer:
 
     def submit(self, spec: str, samples: list[Sample], tag) -> Iterator[tuple[object, MetricsBatch]]:
         """Queue a batch; yields the (tag, metrics) of batches that are complete, in order."""
-        self._submitted += 1
-        if self.jobs == 1 or self._submitted <= self.inline_batches:
+        if self.jobs == 1:
             yield from self.drain()
             yield tag, self._inline(spec, samples)
             return

@@ -60,9 +60,17 @@ def batch_frame(record_columns: dict[str, list], metrics, fields: Sequence[str] 
     arrays = metrics.arrow_columns()
     schema = schema_with(fields)
     cols = {name: pl.from_arrow(arrays[name]) if name in arrays
-            else pl.Series(name, record_columns[name], dtype=dtype)
+            else _series(name, record_columns[name], dtype)
             for name, dtype in schema.items()}
     return pl.DataFrame(cols).cast(schema)
+
+
+def _series(name: str, values: list, dtype) -> pl.Series:
+    """A column from one value per row; a list column whose rows are all empty lists (a turn's
+    drift spans, outside trajectories) as one empty list repeated, not one object per row."""
+    if isinstance(dtype, pl.List) and values and all(type(v) is list and not v for v in values):
+        return pl.Series(name, [[]], dtype=dtype).gather([0] * len(values))
+    return pl.Series(name, values, dtype=dtype)
 
 
 def schema_with(fields: Sequence[str] = ()) -> dict:
