@@ -65,6 +65,10 @@ def test_the_spec_is_typed_and_multiplies_the_axes():
     (["--sampling-config", "model", "--top-k", "50"],
      "--top-k cannot be combined with --sampling-config model"),
     (["--sampling-config", "hub"], "unknown --sampling-config 'hub'"),
+    (["--turns", "1", "--sampling-config", "model", "--top-k", "50"],
+     "--top-k cannot be combined with --sampling-config model"),
+    (["--turns", "1", "--top-p", "2"], "--top-p takes numbers in [0, 1]"),
+    (["--turns", "1", "--canonical", "constrain"], "--canonical is not supported with --turns"),
 ])
 def test_sampling_mistakes_are_one_line_and_exit_2(tmp_path, extra, message):
     prompts = tmp_path / "p.txt"

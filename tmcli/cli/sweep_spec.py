@@ -108,17 +108,8 @@ class SweepSpec:
             raise TmcliError(f"unknown --sampling-config '{sampling_config}'",
                              hint="use --sampling-config model (each model's generation config), "
                                   "or leave it out for pure sampling unless --top-k/-p/--min-p")
-        if options.get("turns") is not None:
-            given = [flag for flag, v in (("--top-k", top_k), ("--top-p", top_p),
-                                          ("--min-p", min_p), ("--sampling-config",
-                                                               sampling_config)) if v is not None]
-            if given:
-                raise TmcliError(f"{', '.join(given)} not supported with --turns yet (turns are "
-                                 "sampled with temperature alone)",
-                                 hint="drop them, or sample single turns without --turns")
-            if options.get("canonical", "off") != "off":
-                raise TmcliError("--canonical is not supported with --turns",
-                                 hint="drop one of them")
+        if options.get("turns") is not None and options.get("canonical", "off") != "off":
+            raise TmcliError("--canonical is not supported with --turns", hint="drop one of them")
         if temperatures is None and sampling_config is None:
             temperatures = DEFAULT_TEMPERATURES
         engine_keys = ("device", "dtype", "threads", "batch_size", "trust_remote_code",
@@ -151,8 +142,10 @@ class SweepSpec:
                     if k in ("device", "dtype", "threads", "batch_size", "trust_remote_code")}
             return generate_trajectories(
                 self.models, self.read_prompts(), self.output, turns=self.turns,
-                temperatures=self.temperatures or [1.0], max_new_tokens=self.max_new_tokens,
-                seed=self.seed, engine=self.engine, progress=progress, **opts)
+                temperatures=self.temperatures, top_k=self.top_k, top_p=self.top_p,
+                min_p=self.min_p, sampling_config=self.sampling_config,
+                max_new_tokens=self.max_new_tokens, seed=self.seed, engine=self.engine,
+                progress=progress, **opts)
         return generate(self.models, self.read_prompts(), self.output,
                         temperatures=self.temperatures, top_k=self.top_k, top_p=self.top_p,
                         min_p=self.min_p, sampling_config=self.sampling_config,

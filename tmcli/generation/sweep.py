@@ -30,7 +30,7 @@ from tmcli.generation.constrain import CANONICAL_MODES
 from tmcli.generation.engines import Engine
 from tmcli.generation.progress import NoProgress, Progress
 from tmcli.generation.prompts import Prompt
-from tmcli.generation.truncation import NONE, Truncation
+from tmcli.generation.truncation import NONE, Truncation, sampling_axes, truncation_arg
 from tmcli.sources.aliases import DEFAULT_MODEL
 
 
@@ -68,13 +68,8 @@ def record_id(model: str, prompt: Prompt, temperature: float, seed: int, *, max_
     fed = ",".join(map(str, prompt_ids))
     key = (f"{model}\0{prompt.text}\0{temperature!r}\0{seed}\0{max_new_tokens}\0{stop_at_eos}"
            f"\0{canonical}\0{fed}")
-    cut = ""
-    if truncation.active:
-        t = truncation
-        key += f"\0top_k={t.top_k}\0top_p={t.top_p!r}\0min_p={t.min_p!r}"
-        cut = "".join(part for part in (f"top_k{t.top_k}:" if t.top_k else "",
-                                        f"top_p{t.top_p:g}:" if t.top_p < 1 else "",
-                                        f"min_p{t.min_p:g}:" if t.min_p else "") if part)
+    extra, cut = truncation.id_parts()
+    key += extra
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     mode = "" if canonical == "off" else f"{canonical}:"
     return f"{model}:T{temperature:g}:{cut}p{prompt.index}:s{seed}:{mode}{digest}"
@@ -175,7 +170,6 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
     `GenerateInterrupted`, which carries the summary of what was saved."""
     from tmcli import __version__
     from tmcli.generation.engines import ENGINE_CHOICES, EngineOptions, load_engine, resolve_engine
-    from tmcli.generation.truncation import model_sampling_config
     from tmcli.io.writer import RecordWriter, existing_ids
     from tmcli.sources.models import model_prompt_tokenizer, needs_conversion
     from tmcli.sources.tokenizers import encode_prompt, load_tokenizer
@@ -226,12 +220,8 @@ def generate(models: str | Sequence[str], prompts: Sequence[Prompt | str], outpu
         todo[spec] = []
         ptok = model_prompt_tokenizer(spec)
         prompt_ids[spec] = fed = {p.index: encode_prompt(ptok, p.text) for p in prompts}
-        temps, spec_cuts = temperatures or [1.0], cuts
-        if sampling_config == "model":
-            if needs_conversion(spec):
-                note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
-            config_t, cut = model_sampling_config(spec, trust_remote_code=trust_remote_code)
-            temps, spec_cuts = temperatures or [config_t], [cut]
+        temps, spec_cuts = sampling_axes(spec, temperatures, cuts, sampling_config,
+                                         trust_remote_code=trust_remote_code, note=note)
         for p in prompts:
             for t in temps:
                 for cut in spec_cuts:
@@ -357,10 +347,7 @@ def _sweep(eng: Engine, jobs: list[_Job], ids: dict[int, list[int]], writer,
                                      [j.temperature for j in batch], [j.row_seed for j in batch],
                                      mode=canonical, max_new_tokens=max_new_tokens,
                                      stop_at_eos=stop_at_eos, every=retokenize_every,
-                                     # asked only where a row truncates: an engine
-                                     # registered before truncation still samples purely
-                                     **({"truncation": [j.truncation for j in batch]}
-                                        if any(j.truncation.active for j in batch) else {}),
+                                     **truncation_arg([j.truncation for j in batch]),
                                      on_step=progress.advance)
             except (RuntimeError, MemoryError) as exc:
                 if not _is_oom(exc):

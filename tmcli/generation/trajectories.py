@@ -11,7 +11,10 @@ A turn that reaches ``max_new_tokens`` without ending ends its conversation ther
 (``finish_reason`` ``length``), as an agent loop stops.
 
 Every engine and the sampler are the sweep's (`tmcli.generation.engines`): all active turns of
-all conversations and temperatures decode together, each row with its own seeded generator. A
+all conversations, temperatures and truncation settings decode together, each row with its own
+seeded generator. The sampling axes are the sweep's too (`sweep.truncation_grid`,
+`truncation.sampling_axes`): one conversation per (model, user turns, temperature, truncation
+setting), its truncation applied to every turn, and recorded as single-turn records state it. A
 record is written when its conversation ends; a rerun skips the conversations already written.
 """
 
@@ -28,17 +31,20 @@ from pathlib import Path
 from tmcli.errors import TmcliError
 from tmcli.generation.progress import NoProgress, Progress
 from tmcli.generation.prompts import Prompt
-from tmcli.generation.sweep import GenerateInterrupted, GenerateSummary, row_seed
+from tmcli.generation.sweep import GenerateInterrupted, GenerateSummary, row_seed, truncation_grid
+from tmcli.generation.truncation import NONE, Truncation, sampling_axes, truncation_arg
 
 
 @dataclass
 class _Conversation:
-    """One conversation at one temperature, as far as it has been sampled."""
+    """One conversation at one temperature and truncation setting, as far as it has been
+    sampled."""
 
     id: str
     index: int
     users: list[Prompt]
     temperature: float
+    truncation: Truncation = NONE
     messages: list = field(default_factory=list)
     prompt_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
@@ -64,12 +70,15 @@ def conversations_of(prompts: Sequence[Prompt], turns: int) -> list[list[Prompt]
 
 
 def conversation_id(model: str, users: list[Prompt], temperature: float, seed: int, *,
-                    max_new_tokens: int, template: str) -> str:
-    """Readable and deterministic; the digest covers the user turns, lengths and template."""
+                    max_new_tokens: int, template: str, truncation: Truncation = NONE) -> str:
+    """Readable and deterministic; the digest covers the user turns, lengths and template.
+    Truncation is in the id only when it truncates (as in `sweep.record_id`), so a
+    pure-sampling conversation keeps the id it always had."""
+    extra, cut = truncation.id_parts()
     key = "\0".join([model, *(u.text for u in users), repr(temperature), str(seed),
-                     str(max_new_tokens), template])
+                     str(max_new_tokens), template]) + extra
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return f"{model}:T{temperature:g}:c{users[0].index}:s{seed}:turns{len(users)}:{digest}"
+    return f"{model}:T{temperature:g}:{cut}c{users[0].index}:s{seed}:turns{len(users)}:{digest}"
 
 
 def end_of_turn(renderer, eos_ids: Sequence[int], vocab) -> int:
@@ -105,13 +114,18 @@ def _env_ids(renderer, conv: _Conversation, user: Prompt, eot_text: str) -> list
 
 def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt | str],
                           output: str | os.PathLike, *, turns: int,
-                          temperatures: Sequence[float] = (1.0,), max_new_tokens: int = 256,
+                          temperatures: Sequence[float] | None = None,
+                          top_k: int | Sequence[int] | None = None,
+                          top_p: float | Sequence[float] | None = None,
+                          min_p: float | Sequence[float] | None = None,
+                          sampling_config: str | None = None, max_new_tokens: int = 256,
                           seed: int = 0, device: str = "auto", dtype: str = "auto",
                           threads: int | None = None, batch_size: int | None = None,
                           trust_remote_code: bool = False, engine: str = "auto",
                           progress: Progress | None = None) -> GenerateSummary:
-    """One trajectory record per (model, conversation, temperature) into ``output`` (JSONL),
-    resuming; see the module docstring. ``progress`` is as for `sweep.generate`."""
+    """One trajectory record per (model, conversation, temperature, truncation setting) into
+    ``output`` (JSONL), resuming; see the module docstring. ``temperatures``, ``top_k``,
+    ``top_p``, ``min_p``, ``sampling_config`` and ``progress`` are as for `sweep.generate`."""
     from tmcli import __version__
     from tmcli.generation.engines import EngineOptions, load_engine, resolve_engine
     from tmcli.io.writer import RecordWriter, existing_ids
@@ -121,10 +135,12 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
 
     models = [models] if isinstance(models, str) else list(dict.fromkeys(models))
     chosen = [p if isinstance(p, Prompt) else Prompt(i, p) for i, p in enumerate(prompts)]
-    temperatures = list(dict.fromkeys(float(t) for t in temperatures))
+    temperatures = None if temperatures is None else \
+        list(dict.fromkeys(float(t) for t in temperatures))
+    cuts = truncation_grid(top_k, top_p, min_p, sampling_config)
     if not models or not chosen:
         raise TmcliError("no model or no prompts given", hint="pass --model and --prompts")
-    if any(t < 0 or t != t for t in temperatures) or not temperatures:
+    if temperatures is not None and (not temperatures or any(t < 0 or t != t for t in temperatures)):
         raise TmcliError("temperatures must be >= 0", hint="e.g. --temperatures 0,1")
     for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
                         ("--threads", threads)):
@@ -140,15 +156,20 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
             for spec in models:
                 model_prompt_tokenizer(spec)  # an unknown model fails here, before loading
                 renderer, vocab = renderer_for(tokenizer_name(spec))
+                temps, spec_cuts = sampling_axes(spec, temperatures, cuts, sampling_config,
+                                                 trust_remote_code=trust_remote_code,
+                                                 note=progress.note)
                 convs = []
                 for users in groups:
-                    for t in temperatures:
-                        cid = conversation_id(spec, users, t, seed, max_new_tokens=max_new_tokens,
-                                              template=renderer.template)
-                        if cid in done:
-                            summary.skipped += 1
-                        else:
-                            convs.append(_Conversation(cid, users[0].index, users, t))
+                    for t in temps:
+                        for cut in spec_cuts:
+                            cid = conversation_id(spec, users, t, seed, truncation=cut,
+                                                  max_new_tokens=max_new_tokens,
+                                                  template=renderer.template)
+                            if cid in done:
+                                summary.skipped += 1
+                            else:
+                                convs.append(_Conversation(cid, users[0].index, users, t, cut))
                 if not convs:
                     continue
                 name = resolve_engine(engine, spec, device)
@@ -164,7 +185,7 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
                 try:
                     _run(eng, convs, renderer, vocab, writer, summary, progress, turns=turns,
                          seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         version=__version__)
+                         version=__version__, sampling_config=sampling_config)
                 finally:
                     eng.close()
     except KeyboardInterrupt:
@@ -174,12 +195,15 @@ def generate_trajectories(models: str | Sequence[str], prompts: Sequence[Prompt 
 
 def _run(eng, convs: list[_Conversation], renderer, vocab, writer, summary, progress, *,
          turns: int, seed: int, max_new_tokens: int, batch_size: int | None,
-         version: str) -> None:
+         version: str, sampling_config: str | None = None) -> None:
     """Sample every conversation turn by turn on ``eng``, writing each when it ends."""
     eot = end_of_turn(renderer, eng.eos_ids, vocab)
     eot_text = vocab.original.id_to_token(eot)
     eng.eos_ids = (eot,)  # a turn ends at the template's end-of-turn token, as a stop id
     meta = eng.metadata()
+    sampling = {"repetition_penalty": 1.0, "min_new_tokens": 0, "max_new_tokens": max_new_tokens,
+                "stop_at_eos": True, "eos_token_ids": [eot],
+                **({"config": sampling_config} if sampling_config else {})}
     progress.start(len(convs) * turns * max_new_tokens)
     progress.describe(f"{eng.spec} ({meta['engine']}, {turns} turns)")
     for conv in convs:
@@ -200,6 +224,7 @@ def _run(eng, convs: list[_Conversation], renderer, vocab, writer, summary, prog
                 results = eng.decode([c.ids for c in batch], list(range(len(batch))),
                                      [c.temperature for c in batch], seeds, mode="off",
                                      max_new_tokens=max_new_tokens, stop_at_eos=True,
+                                     **truncation_arg([c.truncation for c in batch]),
                                      on_step=progress.advance)
                 for conv, (gen, reason, _stats) in zip(batch, results):
                     _take_turn(conv, gen, reason, eot, eot_text, renderer, vocab, turn, turns)
@@ -207,8 +232,8 @@ def _run(eng, convs: list[_Conversation], renderer, vocab, writer, summary, prog
                 progress.advance(sum(max_new_tokens - len(g) for g, *_ in results))
                 finished = [c for c in batch if c.done]
                 if finished:
-                    writer.write([_record(c, eng, meta, eot, seed, max_new_tokens, size,
-                                          renderer, version) for c in finished])
+                    writer.write([_record(c, eng, meta, sampling, seed, size, version)
+                                  for c in finished])
                     summary.written += len(finished)
     finally:
         summary.seconds += time.perf_counter() - started
@@ -235,20 +260,19 @@ def _take_turn(conv: _Conversation, gen: list[int], reason: str, eot: int, eot_t
     conv.messages.append({"role": "user", "content": user.text})
 
 
-def _record(conv: _Conversation, eng, meta: dict, eot: int, seed: int, max_new_tokens: int,
-            size: int, renderer, version: str) -> dict:
+def _record(conv: _Conversation, eng, meta: dict, sampling: dict, seed: int, size: int,
+            version: str) -> dict:
+    """``sampling``: the settings every conversation of the run shares (lengths, stop ids)."""
     return {
         "id": conv.id, "model": eng.spec, "model_id": eng.model_id, "tokenizer": eng.tokenizer,
-        "temperature": conv.temperature, "prompt_index": conv.index,
+        "temperature": conv.temperature, **conv.truncation.as_dict(), "prompt_index": conv.index,
         "prompt": conv.users[0].text, "messages": conv.messages,
         "prompt_token_ids": conv.prompt_ids, "token_ids": conv.token_ids,
         "response_mask": conv.mask, "n_turns": sum(m["role"] == "assistant"
                                                   for m in conv.messages),
         "finish_reason": conv.finish_reason, "seed": seed,
         "sampling": {"do_sample": conv.temperature > 0, "temperature": conv.temperature,
-                     "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0, "min_new_tokens": 0,
-                     "max_new_tokens": max_new_tokens, "stop_at_eos": True,
-                     "eos_token_ids": [eot]},
+                     **conv.truncation.as_dict(), **sampling},
         "canonical": "off", **meta, "batch_size": size, "tmcli_version": version,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -71,8 +71,27 @@ class Truncation:
                  f"min-p {self.min_p:g}" if self.min_p else ""]
         return " ".join(p for p in parts if p) or "pure"
 
+    def id_parts(self) -> tuple[str, str]:
+        """What a record id adds for this setting: (to its digest's key, to its readable part,
+        e.g. ``top_k50:top_p0.95:``); both empty when nothing truncates, so a pure-sampling
+        record keeps the id it had before truncation existed."""
+        if not self.active:
+            return "", ""
+        key = f"\0top_k={self.top_k}\0top_p={self.top_p!r}\0min_p={self.min_p!r}"
+        label = "".join(part for part in (f"top_k{self.top_k}:" if self.top_k else "",
+                                          f"top_p{self.top_p:g}:" if self.top_p < 1 else "",
+                                          f"min_p{self.min_p:g}:" if self.min_p else ""))
+        return key, label
+
 
 NONE = Truncation()
+
+
+def truncation_arg(settings: Sequence[Truncation]) -> dict:
+    """The ``truncation=`` keyword of an engine's ``decode`` for rows with these ``settings``:
+    asked only where a row truncates, so an engine registered before truncation existed still
+    samples purely."""
+    return {"truncation": list(settings)} if any(s.active for s in settings) else {}
 
 
 def truncate_(scores, settings: Sequence[Truncation]):
@@ -228,3 +247,20 @@ def model_sampling_config(spec: str, *, trust_remote_code: bool = False) -> tupl
         raise TmcliError(f"{spec}'s generation config: {exc.message}",
                          hint="set --top-k/--top-p/--min-p yourself instead") from None
     return (float(value("temperature")) if value("do_sample") else 0.0), cut
+
+
+def sampling_axes(spec: str, temperatures: Sequence[float] | None, cuts: list[Truncation],
+                  sampling_config: str | None, *, trust_remote_code: bool = False,
+                  note=None) -> tuple[list[float], list[Truncation]]:
+    """The temperatures and truncation settings ``spec`` is sampled with: those given
+    (temperatures default 1.0), or with ``sampling_config="model"`` the model's own
+    (`model_sampling_config`; its temperature unless ``temperatures`` are given). ``note`` is
+    told when the model is first converted to read its config."""
+    if sampling_config != "model":
+        return list(temperatures or [1.0]), cuts
+    from tmcli.sources.models import needs_conversion
+
+    if note is not None and needs_conversion(spec):
+        note(f"converting {spec} to a checkpoint (first use, 20-90 s)")
+    config_t, cut = model_sampling_config(spec, trust_remote_code=trust_remote_code)
+    return list(temperatures or [config_t]), [cut]
