@@ -187,7 +187,8 @@ GOALS = {"realistic": 1.0, "noncanonical": 0.8}
 
 
 def throughput(args, tmp: str) -> None:
-    for kind, goal in GOALS.items():
+    for kind in args.data.split(","):
+        goal = GOALS[kind]
         data = Path(tmp) / f"{kind}.jsonl"
         tokens = make_data(data, args.n, kind=kind)
         size = data.stat().st_size / 2**20
@@ -288,6 +289,8 @@ def main() -> None:
     ap.add_argument("--section", choices=("all", "throughput", "memory"), default="all")
     ap.add_argument("--n", type=int, default=3000, help="completions for the throughput run")
     ap.add_argument("--study-n", type=int, default=500, help="completions timed for the study loop")
+    ap.add_argument("--data", default="realistic,noncanonical", choices=(
+        "realistic,noncanonical", "realistic", "noncanonical"), help="throughput data sets")
     ap.add_argument("--rounds", type=int, default=3,
                     help="throughput rounds (tmcli and the encoders in turns; best of each)")
     ap.add_argument("--mem-base", type=int, default=20000, help="N for the memory run (and 10*N)")
