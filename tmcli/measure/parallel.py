@@ -142,8 +142,10 @@ class Measurer:
         """Fork ``workers`` processes and hand them the batches waiting; without fork (or with
         a single batch) the waiting batches are measured here, in order."""
         if workers > 1:
+            from tmcli.measure.token_bytes import vocab_for
+
             for spec in {spec for _tag, spec, _samples in self._waiting}:
-                _encoder(spec, self.window, self.context).vocab.plain_bytes()  # inherited
+                vocab_for(spec).plain_bytes()  # built once here, inherited by every worker
             self._pool = _fork_pool(workers)
         waiting, self._waiting = self._waiting, []
         for tag, spec, samples in waiting:
