@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import (
@@ -22,6 +23,7 @@ from transformers.generation.logits_process import (
 )
 
 from tmcli.errors import TmcliError
+from tmcli.generation import top_p
 from tmcli.generation.sampler import race_scores
 from tmcli.generation.truncation import NONE, Truncation, truncate_
 
@@ -91,6 +93,77 @@ def test_top_p_cut_inside_tied_scores_follows_transformers_sort():
     for p in (0.3, 0.5, 0.7):
         for s in (Truncation(top_p=p), Truncation(top_k=200, top_p=p)):
             assert torch.equal(_tmcli(scores.clone(), 1.0, s), _transformers(scores.clone(), 1.0, s))
+
+
+def test_top_p_where_one_minus_p_is_a_cumulative_value_follows_transformers(real_logits):
+    """p chosen so that float32(1 - p) is exactly one of transformers' cumulative values near
+    the cut (and the float64 steps either side): whether that token stays is then decided by
+    the last bit of float32 rounding, where tmcli's shortcuts must defer to transformers'
+    arithmetic. With top-k first, tmcli decides from its own softmax of the few scores left
+    and an error bound on transformers' softmax of the whole row; were that bound taken as zero,
+    hundreds of these cases would keep other tokens."""
+    for row in real_logits[::8]:
+        for k in (0, 50):
+            scores = row[None] / 1.3
+            if k:
+                scores = TopKLogitsWarper(k)(None, scores)
+            cumulative = scores.sort().values.softmax(-1).cumsum(-1)[0]
+            ps = set()
+            for target in (0.05, 0.1, 0.5):
+                j = int(torch.searchsorted(cumulative, torch.tensor([target])))
+                for i in (j - 1, j, j + 1):
+                    if 0 < i < len(cumulative) - 1 and cumulative[i] > 0:
+                        p = 1 - float(cumulative[i])
+                        ps |= {p, float(np.nextafter(p, 0)), float(np.nextafter(p, 1))}
+            assert ps
+            for p in sorted(ps):
+                s = Truncation(k, p)
+                assert torch.equal(_tmcli(row[None], 1.3, s), _transformers(row[None], 1.3, s)), s
+
+
+def test_top_p_block_sums_defer_where_rounding_could_decide():
+    """`_cut_blocks` finds the cut from float64 block sums, an order of addition other than
+    transformers' running sum (torch's CPU cumsum accumulates float32 in float64): wherever it
+    answers sure, its cut is the running sum's, even with the threshold exactly at, or a float64
+    step or two from, a running-sum value at the cut; right at one it is never sure (but for
+    the last token, which stays whatever its sum)."""
+    gen = torch.Generator().manual_seed(3)
+    sure_seen = 0
+    for n in (49152, 3000, 300):
+        x = torch.randn(32, n, generator=gen) * 3
+        probs = torch.from_numpy(np.sort(x.numpy(), axis=1)).softmax(-1).numpy()
+        running = np.cumsum(probs, axis=1, dtype=np.float64)
+        assert np.array_equal(running.astype(np.float32),
+                              torch.from_numpy(probs).cumsum(-1).numpy())
+        for target in (0.01, 0.05, 0.3):
+            at = np.array([np.searchsorted(r, target) for r in running])
+            for step in (-2, -1, 0, 1, 2):
+                mid = running[np.arange(32), at]
+                for _ in range(abs(step)):
+                    mid = np.nextafter(mid, np.inf if step > 0 else -np.inf)
+                cut, sure = top_p._cut_blocks(probs, mid)
+                want = np.minimum((running < mid[:, None]).sum(axis=1), n - 1)
+                assert (cut[sure] == want[sure]).all()
+                if step == 0:
+                    assert not sure[at < n - 1].any()
+                sure_seen += int(sure.sum())
+    assert sure_seen > 0
+    x = torch.randn(32, 49152, generator=gen)
+    probs = torch.from_numpy(np.sort(x.numpy(), axis=1)).softmax(-1).numpy()
+    cut, sure = top_p._cut_blocks(probs, np.full(32, 0.05000000074505806))
+    assert sure.all()  # an ordinary threshold: decided, no cumulative sum needed
+
+
+def test_the_exact_paths_alone_give_transformers_kept_sets(real_logits, monkeypatch):
+    """With both shortcuts made to decide nothing (the bound after top-k, the float64 block sums),
+    every row goes through transformers' own sorted softmax and cumulative sum."""
+    monkeypatch.setattr(top_p, "_top_p_few", lambda values, ps, ids: {})
+    monkeypatch.setattr(top_p, "_cut_blocks", lambda probs, mid: (
+        np.zeros(len(probs), dtype=np.int64), np.zeros(len(probs), dtype=bool)))
+    logits = real_logits[::4]
+    for t, s in itertools.product(TEMPERATURES, (Truncation(top_p=0.95), Truncation(top_p=1e-6),
+                                                 Truncation(50, 0.9), Truncation(0, 0.5, 0.05))):
+        assert torch.equal(_tmcli(logits.clone(), t, s), _transformers(logits.clone(), t, s)), s
 
 
 def test_settings_that_truncate_nothing_leave_the_scores_bit_for_bit(real_logits):

@@ -28,23 +28,7 @@ def race_scores(logits, temperatures, log_noise, truncation=None):
     Exponential race (Gumbel-max): with E_i ~ Exp(1), argmax of p_i / E_i is token i with
     probability p_i, and the argmax over any subset of tokens is a draw from the distribution
     renormalised to that subset (truncation and canonical sampling mask tokens this way)."""
-    import torch
-
-    greedy = temperatures == 0
-    if bool(greedy.all()):
-        return logits
-    t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
-    scores = torch.div(logits, t[:, None])
-    if truncation is not None:
-        from tmcli.generation.truncation import NONE, truncate_
-
-        rows = [NONE if g else s for s, g in zip(truncation, greedy.tolist())]
-        if any(s.active for s in rows):
-            truncate_(scores, rows)
-    scores.sub_(log_noise)
-    if bool(greedy.any()):
-        scores[greedy] = logits[greedy]
-    return scores
+    return _race(logits, temperatures, log_noise, truncation)[0]
 
 
 def sample(logits, temperatures, log_noise, truncation=None):
@@ -54,7 +38,51 @@ def sample(logits, temperatures, log_noise, truncation=None):
     vocabulary turns float rounding into a different token now and then, a draw here only changes
     when two tokens' scores tie to within rounding, so the rows a record shared its batch with do
     not change its samples."""
-    return race_scores(logits, temperatures, log_noise, truncation).argmax(-1)
+    import torch
+
+    scores, one_thread = _race(logits, temperatures, log_noise, truncation)
+    if one_thread:  # the first highest, as torch's argmax
+        return torch.from_numpy(scores.numpy().argmax(-1))
+    return scores.argmax(-1)
+
+
+def _race(logits, temperatures, log_noise, truncation):
+    """(`race_scores`, whether they were made on one thread). Truncating on a CPU is mostly
+    numpy's one-threaded work (its sort), so the division and the noise around it are done there
+    too (the same floats): a torch op between them would wake torch's second thread, whose idle
+    spinning through the numpy work that follows costs more CPU time than the op saves."""
+    import numpy as np
+    import torch
+
+    greedy = temperatures == 0
+    if bool(greedy.all()):
+        return logits, False
+    t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
+    rows = None
+    if truncation is not None:
+        from tmcli.generation.truncation import NONE
+
+        rows = [NONE if g else s for s, g in zip(truncation, greedy.tolist())]
+        if not any(s.active for s in rows):
+            rows = None
+    one_thread = rows is not None and log_noise is not None and all(
+        x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
+        and not x.requires_grad for x in (logits, t, log_noise))
+    if one_thread:
+        scores = torch.from_numpy(np.divide(logits.numpy(), t.numpy()[:, None]))
+    else:
+        scores = torch.div(logits, t[:, None])
+    if rows is not None:
+        from tmcli.generation.truncation import truncate_
+
+        truncate_(scores, rows)
+    if one_thread:
+        np.subtract(scores.numpy(), log_noise.numpy(), out=scores.numpy())
+    else:
+        scores.sub_(log_noise)
+    if bool(greedy.any()):
+        scores[greedy] = logits[greedy]
+    return scores, one_thread
 
 
 def _to_log_noise(uniform):

@@ -15,14 +15,22 @@ What each one keeps (`transformers.generation.logits_process`, with ``min_tokens
   cumulative probability is <= 1 - p, never the last (the highest);
 - min-p ``m``: drop tokens whose probability is < m times the top token's probability.
 
-Exact, and cheap. top-k is one `torch.topk`, only on rows that ask for it. top-p needs the
-cumulative sum over the whole sorted row: tmcli builds the same sorted values (which do not
-depend on how ties are ordered) from `torch.topk` when few tokens are left (after top-k), else by
-sorting the values alone (numpy's SIMD sort on a CPU, several times faster than `torch.sort` with
-indices), and computes the same softmax and cumulative sum on them, so the kept set is
-transformers' bit for bit. Only where the cut falls inside a run of tied scores does the order of
-ties decide which of them stay; that row is then cut exactly as transformers cuts it (the same
-`torch.sort`). min-p is one softmax.
+Exact, and cheap. On a CPU each runs on one thread (numpy, and torch's softmax one row at a time):
+a batched torch op between numpy's one-threaded steps would wake torch's second thread, whose
+idle spinning afterwards costs more CPU time than the op saves, so the sampler around them
+(`sampler._race`) then divides, subtracts the noise and takes the argmax in numpy too (the same
+floats). top-k is one numpy partition (`torch.topk` elsewhere), only on rows that ask for it;
+min-p is one softmax per row. top-p (`tmcli.generation.top_p`) sorts each row's values (numpy's
+SIMD sort), gives them transformers' own softmax, and places the cut with float64 block sums
+(the cumulative sum itself only where rounding could put a token on the other side); after a
+top-k it decides from the few scores left with a rigorous error bound on transformers'
+softmax, sorting only the rows that bound leaves undecided. Only where the cut falls inside a
+run of tied scores does the order of ties decide which of them stay; that row is then cut
+exactly as transformers cuts it (the same `torch.sort`). Every drop to -inf is branch-free
+(`top_p.drop_rows`). Measured by `benchmarks/bench_generate.py --sections truncation` (32 rows
+of SmolLM2's logits, 2 cores), the sampler's extra CPU time per step is about 2.5 ms for top-k
+50, 1.5 ms for min-p 0.05, 12 ms for top-p 0.95 (half of it the sort) and 4 ms for top-k 50 +
+top-p 0.9, each under 5% of a decode step (README, "Cost").
 """
 
 from __future__ import annotations
@@ -31,9 +39,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tmcli.errors import TmcliError, one_line
-
-# Up to this many tokens left in a row (top-k), its sorted values come from `torch.topk`.
-TOPK_SORT_MAX = 4096
 
 
 @dataclass(frozen=True, order=True)
@@ -98,110 +103,66 @@ def truncate_(scores, settings: Sequence[Truncation]):
     """Set the tokens outside each row's kept set to -inf, in place (``scores``: rows x vocab,
     float, logits already divided by the temperature); returns ``scores``. Rows whose setting
     truncates nothing are left as they are."""
+    from tmcli.generation.top_p import top_p_
+
     vocab = scores.shape[1]
     k_rows = [i for i, s in enumerate(settings) if 0 < s.top_k < vocab]
+    left = {}  # row -> the scores top-k left, highest first, where it saw all of them
     if k_rows:
-        _top_k(scores, k_rows, [settings[i].top_k for i in k_rows])
+        left = _top_k(scores, k_rows, [settings[i].top_k for i in k_rows])
     p_rows = [i for i, s in enumerate(settings) if s.top_p < 1]
     if p_rows:
-        # few tokens left in every such row only where a top-k of at most TOPK_SORT_MAX ran
-        few = all(0 < settings[i].top_k <= TOPK_SORT_MAX for i in p_rows)
-        _top_p(scores, p_rows, [settings[i].top_p for i in p_rows], few=few)
+        top_p_(scores, p_rows, [settings[i].top_p for i in p_rows], left)
     m_rows = [i for i, s in enumerate(settings) if s.min_p > 0]
     if m_rows:
         _min_p(scores, m_rows, [settings[i].min_p for i in m_rows])
     return scores
 
 
-def _rows(scores, rows: list[int]):
-    """(the rows' scores, their index tensor or None when they are all the rows)."""
-    import torch
-
-    if len(rows) == scores.shape[0]:
-        return scores, None
-    index = torch.tensor(rows, dtype=torch.long, device=scores.device)
-    return scores.index_select(0, index), index
-
-
-def _put(scores, sub, index) -> None:
-    if index is not None:
-        scores.index_copy_(0, index, sub)
-
-
-def _top_k(scores, rows: list[int], ks: list[int]) -> None:
-    import torch
-
-    sub, index = _rows(scores, rows)
-    k = torch.tensor(ks, dtype=torch.long, device=scores.device)
-    kth = torch.topk(sub, max(ks)).values.gather(1, (k - 1)[:, None])
-    sub.masked_fill_(sub < kth, float("-inf"))
-    _put(scores, sub, index)
-
-
-def _sorted_values(sub, few: bool = True):
-    """Each row's values in ascending order (what `torch.sort` returns as values), and the
-    position before which every row holds only -inf. ``few``: the rows may hold few finite
-    values (a top-k ran before); else they are sorted whole without counting them."""
+def _top_k(scores, rows: list[int], ks: list[int]) -> dict:
+    """Top-k on ``rows``; returns {row: the scores it left, highest first, then -inf} for the
+    rows where the k + 1 highest scores it looked at hold all of them (no tie runs past)."""
     import numpy as np
     import torch
 
-    most = int(torch.count_nonzero(torch.isfinite(sub), dim=1).max()) if few else sub.shape[1]
-    if most <= TOPK_SORT_MAX:  # after top-k: the few finite values, the rest are -inf
-        out = torch.full_like(sub, float("-inf"))
-        out[:, sub.shape[1] - most:] = torch.topk(sub, most).values.flip(1)
-        return out, sub.shape[1] - most
-    if sub.device.type == "cpu" and sub.dtype == torch.float32:
-        return torch.from_numpy(np.sort(sub.numpy(), axis=1)), 0
-    return torch.sort(sub, dim=1).values, 0
+    from tmcli.generation.top_p import drop_below, on_cpu, put_rows, take_rows
 
-
-def _top_p(scores, rows: list[int], ps: list[float], few: bool = True) -> None:
-    import torch
-
-    sub, index = _rows(scores, rows)
-    ordered, start = _sorted_values(sub, few)
-    # the softmax of the whole sorted row, as transformers computes it; its cumulative sum from
-    # `start` on is the same (the -inf before add exact zeros), and only there can a token stay
-    cumulative = ordered.softmax(dim=-1)[:, start:].cumsum(dim=-1)
-    tail = ordered[:, start:]
-    # transformers compares with the Python float 1 - top_p, cast to the scores' dtype
-    limit = torch.tensor([1 - p for p in ps], dtype=cumulative.dtype, device=sub.device)[:, None]
-    # tokens with cumulative <= limit are dropped, never the last; they are a prefix (a sum of
-    # non-negative terms never falls), so their count is a binary search, not a pass over the row
-    at = torch.searchsorted(cumulative, limit, right=True).clamp(max=cumulative.shape[1] - 1)
-    first_kept = at.squeeze(1)
-    lowest_kept = tail.gather(1, at)
-    highest_dropped = tail.gather(1, (at - 1).clamp(min=0))
-    tied = ((first_kept > 0) & (highest_dropped == lowest_kept).squeeze(1)).nonzero().flatten()
-    # the cut splits tied scores: which of them stay is the sort's own order, so those rows are
-    # cut by transformers' arithmetic itself
-    exact = {r: _top_p_as_transformers(sub[r], ps[r]) for r in tied.tolist()}
-    sub.masked_fill_(sub < lowest_kept, float("-inf"))
-    for r, row in exact.items():
-        sub[r] = row
-    _put(scores, sub, index)
-
-
-def _top_p_as_transformers(row, p: float):
-    """One row cut by transformers' own arithmetic (`TopPLogitsWarper.__call__`)."""
-    import torch
-
-    row = row[None]
-    ordered, order = torch.sort(row, descending=False)
-    drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= (1 - p)
-    drop[..., -1:] = 0
-    return row.masked_fill(drop.scatter(1, order, drop), float("-inf"))[0]
+    sub, index = take_rows(scores, rows)
+    n = sub.shape[1]
+    width = min(max(ks) + 1, n)
+    if on_cpu(sub):  # numpy's SIMD selection, on one thread
+        highest = np.partition(sub.numpy(), n - width, axis=1)[:, n - width:]
+        top = torch.from_numpy(np.ascontiguousarray(np.sort(highest, axis=1)[:, ::-1]))
+    else:
+        top = torch.topk(sub, width).values
+    k = torch.tensor(ks, dtype=torch.long, device=top.device)
+    kth = top.gather(1, (k - 1)[:, None])
+    drop_below(sub, kth)
+    put_rows(scores, sub, index)
+    # a row's finite scores are those >= its k-th: all in `top` unless its last one still is
+    last = top[:, -1:]
+    whole = ((last < kth) | (last == float("-inf"))).squeeze(1) | (width == n)
+    kept = top.masked_fill_(top < kth, float("-inf"))
+    return {r: kept[i] for i, r in enumerate(rows) if bool(whole[i])}
 
 
 def _min_p(scores, rows: list[int], ms: list[float]) -> None:
+    import numpy as np
     import torch
 
-    sub, index = _rows(scores, rows)
-    probs = sub.softmax(dim=-1)
-    top = probs.amax(dim=-1, keepdim=True)
-    m = torch.tensor(ms, dtype=probs.dtype, device=sub.device)[:, None]
-    sub.masked_fill_(probs < m * top, float("-inf"))  # the top token always stays (m <= 1)
-    _put(scores, sub, index)
+    from tmcli.generation.top_p import drop_rows, on_cpu, put_rows, softmax_rows, take_rows
+
+    sub, index = take_rows(scores, rows)
+    probs = softmax_rows(sub)
+    if on_cpu(sub):  # the top token always stays (m <= 1)
+        p = probs.numpy()
+        floor = np.float32(ms) * p.max(axis=1)  # float32 products, as transformers'
+        drop_rows(sub.numpy(), range(len(rows)), floor, keys=p)
+    else:
+        top = probs.amax(dim=-1, keepdim=True)
+        m = torch.tensor(ms, dtype=probs.dtype, device=sub.device)[:, None]
+        sub.masked_fill_(probs < m * top, float("-inf"))
+    put_rows(scores, sub, index)
 
 
 # What `generate()` uses for a field the model's generation config leaves unset (transformers
