@@ -57,3 +57,22 @@ def test_a_copy_loads_the_tokenizer_converted_before(smol_gguf, monkeypatch):
     monkeypatch.setattr(tokenizers, "load_hf_tokenizer", convert)
     again = tokenizers.load_tokenizer(str(copy.directory / copy.gguf_file))
     assert again.to_str() == first.to_str()
+
+
+def test_a_gguf_architecture_is_parsed_once_then_read_from_the_cache(smol_gguf, tmp_path,
+                                                                     monkeypatch):
+    """`generate --engine auto` asks a GGUF's architecture on every run; GGUFReader parses the
+    whole vocabulary to answer (seconds), so the answer is kept under the file's content."""
+    from tmcli.generation.engines import model_type
+    from tmcli.sources.gguf import gguf_architecture
+
+    monkeypatch.setenv("TMCLI_CACHE", str(tmp_path))
+    original, copy = smol_gguf
+    path = copy.directory / copy.gguf_file
+    assert gguf_architecture(path) == "llama"  # SmolLM2 is a Llama
+    (stored,) = (tmp_path / "gguf-architectures").iterdir()
+    assert stored.read_text() == "llama"
+    stored.write_text("from-the-cache")  # the same content elsewhere is answered from the cache
+    assert gguf_architecture(original.directory / original.gguf_file) == "from-the-cache"
+    # model_type reads a converted checkpoint's config.json first; none exists in this cache
+    assert model_type("smollm2-135m") == "from-the-cache"

@@ -21,6 +21,24 @@ def gguf_string(fields, name: str) -> str:
     return bytes(field.parts[field.data[0]]).decode() if field is not None and field.data else ""
 
 
+def gguf_architecture(path: Path) -> str:
+    """A GGUF's ``general.architecture`` ("" when absent), read once and then kept in the cache
+    under the file's content: `gguf.GGUFReader` parses all the metadata, the vocabulary included
+    (about 14 s for Gemma-3's 262k tokens on a laptop core), to answer it."""
+    import gguf
+
+    key = Source(path.parent, path.name).key
+    cached = cache_dir() / "gguf-architectures" / (hashlib.sha256(key.encode()).hexdigest()[:16])
+    if cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    architecture = gguf_string(gguf.GGUFReader(str(path)).fields, "general.architecture")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(architecture, encoding="utf-8")
+    os.replace(tmp, cached)
+    return architecture
+
+
 def _fix_gguf_tokenizer(text: str, path: Path) -> str:
     """Make transformers' conversion of a GGUF tokenizer encode as the GGUF's own tokenizer.
 

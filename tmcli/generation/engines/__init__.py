@@ -136,7 +136,7 @@ def vllm_installed() -> bool:
 def model_type(spec: str) -> str | None:
     """The model's ``model_type`` without loading it: its config.json, the converted checkpoint of
     a GGUF, or the GGUF's architecture field; None when it cannot be told cheaply."""
-    from tmcli.sources.gguf import gguf_string
+    from tmcli.sources.gguf import gguf_architecture
     from tmcli.sources.locate import resolve_source
     from tmcli.sources.models import checkpoint_dir
 
@@ -151,10 +151,7 @@ def model_type(spec: str) -> str | None:
     if config.is_file():
         return json.loads(config.read_text()).get("model_type")
     if source.gguf_file:
-        import gguf
-
-        fields = gguf.GGUFReader(str(source.directory / source.gguf_file)).fields
-        return gguf_string(fields, "general.architecture") or None
+        return gguf_architecture(source.directory / source.gguf_file) or None
     return None
 
 
