@@ -220,6 +220,20 @@ def cache_dir() -> Path:
     return path
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` into ``path`` (a file in the cache) through a temporary file of a unique name
+    beside it, so that two processes caching the same thing at once never write into one file
+    and a reader never sees half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def packages_dir() -> Path:
     """Where `install` unpacks wheels: one folder per wheel, ``<dist>-<version>/``."""
     return cache_dir() / "packages"

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tmcli.sources.aliases import cache_dir
+from tmcli.sources.aliases import cache_dir, write_atomically
 from tmcli.sources.locate import Source
 
 
@@ -33,9 +33,7 @@ def gguf_architecture(path: Path) -> str:
         return cached.read_text(encoding="utf-8")
     architecture = gguf_string(gguf.GGUFReader(str(path)).fields, "general.architecture")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(architecture, encoding="utf-8")
-    os.replace(tmp, cached)
+    write_atomically(cached, architecture)
     return architecture
 
 

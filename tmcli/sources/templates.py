@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def _from_gguf(path: Path, spec: str) -> tuple[str | None, dict]:
     metadata, its 50k-token vocabulary included, takes seconds)."""
     import hashlib
 
-    from tmcli.sources.aliases import cache_dir
+    from tmcli.sources.aliases import cache_dir, write_atomically
     from tmcli.sources.locate import Source
 
     key = Source(path.parent, path.name).key
@@ -101,10 +100,7 @@ def _from_gguf(path: Path, spec: str) -> tuple[str | None, dict]:
                 specials[name] = text
     template = gguf_string(fields, "tokenizer.chat_template") or None
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"template": template, "special_tokens": specials}),
-                   encoding="utf-8")
-    os.replace(tmp, cached)
+    write_atomically(cached, json.dumps({"template": template, "special_tokens": specials}))
     return template, specials
 
 

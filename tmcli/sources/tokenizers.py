@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from tmcli.errors import TmcliError, from_os_error, one_line
-from tmcli.sources.aliases import ALIASES, cache_dir
+from tmcli.sources.aliases import ALIASES, cache_dir, write_atomically
 from tmcli.sources.digest import content_digest
 from tmcli.sources.gguf import _fix_gguf_tokenizer, _fix_sentencepiece_merges
 from tmcli.sources.locate import Source, _alias_hint, resolve_source
@@ -55,7 +55,7 @@ def load_tokenizer(spec: str):
     elif not named and source.directory is not None \
             and (source.directory / "tokenizer.model").is_file():
         text = _fix_sentencepiece_merges(text, source.directory / "tokenizer.model")
-    _write_atomically(cached, text)
+    write_atomically(cached, text)
     return Tokenizer.from_file(str(cached))
 
 
@@ -67,21 +67,6 @@ def _named_file_key(path: Path) -> str:
         if (path.parent / name).is_file():
             parts.append(f"{name}:{content_digest(path.parent / name)}")
     return ",".join(parts)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """``text`` into ``path`` through a temporary file of a unique name beside it, so that two
-    processes converting the same tokenizer at once never write into one file."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _NOT_A_TOKENIZER_HINT = ("name a tokenizer.json, a SentencePiece .model, a GGUF file, a model "
