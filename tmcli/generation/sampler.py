@@ -60,21 +60,19 @@ def _race(logits, temperatures, log_noise, truncation):
     t = torch.where(greedy, torch.ones_like(temperatures), temperatures)
     rows = None
     if truncation is not None:
-        from tmcli.generation.truncation import NONE
+        from tmcli.generation.top_p import on_cpu
+        from tmcli.generation.truncation import NONE, truncate_
 
         rows = [NONE if g else s for s, g in zip(truncation, greedy.tolist())]
         if not any(s.active for s in rows):
             rows = None
     one_thread = rows is not None and log_noise is not None and all(
-        x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
-        and not x.requires_grad for x in (logits, t, log_noise))
+        on_cpu(x) and not x.requires_grad for x in (logits, t, log_noise))
     if one_thread:
         scores = torch.from_numpy(np.divide(logits.numpy(), t.numpy()[:, None]))
     else:
         scores = torch.div(logits, t[:, None])
     if rows is not None:
-        from tmcli.generation.truncation import truncate_
-
         truncate_(scores, rows)
     if one_thread:
         np.subtract(scores.numpy(), log_noise.numpy(), out=scores.numpy())
